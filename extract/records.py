@@ -1,0 +1,58 @@
+"""The dataset as the extractor sees it: one record per clip, whatever the source layout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
+
+
+@dataclass
+class ClipRecord:
+    """Everything known about one clip before any media is decoded."""
+
+    clip_id: str
+    """Stable id, e.g. DFEW's zero-padded ``00001``; the row key in every store."""
+    faces16: Path | None = None
+    """Folder with exactly the 16 aligned face frames (DFEW ``clip_224x224_16f``)."""
+    faces_all: Path | None = None
+    """Folder with all aligned face frames (DFEW ``clip_224x224``, or a manifest's ``faces``)."""
+    video: Path | None = None
+    """The original clip (full frames and, usually, the audio track)."""
+    audio: Path | None = None
+    """A separate audio file (wav/flac), when the dataset ships one."""
+    votes: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.float32))
+    """(7,) float32 vote counts per class; one-hot when only a label is known."""
+    folds: np.ndarray = field(default_factory=lambda: np.zeros(NUM_FOLDS, np.int8))
+    """(5,) int8 per official fold: 0 unused, 1 train, 2 test (see ``fer.cache.schema``)."""
+
+
+@dataclass
+class Dataset:
+    """A dataset read from a DFEW root or a manifest CSV."""
+
+    root: Path
+    """The DFEW root folder, or the manifest file."""
+    kind: str
+    """``"dfew"`` or ``"manifest"``."""
+    records: list[ClipRecord]
+    """Clips in store row order (sorted by id for DFEW, file order for a manifest)."""
+    has_votes: bool
+    """True when real vote distributions are known (annotation file or vote columns)."""
+    problems: dict[str, str] = field(default_factory=dict)
+    """Per-clip problems found while reading (clip id -> reason); these clips are still listed."""
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.clip_id for r in self.records]
+
+    def votes(self) -> np.ndarray:
+        """(N, 7) float32 vote counts in record order."""
+        return np.stack([r.votes for r in self.records]).astype(np.float32)
+
+    def folds(self) -> np.ndarray:
+        """(N, 5) int8 fold codes in record order."""
+        return np.stack([r.folds for r in self.records]).astype(np.int8)
