@@ -1,0 +1,48 @@
+"""Hand-made, well-formed run folders (RUN_FORMAT.md) for the plots/report/CLI tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from fer.cache.schema import CLASS_NAMES, NUM_CLASSES
+
+
+def make_run(root: Path, name: str, *, wars=(0.5, 0.6), uars=None, fusion="fc", loss="kl",
+             modalities=("face", "audio"), epochs=3, seed=0) -> Path:
+    """Write config.json, history.csv, metrics.json and predictions_fold<k>.npz for len(wars) folds."""
+    rng = np.random.default_rng(seed)
+    uars = tuple(w - 0.1 for w in wars) if uars is None else uars
+    run = Path(root) / name
+    run.mkdir(parents=True)
+    folds = list(range(1, len(wars) + 1))
+    (run / "config.json").write_text(json.dumps({"modalities": list(modalities), "fusion": fusion, "loss": loss,
+                                                 "epochs": epochs, "folds": folds, "store": "x.zarr"}))
+    with open(run / "history.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["fold", "epoch", "train_loss", "val_loss", "val_war", "val_uar", "lr", "samples_per_s", "seconds"])
+        for k in folds:
+            for e in range(1, epochs + 1):
+                w.writerow([k, e, 2.0 / e, 2.2 / e, 0.3 + 0.05 * e, 0.25 + 0.05 * e, 1e-4, 1000.0, 0.5])
+    fm = {}
+    for k, war, uar in zip(folds, wars, uars):
+        n = 40
+        labels = rng.integers(0, NUM_CLASSES, n)
+        probs = rng.dirichlet(np.ones(NUM_CLASSES), n).astype(np.float32)
+        probs[np.arange(n), labels] += 0.5
+        probs /= probs.sum(1, keepdims=True)
+        pred = probs.argmax(1)
+        cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=int)
+        np.add.at(cm, (labels, pred), 1)
+        ids = np.array([f"{k}{i:05d}" for i in range(n)])
+        np.savez(run / f"predictions_fold{k}.npz", ids=ids, probs=probs, labels=labels.astype(np.int64))
+        fm[str(k)] = {"war": war, "uar": uar, "per_class_recall": [uar] * NUM_CLASSES, "confusion": cm.tolist(),
+                      "n_test": n, "best_epoch": epochs, "epochs_run": epochs, "seconds": 10.0}
+    metrics = {"folds": fm, "mean": {"war": float(np.mean(wars)), "uar": float(np.mean(uars))},
+               "std": {"war": float(np.std(wars)), "uar": float(np.std(uars))}, "class_names": list(CLASS_NAMES),
+               "modalities": list(modalities), "fusion": fusion, "loss": loss}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
