@@ -66,6 +66,26 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media))
 
 
+# ---------------------------------------------------------------- report
+@app.command("report")
+def report_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders (or folders holding runs, e.g. a sweep's --out)."),
+    markdown: bool = typer.Option(False, "--markdown", "-m", help="Print a markdown table instead of a plain one."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table to this file."),
+) -> None:
+    """Compare runs side by side: WAR and UAR mean ± std over folds (the paper's Table 1, from runs)."""
+    from fer.train.report import report
+
+    text = report(runs, markdown=markdown)
+    typer.echo(text, nl=False)
+    if out is not None:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(text)
+        except OSError as e:
+            raise FerError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+
+
 def main() -> None:
     """Entry point: run the app; a FerError becomes one line on stderr and exit status 2."""
     try:
