@@ -1,0 +1,227 @@
+"""`fer data info`: what a dataset holds, and which clips are missing or unreadable."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fer.cache.schema import (
+    CLASS_NAMES,
+    FOLD_TEST,
+    FOLD_TRAIN,
+    FOLD_UNUSED,
+    NUM_ANNOTATORS,
+    NUM_FOLDS,
+    SINGLE_LABEL_MIN_VOTES,
+)
+from fer.extract.datasets import FACES16_DIR, FACES_ALL_DIR, VIDEO_DIR, _scan_media, load_dataset
+from fer.extract.probe import check_image, probe_video
+from fer.extract.records import ClipRecord, Dataset
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+FRAMES_16 = 16
+MAX_LISTED = 20
+
+
+def single_labeled(votes: np.ndarray) -> np.ndarray:
+    """(N,) bool: one class holds at least 7 of 10 votes (DFEW's rule), scaled to the row's total.
+
+    One-hot rows (only a label known) count as single-labeled.
+    """
+    votes = np.asarray(votes, np.float32)
+    return votes.max(1) * NUM_ANNOTATORS >= SINGLE_LABEL_MIN_VOTES * votes.sum(1)
+
+
+@dataclass
+class ClipMedia:
+    """What is on disk for one clip."""
+
+    faces16: int = 0
+    """Frames in the 16-frame face folder (0 when absent)."""
+    faces_all: int = 0
+    """Frames in the all-frames face folder (0 when absent)."""
+    video: bool = False
+    """A readable video file (only existence when media is not checked)."""
+    audio: bool | None = None
+    """An audio track (in the video or a separate file); None when not checked."""
+    problems: list[str] = field(default_factory=list)
+
+
+def _frames(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+def _check_frames(label: str, folder: Path, out: list[str], check: bool, decode: bool) -> int:
+    """Count a face folder's frames, note problems; with ``check`` open every frame."""
+    if not folder.is_dir():
+        out.append(f"{label} {folder} not found")
+        return 0
+    frames = _frames(folder)
+    if not frames:
+        out.append(f"{label} has no image frames")
+        return 0
+    if check:
+        bad = [(p.name, r) for p in frames if (r := check_image(p, decode=decode))]
+        if bad:
+            more = f" (and {len(bad) - 1} more frames)" if len(bad) > 1 else ""
+            out.append(f"{label} frame {bad[0][0]}: {bad[0][1]}{more}")
+    return len(frames)
+
+
+def inspect_clip(rec: ClipRecord, check_media: bool) -> ClipMedia:
+    """Look at one clip's media; with ``check_media`` open every frame and probe the video."""
+    m = ClipMedia()
+    if rec.faces16 is not None:
+        m.faces16 = _check_frames("16-frame faces", rec.faces16, m.problems, check_media, decode=True)
+        if m.faces16 and m.faces16 != FRAMES_16:
+            m.problems.append(f"16-frame faces has {m.faces16} frames, expected {FRAMES_16}")
+    if rec.faces_all is not None:
+        # all-frames folders are large: a header + end-marker check per frame is enough here
+        m.faces_all = _check_frames("face frames", rec.faces_all, m.problems, check_media, decode=False)
+    if rec.video is not None:
+        if not check_media:
+            m.video = rec.video.is_file()
+            if not m.video:
+                m.problems.append(f"video {rec.video.name} not found")
+        else:
+            probe = probe_video(rec.video)
+            m.video = probe.error is None and probe.has_video
+            if probe.error:
+                m.problems.append(f"video {rec.video.name}: {probe.error}")
+            elif not probe.has_video:
+                m.problems.append(f"video {rec.video.name} has no video stream")
+            m.audio = probe.has_audio
+    if rec.audio is not None:
+        if not check_media:
+            m.audio = None
+        else:
+            probe = probe_video(rec.audio)
+            if probe.error:
+                m.problems.append(f"audio {rec.audio.name}: {probe.error}")
+            m.audio = bool(m.audio) or (probe.error is None and probe.has_audio)
+    if check_media and rec.video is not None and m.video and not m.audio:
+        m.problems.append(f"video {rec.video.name} has no audio track")
+    return m
+
+
+def inspect_media(
+    ds: Dataset, check_media: bool = True, workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ClipMedia]:
+    """``inspect_clip`` over every record, in a thread pool (PIL and FFmpeg release the GIL)."""
+    workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(workers) as pool:
+        out = []
+        for i, m in enumerate(pool.map(lambda r: inspect_clip(r, check_media), ds.records, chunksize=1)):
+            out.append(m)
+            if progress:
+                progress(i + 1)
+    return out
+
+
+def _missing_expected(ds: Dataset, media: list[ClipMedia]) -> None:
+    """A media kind most clips have is expected of all: note the clips that lack it.
+
+    (A DFEW download often has only the 16-frame faces; then a missing video is not a problem.)
+    """
+    n = len(media)
+    kinds = [
+        ("faces16", lambda m: m.faces16 > 0, "no 16-frame face folder"),
+        ("faces_all", lambda m: m.faces_all > 0, "no all-frames face folder"),
+        ("video", lambda m: m.video, "no video"),
+    ]
+    for attr, has, reason in kinds:
+        have = sum(has(m) for m in media)
+        if have * 2 < n or have == n:
+            continue
+        for rec, m in zip(ds.records, media):
+            # a path the reader named but that is missing or broken is already a problem
+            if not has(m) and getattr(rec, attr) is None and rec.clip_id not in ds.problems:
+                m.problems.append(f"{reason} (most clips have one)")
+
+
+def _fmt(n: int) -> str:
+    return f"{n:,}"
+
+
+def _unlabeled_media(ds: Dataset) -> int:
+    """DFEW media folders whose clip has no split label and no annotation (ignored by the reader)."""
+    if ds.kind != "dfew":
+        return 0
+    ids = set(ds.ids)
+    found = set()
+    for d, dirs in ((FACES16_DIR, True), (FACES_ALL_DIR, True), (VIDEO_DIR, False)):
+        found |= set(_scan_media(ds.root / d, want_dirs=dirs))
+    return len(found - ids)
+
+
+def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_LISTED) -> str:
+    """A plain-text summary of a DFEW root or manifest CSV: classes, folds, media and problems."""
+    ds = load_dataset(Path(root))
+    media = inspect_media(ds, check_media)
+    _missing_expected(ds, media)
+    n = len(ds.records)
+    votes, folds = ds.votes(), ds.folds()
+    single = single_labeled(votes)
+    top = votes.argmax(1)
+
+    lines = []
+    layout = "DFEW layout" if ds.kind == "dfew" else "manifest CSV"
+    lines.append(f"dataset          {ds.root} ({layout})")
+    source = "vote counts" if ds.has_votes else "one-hot from labels (no annotation votes)"
+    lines.append(f"clips            {_fmt(n)}   labels: {source}")
+    lines.append(f"single-labeled   {_fmt(int(single.sum()))}   (one class with >= {SINGLE_LABEL_MIN_VOTES} of "
+                 f"{NUM_ANNOTATORS} votes)")
+    unlabeled = _unlabeled_media(ds)
+    if unlabeled:
+        lines.append(f"unlabeled media  {_fmt(unlabeled)} clip folders/videos in no split file or annotation (ignored)")
+
+    lines.append("")
+    lines.append("class            all  single-labeled   (by majority vote)")
+    for c, name in enumerate(CLASS_NAMES):
+        lines.append(f"  {name:<10} {_fmt(int((top == c).sum())):>7} {_fmt(int(((top == c) & single).sum())):>16}")
+
+    lines.append("")
+    if (folds != FOLD_UNUSED).any():
+        lines.append("fold           train     test   unused")
+        for k in range(NUM_FOLDS):
+            col = folds[:, k]
+            lines.append(f"  {k + 1:<9} {_fmt(int((col == FOLD_TRAIN).sum())):>8} {_fmt(int((col == FOLD_TEST).sum())):>8}"
+                         f" {_fmt(int((col == FOLD_UNUSED).sum())):>8}")
+    else:
+        lines.append("folds            none (no split files / fold columns)")
+
+    lines.append("")
+    lines.append("media            clips")
+    lines.append(f"  16 face frames {_fmt(sum(m.faces16 > 0 for m in media)):>8}")
+    lines.append(f"  all face frames{_fmt(sum(m.faces_all > 0 for m in media)):>8}")
+    lines.append(f"  video          {_fmt(sum(m.video for m in media)):>8}")
+    if check_media:
+        lines.append(f"  audio track    {_fmt(sum(bool(m.audio) for m in media)):>8}")
+    else:
+        lines.append("  audio track         ?   (not checked; run with --check-media)")
+
+    problems: dict[str, list[str]] = {cid: [reason] for cid, reason in ds.problems.items()}
+    for rec, m in zip(ds.records, media):
+        if rec.clip_id in ds.problems:  # the reader already said which paths are missing
+            m.problems = [p for p in m.problems if not p.endswith("not found")]
+        if m.problems:
+            problems.setdefault(rec.clip_id, []).extend(m.problems)
+    lines.append("")
+    checked = "" if check_media else " (files not opened; --check-media finds unreadable ones)"
+    if not problems:
+        lines.append(f"problems         none{checked}")
+    else:
+        lines.append(f"problems         {_fmt(len(problems))} clips{checked}")
+        order = [r.clip_id for r in ds.records if r.clip_id in problems]
+        width = max(len(c) for c in order[:max_listed])
+        for cid in order[:max_listed]:
+            lines.append(f"  {cid:<{width}}  {'; '.join(problems[cid])}")
+        if len(order) > max_listed:
+            lines.append(f"  ... and {_fmt(len(order) - max_listed)} more")
+    return "\n".join(lines)
