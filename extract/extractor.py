@@ -54,6 +54,12 @@ class Extractor(ABC):
     def embed(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run loaded clips through the model: ``(data (B, *row_shape), mask (B, T) bool)`` on CPU."""
 
+    def row_info(self, item: Any) -> str | None:
+        """Optional one-line note on how this loaded clip was read (e.g. ``repeated 16 from 9 frames``),
+        or None for the normal case. The runner stores the notes in the feature set's attrs under
+        ``row_info`` ({clip id: note}); override it when a modality has something to say."""
+        return None
+
     def to(self, device: torch.device) -> "Extractor":
         """Move the model to ``device`` (the runner calls this once before the first batch)."""
         self.device = torch.device(device)

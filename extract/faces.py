@@ -1,0 +1,100 @@
+"""The 16 face frames of one clip, read from the aligned face folders.
+
+Order of preference: ``faces16`` (DFEW ``clip_224x224_16f``), then ``faces_all`` (DFEW
+``clip_224x224`` or a manifest's face folder) sampled uniformly. A clip with fewer frames than
+wanted is stretched by nearest-index interpolation (frames repeated), as DFEW made its own 16f
+folder; that is reported in the returned info so the runner can record it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from fer.extract.extractor import ClipError
+from fer.extract.records import ClipRecord
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """Image files of a face folder in frame order (natural sort, so ``2.jpg`` < ``10.jpg``)."""
+
+    def key(p: Path) -> tuple:
+        return (tuple(_split_digits(p.stem)), p.suffix)
+
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS and p.is_file()), key=key)
+
+
+def _split_digits(s: str) -> list[str]:
+    out, cur, dig = [], "", None
+    for ch in s:
+        d = ch.isdigit()
+        if cur and d != dig:
+            out.append(cur)
+            cur = ""
+        cur += ch
+        dig = d
+    if cur:
+        out.append(cur)
+    # zero-padded digit runs compare as numbers while every part stays a str
+    return [c if not c.isdigit() else c.zfill(12) for c in out]
+
+
+def sample_indices(n: int, k: int) -> np.ndarray:
+    """k indices into n frames: uniform when n >= k, nearest-index repetition when n < k."""
+    if n <= 0:
+        raise ValueError("no frames")
+    if n == k:
+        return np.arange(k)
+    # centre of each of k equal segments, mapped to the nearest frame: uniform sampling for n > k
+    # and DFEW-style nearest-index interpolation (each frame repeated) for n < k.
+    return np.minimum((np.arange(k) * n / k + n / (2 * k)).astype(np.int64), n - 1)
+
+
+def choose_frames(record: ClipRecord, frames: int = 16) -> tuple[list[Path], str | None]:
+    """Pick the frame files to read; returns (paths, info) where info is None for the normal case
+    (exactly ``frames`` frames in the 16f folder) else a short note of what was done."""
+    for folder, label in ((record.faces16, "clip_224x224_16f"), (record.faces_all, "all faces")):
+        if folder is None:
+            continue
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        files = list_frames(folder)
+        if not files:
+            continue
+        n = len(files)
+        idx = sample_indices(n, frames)
+        if folder == record.faces16 and n == frames:
+            return [files[i] for i in idx], None
+        how = "sampled" if n >= frames else "repeated"
+        return [files[i] for i in idx], f"{how} {frames} from {n} frames ({label})"
+    tried = [str(p) for p in (record.faces16, record.faces_all) if p is not None]
+    if not tried:
+        raise ClipError("no face frames: neither a clip_224x224_16f nor a clip_224x224 (or manifest faces) folder")
+    raise ClipError(f"face folder missing or empty: {tried[0]}")
+
+
+def read_face_frames(record: ClipRecord, frames: int = 16, size: int = 224) -> tuple[np.ndarray, str | None]:
+    """Decode a clip's face frames: ``(frames, size, size, 3)`` uint8 RGB, and the sampling note.
+
+    Frames of another size are resized (bilinear). An unreadable image raises ClipError.
+    """
+    paths, info = choose_frames(record, frames)
+    out = np.empty((frames, size, size, 3), np.uint8)
+    cache: dict[Path, np.ndarray] = {}
+    for i, p in enumerate(paths):
+        if p not in cache:
+            try:
+                with Image.open(p) as im:
+                    im = im.convert("RGB")
+                    if im.size != (size, size):
+                        im = im.resize((size, size), Image.BILINEAR)
+                    cache[p] = np.asarray(im)
+            except Exception as e:
+                raise ClipError(f"unreadable image {p.name} in {p.parent} ({type(e).__name__})") from None
+        out[i] = cache[p]
+    return out, info

@@ -1,0 +1,89 @@
+"""Modality + backend name -> Extractor, for the CLI. Pose and audio backends import lazily."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from fer.cache.errors import FerError
+from fer.extract.extractor import Extractor
+
+DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2vec2"}
+"""Backbone used when ``--backbone`` is not given."""
+
+
+def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
+          size: int = 224, frames: int = 16, seed: int = 0, **_: Any) -> Extractor:
+    from fer.extract.face import FaceExtractor
+
+    return FaceExtractor(weights=weights or "imagenet", layer=layer or "pool", size=size, frames=frames,
+                         device=device, seed=seed)
+
+
+def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
+          layer: str | None = None, **kw: Any) -> Extractor:
+    if layer:
+        raise FerError("--layer applies to the face modality only")
+    try:
+        from fer.extract.pose import make_pose_extractor
+    except ImportError as e:
+        raise FerError(f"the pose backends are not available ({e})") from None
+    kw.pop("size", None)
+    return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
+
+
+def _audio(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
+           frames: int | None = None, **kw: Any) -> Extractor:
+    if layer:
+        raise FerError("--layer applies to the face modality only (audio stores every layer)")
+    try:
+        from fer.extract.audio import make_audio_extractor
+    except ImportError as e:
+        raise FerError(f"the audio backends are not available ({e})") from None
+    kw.pop("size", None)
+    return make_audio_extractor(backend, weights, device, **kw)
+
+
+FACTORIES: dict[str, Callable[..., Extractor]] = {"face": _face, "pose": _pose, "audio": _audio}
+
+FACE_BACKBONES = ("resnet18",)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun), else CPU."""
+    import os
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        d = "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FerError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+        if d == "cuda" and "LOCAL_RANK" in os.environ:
+            d = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        return torch.device(d)
+    if d != "cpu":
+        raise FerError(f"unknown --device {device!r}; choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def make_extractor(
+    modality: str,
+    backbone: str | None = None,
+    weights: str | None = None,
+    device: str | torch.device = "auto",
+    **kw: Any,
+) -> Extractor:
+    """Build the extractor for ``modality`` (face|pose|audio) and ``backbone`` (default per modality).
+
+    Extra keywords (``layer``, ``size``, ``frames``, ``seed``) go to the modality's factory.
+    """
+    if modality not in FACTORIES:
+        raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
+    backend = (backbone or DEFAULT_BACKBONE[modality]).lower()
+    if modality == "face" and backend not in FACE_BACKBONES:
+        raise FerError(f"unknown face backbone {backend!r}; choose from {', '.join(FACE_BACKBONES)}")
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    return FACTORIES[modality](backend, weights, dev, **kw)

@@ -1,0 +1,423 @@
+"""The extraction runner: every owned, not-yet-done clip of a dataset through one extractor, into the store.
+
+Decoding runs in DataLoader workers (``extractor.load``) while the main process runs the model
+(``extractor.embed``) and a background thread writes finished chunks, so decode, compute and I/O
+overlap. One bad clip never stops the run: its one-line reason is recorded in the store and the
+row stays not-done, so a rerun retries exactly the failed and unfinished rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from fer.cache.errors import FerError
+from fer.extract.extractor import ClipError, Extractor
+from fer.extract.records import ClipRecord, Dataset
+
+MAX_PENDING_WRITES = 3
+"""Chunk writes queued behind the writer thread before the main loop waits (bounds memory)."""
+
+
+# ---------------------------------------------------------------- shards
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"k/n"`` with 1-based k (``1/2``, ``2/2``) -> 0-based ``(k-1, n)``; FerError when malformed."""
+    try:
+        k_s, n_s = text.split("/")
+        k, n = int(k_s), int(n_s)
+    except ValueError:
+        raise FerError(f"--shard {text!r} is not k/n (e.g. 1/2 for the first of two shards)") from None
+    if n < 1 or not 1 <= k <= n:
+        raise FerError(f"--shard {text}: k must be between 1 and n (1-based), e.g. 1/{max(n, 2)} .. {max(n, 2)}/{max(n, 2)}")
+    return k - 1, n
+
+
+def shard_from_env() -> tuple[int, int] | None:
+    """``(RANK, WORLD_SIZE)`` under torchrun (or any launcher setting both), else None."""
+    rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if rank is None or world is None:
+        return None
+    try:
+        r, w = int(rank), int(world)
+    except ValueError:
+        raise FerError(f"RANK={rank!r} / WORLD_SIZE={world!r} are not integers") from None
+    if w < 1 or not 0 <= r < w:
+        raise FerError(f"RANK={r} is outside WORLD_SIZE={w}")
+    return r, w
+
+
+# ---------------------------------------------------------------- summary
+@dataclass
+class ExtractSummary:
+    """What one run did; ``str()`` gives the closing lines the CLI prints."""
+
+    spec: str
+    """The feature set written."""
+    store: str
+    """Store path."""
+    shard: tuple[int, int] = (0, 1)
+    """0-based (k, n)."""
+    owned: int = 0
+    """Rows of this shard's chunks."""
+    skipped: int = 0
+    """Rows already done before this run."""
+    todo: int = 0
+    """Rows this run tried (after --limit)."""
+    done: int = 0
+    """Rows written by this run."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """clip id -> one-line reason, for rows that failed in this run."""
+    row_info: dict[str, str] = field(default_factory=dict)
+    """clip id -> note on how the clip was read (e.g. frames repeated)."""
+    seconds: float = 0.0
+    """Wall time of the extraction loop (after the model is loaded)."""
+    load_s: float = 0.0
+    """Time spent decoding clips, summed over workers (CPU seconds of ``load``)."""
+    wait_s: float = 0.0
+    """Time the main loop waited for decoded batches (decoding not hidden behind compute)."""
+    model_s: float = 0.0
+    """Time in ``embed``."""
+    write_s: float = 0.0
+    """Time the writer thread spent writing (overlaps compute)."""
+    interrupted: bool = False
+    """Stopped by Ctrl-C / SIGTERM; finished rows were flushed."""
+
+    @property
+    def clips_per_s(self) -> float:
+        n = self.done + len(self.failed)
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        k, n = self.shard
+        lines = [
+            f"feature set {self.spec} in {self.store}" + (f" (shard {k + 1}/{n})" if n > 1 else ""),
+            f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
+            f"left {max(self.owned - self.skipped - self.done, 0)}"
+            + (f"; {self.clips_per_s:.2f} clips/s over {self.seconds:.1f} s" if self.todo else ""),
+        ]
+        if self.todo and self.seconds > 0:
+            lines.append(
+                f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
+                f"decoding {self.load_s:.1f} s in workers, writing {self.write_s:.1f} s in background"
+            )
+        for cid, reason in list(self.failed.items())[:5]:
+            lines.append(f"  failed {cid}: {reason}")
+        if len(self.failed) > 5:
+            lines.append(f"  ... and {len(self.failed) - 5} more (all reasons are in the store: `fer cache info`)")
+        if self.failed:
+            lines.append("rerun the same command to retry the failed clips only")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- loading in workers
+@dataclass
+class _Loaded:
+    row: int
+    clip_id: str
+    item: Any = None
+    reason: str | None = None
+    unexpected: bool = False
+    load_s: float = 0.0
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+class _ClipLoads(TorchDataset):
+    """Calls ``extractor.load`` per clip, turning any error into a failure item."""
+
+    def __init__(self, extractor: Extractor, records: list[ClipRecord], rows: np.ndarray):
+        self.extractor, self.records, self.rows = extractor, records, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> _Loaded:
+        row = int(self.rows[i])
+        rec = self.records[row]
+        t0 = time.perf_counter()
+        try:
+            item = self.extractor.load(rec)
+            return _Loaded(row, rec.clip_id, item, load_s=time.perf_counter() - t0)
+        except ClipError as e:
+            return _Loaded(row, rec.clip_id, reason=one_line(e), load_s=time.perf_counter() - t0)
+        except Exception as e:  # one bad clip must not stop the run; a bug is caught on the first batch
+            return _Loaded(row, rec.clip_id, reason=one_line(f"{type(e).__name__}: {e}"), unexpected=True,
+                           load_s=time.perf_counter() - t0)
+
+
+def _collate_list(batch: list[_Loaded]) -> list[_Loaded]:
+    return batch
+
+
+# ---------------------------------------------------------------- store access
+@contextlib.contextmanager
+def _dir_lock(store_path: str | Path) -> Iterator[None]:
+    """Serialise store / feature-set creation between processes started together (shards)."""
+    s = str(store_path)
+    if "://" in s and not s.startswith("file://"):
+        yield
+        return
+    parent = Path(s.removeprefix("file://")).expanduser().resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (cluster preemption, ``kill``) stops like Ctrl-C: flush finished rows, then exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+# ---------------------------------------------------------------- the run
+def run_extraction(
+    dataset: Dataset,
+    extractor: Extractor,
+    store_path: str | Path,
+    *,
+    batch_size: int = 8,
+    workers: int = 2,
+    shard: tuple[int, int] = (0, 1),
+    limit: int | None = None,
+    progress: bool = True,
+    command: str | None = None,
+) -> ExtractSummary:
+    """Extract every row this shard owns that is not done yet; returns what happened.
+
+    ``shard`` is 0-based ``(k, n)``: this process owns the store chunks ``c`` with ``c % n == k``.
+    ``limit`` caps the rows tried in this call. ``command`` (the command line) goes into provenance.
+    Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
+    flush every finished row and return with ``interrupted=True``.
+    """
+    from fer.cache import create_store
+
+    if batch_size < 1:
+        raise FerError(f"--batch-size must be >= 1, got {batch_size}")
+    if workers < 0:
+        raise FerError(f"--workers must be >= 0, got {workers}")
+    if limit is not None and limit < 1:
+        raise FerError(f"--limit must be >= 1, got {limit}")
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
+    if not dataset.records:
+        raise FerError(f"{dataset.root} lists no clips; nothing to extract")
+
+    spec, row_shape = extractor.spec, tuple(extractor.row_shape)
+    attrs = dict(extractor.provenance())
+    attrs.setdefault("modality", extractor.modality)
+    attrs["spec"] = spec
+    if command:
+        attrs["command"] = command
+    attrs["dataset"] = {"root": str(dataset.root), "kind": dataset.kind, "clips": len(dataset.records)}
+
+    with _dir_lock(store_path):
+        store = create_store(
+            store_path, dataset.ids, dataset.votes(), dataset.folds(),
+            description=f"{dataset.kind} dataset at {dataset.root}",
+        )
+        writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n))
+    summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n))
+    try:
+        owned = np.asarray(writer.owned_rows(), dtype=np.int64)
+        done = np.asarray(writer.done(), dtype=bool)
+        todo = owned[~done[owned]]
+        summary.owned, summary.skipped = len(owned), int(done[owned].sum())
+        if limit is not None:
+            todo = todo[:limit]
+        summary.todo = len(todo)
+        if len(todo):
+            with _sigterm_as_interrupt():
+                _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress)
+    finally:
+        writer.close()
+        store.close()
+    return summary
+
+
+def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress) -> None:
+    cuda = extractor.device.type == "cuda"
+    loader = DataLoader(
+        _ClipLoads(extractor, dataset.records, todo),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate_list,
+        pin_memory=cuda,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+    )
+    chunk_rows = int(writer.chunk_rows)
+    expected: dict[int, int] = defaultdict(int)
+    for r in todo:
+        expected[int(r) // chunk_rows] += 1
+    resolved: dict[int, int] = defaultdict(int)
+    buffer: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
+    fail_buffer: dict[int, dict[int, str]] = defaultdict(dict)
+    ids = dataset.ids
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-writer")
+    pending: list[Future] = []
+    write_time = [0.0]
+
+    def write(rows_data: list[tuple[int, np.ndarray, np.ndarray]], fails: dict[int, str]) -> None:
+        t0 = time.perf_counter()
+        if rows_data:
+            rows = np.array([r for r, _, _ in rows_data], dtype=np.int64)
+            data = np.stack([d for _, d, _ in rows_data])
+            mask = np.stack([m for _, _, m in rows_data])
+            writer.write_rows(rows, data, mask)
+        if fails:
+            writer.record_failures(fails)
+        write_time[0] += time.perf_counter() - t0
+
+    def flush(chunk: int) -> None:
+        rows_data, fails = buffer.pop(chunk, []), fail_buffer.pop(chunk, {})
+        if not rows_data and not fails:
+            return
+        pending.append(pool.submit(write, rows_data, fails))
+        while pending and (pending[0].done() or len(pending) > MAX_PENDING_WRITES):
+            pending.pop(0).result()  # re-raises a write error here, in the main thread
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="clip", desc=extractor.modality or "extract", dynamic_ncols=True,
+                   file=sys.stderr, smoothing=0.1)
+    t_start = time.perf_counter()
+    first = True
+    try:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch: list[_Loaded] = next(it)
+            except StopIteration:
+                break
+            summary.wait_s += time.perf_counter() - t0
+            summary.load_s += sum(b.load_s for b in batch)
+            oks = [b for b in batch if b.reason is None]
+            if first and not oks and all(b.unexpected for b in batch):
+                raise FerError(
+                    f"every clip of the first batch failed with an unexpected error (first: {batch[0].clip_id}: "
+                    f"{batch[0].reason}); this looks like a broken install or a bug, not bad clips"
+                )
+            t1 = time.perf_counter()
+            results = _embed_safe(extractor, oks, strict=first)
+            summary.model_s += time.perf_counter() - t1
+            first = False
+            for b in batch:
+                chunk = b.row // chunk_rows
+                res = results.get(b.row) if b.reason is None else None
+                if isinstance(res, tuple):
+                    buffer[chunk].append((b.row, res[0], res[1]))
+                    note = extractor.row_info(b.item)
+                    if note:
+                        summary.row_info[b.clip_id] = note
+                    summary.done += 1
+                else:
+                    reason = b.reason if b.reason is not None else res
+                    fail_buffer[chunk][b.row] = reason
+                    summary.failed[b.clip_id] = reason
+                resolved[chunk] += 1
+                if resolved[chunk] == expected[chunk]:
+                    flush(chunk)
+            if bar is not None:
+                bar.update(len(batch))
+                if summary.failed:
+                    bar.set_postfix(failed=len(summary.failed), refresh=False)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        summary.seconds = time.perf_counter() - t_start
+        if bar is not None:
+            bar.close()
+        # write every finished row, even of incomplete chunks (write_rows merges into a chunk)
+        for chunk in sorted(set(buffer) | set(fail_buffer)):
+            flush(chunk)
+        try:
+            for f in pending:
+                f.result()
+        finally:
+            pool.shutdown(wait=True)
+        summary.write_s = write_time[0]
+    if summary.row_info:
+        _merge_row_info(store, writer, summary.row_info)
+
+
+def _embed_safe(
+    extractor: Extractor, oks: list[_Loaded], strict: bool = False
+) -> dict[int, tuple[np.ndarray, np.ndarray] | str]:
+    """row -> (data fp16, mask) or a failure reason. A failing batch is retried clip by clip so one
+    clip that breaks the model fails alone; when every clip of a batch fails on its own (a systemic
+    problem such as a bug or out of memory), or a single-clip first batch fails (``strict``), it raises."""
+    if not oks:
+        return {}
+
+    def run(group: list[_Loaded]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        with torch.inference_mode():
+            data, mask = extractor.embed([b.item for b in group])
+        data = data.detach().to("cpu", torch.float16).numpy()
+        mask = mask.detach().to("cpu", torch.bool).numpy()
+        return {b.row: (data[i], mask[i]) for i, b in enumerate(group)}
+
+    try:
+        return run(oks)
+    except Exception as batch_error:
+        if len(oks) == 1:
+            if strict:
+                raise
+            return {oks[0].row: one_line(f"model failed on this clip: {type(batch_error).__name__}: {batch_error}")}
+        out: dict[int, Any] = {}
+        for b in oks:
+            try:
+                out.update(run([b]))
+            except Exception as e:
+                out[b.row] = one_line(f"model failed on this clip: {type(e).__name__}: {e}")
+        if all(isinstance(v, str) for v in out.values()):
+            raise batch_error
+        return out
+
+
+def _merge_row_info(store: Any, writer: Any, notes: dict[str, str]) -> None:
+    try:
+        old = dict(store.info(writer.spec).get("row_info") or {})
+    except Exception:
+        old = {}
+    old.update(notes)
+    writer.update_attrs({"row_info": old})
