@@ -1,0 +1,150 @@
+"""Everything one training run depends on, in one dataclass (saved as config.json)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from fer.cache.errors import FerError
+from fer.cache.schema import NUM_FOLDS
+
+MODALITIES = ("face", "pose", "audio")
+FUSIONS = ("none", "fc", "transformer")
+LOSSES = ("kl", "mse", "ce", "wce")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("plateau", "cosine", "none")
+SELECTS = ("best", "last")
+MONITORS = ("uar", "loss")
+FINETUNES = (None, "layer4")
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one `fer train` run; every field lands in the run's config.json."""
+
+    modalities: tuple[str, ...] = ("face",)
+    """Modalities the model sees: face is always required; pose and audio are optional extras."""
+    face: str | None = None
+    """Feature-set spec for the face (None: the store's only face feature set)."""
+    pose: str | None = None
+    """Feature-set spec for the pose (None: the store's only pose feature set)."""
+    audio: str | None = None
+    """Feature-set spec for the audio (None: the store's only audio feature set)."""
+    fusion: str = "none"
+    """How pose/audio join the face: none (face only), fc (concatenated before the decision network),
+    transformer (extra tokens of the encoder)."""
+    loss: str = "kl"
+    """kl (KL divergence to the normalised votes), mse (on probabilities), ce (cross-entropy on the
+    majority label), wce (ce weighted by inverse train class frequency)."""
+    folds: tuple[int, ...] = (1,)
+    """Official folds to run, each in 1..5."""
+    epochs: int = 30
+    """Maximum number of epochs per fold."""
+    lr: float = 1e-4
+    """Initial learning rate."""
+    weight_decay: float = 1e-2
+    """Weight decay (decoupled for adamw, L2 for adam)."""
+    batch_size: int = 64
+    """Clips per optimisation step."""
+    optimizer: str = "adamw"
+    """adam or adamw."""
+    scheduler: str = "plateau"
+    """plateau (ReduceLROnPlateau on validation loss), cosine (annealed over `epochs`) or none."""
+    layers: int = 6
+    """Transformer encoder layers."""
+    heads: int = 8
+    """Attention heads (must divide the token width, 512 for ResNet-18 features)."""
+    ff: int = 2048
+    """Width of the encoder's feed-forward layers."""
+    hidden: int = 512
+    """Width of the decision network's hidden layer (2 FC layers: flatten -> hidden -> 7)."""
+    dropout: float = 0.1
+    """Dropout in the encoder and the decision network."""
+    audio_layer: int | None = None
+    """wav2vec2 hidden-state index to use (0 = CNN features, L = last layer); None: the last one."""
+    val_fraction: float = 0.1
+    """Share of each class of the training fold held out for validation (model selection);
+    0 disables validation (then select=last and no early stopping)."""
+    select: str = "best"
+    """best: keep the epoch with the best validation score; last: keep the last epoch (literature protocol)."""
+    monitor: str = "uar"
+    """Validation score that picks the best epoch and drives early stopping: uar or loss."""
+    patience: int = 10
+    """Stop a fold after this many epochs without validation improvement (0: never stop early)."""
+    seed: int = 0
+    """Seeds the validation split, the model initialisation, batch order and dropout."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    out: str | None = None
+    """Run folder; None: runs/<modalities>-<fusion>-<loss>-f<folds>."""
+    allow_incomplete: bool = False
+    """Train on the rows done in every chosen feature set instead of refusing incomplete sets."""
+    finetune: str | None = None
+    """layer4: train ResNet-18's layer4 on cached layer3 face maps together with the rest."""
+    resume: bool = False
+    """Continue an interrupted run in `out` from the last checkpoint of its unfinished fold."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.modalities, str):
+            self.modalities = tuple(m.strip() for m in self.modalities.split(",") if m.strip())
+        self.modalities = tuple(self.modalities)
+        self.folds = tuple(int(f) for f in self.folds)
+
+    def validate(self) -> "TrainConfig":
+        """Raise FerError on any setting that cannot work; return self."""
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad:
+            raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
+        if "face" not in self.modalities:
+            raise FerError("the model needs the face: use --modalities face[,pose][,audio]")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise FerError(f"modality listed twice in {','.join(self.modalities)}")
+        _choice("fusion", self.fusion, FUSIONS)
+        _choice("loss", self.loss, LOSSES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("scheduler", self.scheduler, SCHEDULERS)
+        _choice("select", self.select, SELECTS)
+        _choice("monitor", self.monitor, MONITORS)
+        if self.finetune not in FINETUNES:
+            raise FerError(f"unknown --finetune {self.finetune}: the only choice is layer4")
+        if len(self.modalities) > 1 and self.fusion == "none":
+            raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is face only)")
+        if not self.folds:
+            raise FerError("no fold chosen: use --fold 1..5 or --fold all")
+        for f in self.folds:
+            if not 1 <= f <= NUM_FOLDS:
+                raise FerError(f"fold {f} does not exist: DFEW has folds 1..{NUM_FOLDS} (or use --fold all)")
+        for name in ("epochs", "batch_size", "layers", "heads", "ff", "hidden"):
+            if getattr(self, name) < 1:
+                raise FerError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FerError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise FerError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        if self.lr <= 0:
+            raise FerError(f"--lr must be positive (got {self.lr})")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise FerError(f"unknown --device {self.device}: choose auto, cpu or cuda")
+        return self
+
+    def default_out(self) -> str:
+        """runs/<modalities>-<fusion>-<loss>-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
+        folds = "all" if sorted(self.folds) == list(range(1, NUM_FOLDS + 1)) else "_".join(map(str, self.folds))
+        ft = "-ft4" if self.finetune else ""
+        return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}-f{folds}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        d["folds"] = list(self.folds)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: (tuple(v) if k in ("modalities", "folds") else v) for k, v in d.items() if k in names})
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise FerError(f"unknown --{name} {value}: choose from {', '.join(choices)}")

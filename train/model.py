@@ -1,0 +1,222 @@
+"""The model: face tokens -> Transformer encoder -> flatten -> 2 FC layers -> 7 logits, with pose/audio fusion.
+
+Inputs come as a dict of batch tensors made by `make_batch` from in-memory feature tensors:
+face (B, T, D) or layer3 maps (B, T, C, H, W) with --finetune layer4; pose (B, K, 17, 2);
+audio (B, 1024) (one wav2vec2 layer) or (B, T, 64) (a mel sequence); each with its mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from fer.cache.errors import FerError
+from fer.cache.schema import NUM_CLASSES
+from fer.train.config import TrainConfig
+from fer.train.features import ModalityData
+
+AUDIO_DIM = 128
+
+
+def audio_is_sequence(md: ModalityData) -> bool:
+    """True for a mel/frame sequence (T, F); False for per-layer pooled wav2vec2 states (L+1, 1024)."""
+    name = f"{md.provenance.get('backbone', '')} {md.spec}".lower()
+    return "mel" in name
+
+
+def face_is_maps(md: ModalityData) -> bool:
+    """True when the face set holds intermediate maps (N, T, C, H, W) instead of pooled vectors."""
+    return md.data.dim() == 5
+
+
+def audio_layer_index(md: ModalityData, layer: int | None) -> int:
+    """The hidden-state index to use; None -> the last; FerError when out of range."""
+    n = md.data.shape[1]
+    if layer is None:
+        return n - 1
+    if not -n <= layer < n:
+        raise FerError(f"--audio-layer {layer} is out of range: {md.spec} holds hidden states 0..{n - 1}")
+    return layer % n
+
+
+def make_batch(sets: Mapping[str, ModalityData], idx: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Index one batch out of the (device-resident) feature tensors, cast to float32."""
+    out: dict[str, torch.Tensor] = {}
+    face = sets["face"]
+    out["face"] = face.data[idx].float()
+    out["face_mask"] = face.mask[idx]
+    if "pose" in cfg.modalities:
+        pose = sets["pose"]
+        out["pose"] = pose.data[idx][..., :2].float()
+        out["pose_mask"] = pose.mask[idx]
+    if "audio" in cfg.modalities:
+        audio = sets["audio"]
+        if audio_is_sequence(audio):
+            out["audio"] = audio.data[idx].float()
+            out["audio_mask"] = audio.mask[idx]
+        else:
+            k = audio_layer_index(audio, cfg.audio_layer)
+            out["audio"] = audio.data[idx, k].float()
+            out["audio_mask"] = audio.mask[idx, k]
+    return out
+
+
+class SequenceAudio(nn.Module):
+    """(B, T, F) frames -> two conv1d layers -> masked mean over time -> (B, 128)."""
+
+    def __init__(self, n_in: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_in, AUDIO_DIM, 5, padding=2), nn.ReLU(),
+            nn.Conv1d(AUDIO_DIM, AUDIO_DIM, 5, padding=2), nn.ReLU(),
+        )
+        self.out = nn.Sequential(nn.Linear(AUDIO_DIM, AUDIO_DIM), nn.BatchNorm1d(AUDIO_DIM), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, 128)
+        m = mask.to(h.dtype).unsqueeze(-1)
+        pooled = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.out(pooled)
+
+
+def layer_audio(n_in: int, dropout: float) -> nn.Module:
+    """One wav2vec2 layer (1024) -> 512 -> 128, with batch norm."""
+    return nn.Sequential(
+        nn.Linear(n_in, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Dropout(dropout),
+        nn.Linear(512, AUDIO_DIM), nn.BatchNorm1d(AUDIO_DIM), nn.ReLU(),
+    )
+
+
+class FerModel(nn.Module):
+    """Face transformer with optional pose/audio fusion (none | fc | transformer) and a 2-layer decision network."""
+
+    def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, layer4: nn.Module | None = None):
+        super().__init__()
+        self.fusion = cfg.fusion
+        self.use_pose = "pose" in cfg.modalities
+        self.use_audio = "audio" in cfg.modalities
+        face = sets["face"]
+        self.maps = face_is_maps(face)
+        if self.maps:
+            if layer4 is None:
+                raise FerError(f"{face.spec} holds layer3 maps {tuple(face.data.shape[1:])}: train it with --finetune layer4")
+            self.layer4 = layer4
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            d = 512
+        else:
+            if layer4 is not None:
+                raise FerError(f"--finetune layer4 needs a face feature set of layer3 maps; {face.spec} holds pooled vectors")
+            self.layer4 = None
+            d = int(face.data.shape[-1])
+        if d % cfg.heads:
+            raise FerError(f"--heads {cfg.heads} does not divide the token width {d}: choose a divisor (e.g. 8)")
+        n_face = int(face.data.shape[1])
+        n_tokens, extra = n_face, 0
+        if self.use_pose:
+            k, j = int(sets["pose"].data.shape[1]), int(sets["pose"].data.shape[2])
+            self.pose_proj = nn.Linear(j * 2, d)
+            if cfg.fusion == "transformer":
+                n_tokens += k
+            else:
+                extra += k * d
+        if self.use_audio:
+            audio = sets["audio"]
+            self.audio_seq = audio_is_sequence(audio)
+            self.audio_enc = (SequenceAudio(int(audio.data.shape[-1]), cfg.dropout) if self.audio_seq
+                              else layer_audio(int(audio.data.shape[-1]), cfg.dropout))
+            if cfg.fusion == "transformer":
+                self.audio_tok = nn.Linear(AUDIO_DIM, d)
+                n_tokens += 1
+            else:
+                extra += AUDIO_DIM
+        self.pos = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(
+            nn.Linear(n_tokens * d + extra, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, NUM_CLASSES),
+        )
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Return (B, 7) logits (log-softmax is applied in the loss)."""
+        face, fmask = batch["face"], batch["face_mask"]
+        if self.maps:
+            b, t = face.shape[:2]
+            face = self.pool(self.layer4(face.flatten(0, 1))).flatten(1).view(b, t, -1)
+        tokens = [face * fmask.unsqueeze(-1).to(face.dtype)]
+        pads = [torch.zeros(fmask.shape, dtype=torch.bool, device=face.device)]
+        extras: list[torch.Tensor] = []
+        if self.use_pose:
+            pm = batch["pose_mask"]
+            p = self.pose_proj(batch["pose"].flatten(2)) * pm.unsqueeze(-1).to(face.dtype)
+            if self.fusion == "transformer":
+                tokens.append(p)
+                pads.append(~pm)
+            else:
+                extras.append(p.flatten(1))
+        if self.use_audio:
+            am = batch["audio_mask"]
+            if self.audio_seq:
+                a = self.audio_enc(batch["audio"], am)
+                am = am.any(dim=1)
+            else:
+                a = self.audio_enc(batch["audio"])
+            a = a * am.unsqueeze(-1).to(a.dtype)
+            if self.fusion == "transformer":
+                tokens.append(self.audio_tok(a).unsqueeze(1))
+                pads.append(~am.unsqueeze(1))
+            else:
+                extras.append(a)
+        h = torch.cat(tokens, dim=1) + self.pos
+        pad = torch.cat(pads, dim=1) if len(pads) > 1 else None
+        h = self.encoder(h, src_key_padding_mask=pad)
+        if pad is not None:
+            h = h.masked_fill(pad.unsqueeze(-1), 0.0)
+        return self.head(torch.cat([h.flatten(1), *extras], dim=1))
+
+
+def build_layer4(provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> nn.Module:
+    """ResNet-18's layer4, initialised from the weights the layer3 cache was made with.
+
+    The provenance names the weights: a local checkpoint path (state dict; keys `...layer4.*`), a torchvision
+    id (`imagenet`, `IMAGENET1K_V1`, found in the torch hub cache, offline), or `none`: random init with the
+    recorded seed (torch.manual_seed(seed) before building resnet18, as the extractor does).
+    """
+    from torchvision.models import resnet18
+
+    weights = provenance.get("weights_path") or provenance.get("weights") or provenance.get("weights_id") or "none"
+    weights = str(weights)
+    if weights.lower() in ("none", "random", ""):
+        seed = int(provenance.get("seed", provenance.get("init_seed", 0)) or 0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = resnet18(weights=None)
+        log(f"layer4: random init (seed {seed}), as the cache's backbone was")
+        return net.layer4
+    path = Path(weights)
+    if path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        sub = {k.split("layer4.", 1)[1]: v for k, v in state.items() if "layer4." in k}
+        if not sub:
+            raise FerError(f"{path} holds no layer4 weights (no key with 'layer4.'): the cache's provenance names the wrong file")
+        net = resnet18(weights=None)
+        net.layer4.load_state_dict(sub)
+        log(f"layer4: initialised from {path}")
+        return net.layer4
+    from torchvision.models import ResNet18_Weights
+
+    name = "IMAGENET1K_V1" if weights.lower() in ("imagenet", "default") else weights
+    try:
+        w = ResNet18_Weights[name]
+        net = resnet18(weights=w)
+    except Exception as e:  # offline or unknown id
+        raise FerError(f"cannot load the ResNet-18 weights {weights} the cache was made with ({type(e).__name__}): "
+                       "run `fer weights` on a machine with internet, or extract with a local weights file") from None
+    log(f"layer4: initialised from torchvision {name}")
+    return net.layer4
