@@ -12,3 +12,7 @@ FOLD_TEST = 2
 # DFEW counts a clip as single-labeled when one class has more than this many of 10 votes.
 SINGLE_LABEL_MIN_VOTES = 7
 NUM_ANNOTATORS = 10
+
+# Feature store format: written to the root attrs; a store with a newer version is refused.
+STORE_FORMAT_NAME = "fer-feature-store"
+FORMAT_VERSION = 1

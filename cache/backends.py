@@ -1,0 +1,322 @@
+"""The two on-disk formats behind one small interface: Zarr v3 (directory or fsspec URL) and HDF5 (one file).
+
+Keys are '/'-separated paths inside the store ("clips/id", "features/<spec>/data"). Attributes are plain
+JSON dicts on both formats (HDF5 keeps them as one JSON string attribute), so no pickle is ever involved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer.cache.errors import FerError
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+_H5_ATTR = "fer_json"
+
+# Compressor names a feature set may use, per format. HDF5 has only its built-in filters here (blosc/zstd
+# would need the hdf5plugin package, which readers of the file would then also need).
+ZARR_COMPRESSORS = ("none", "blosc-lz4", "blosc-lz4-bitshuffle", "blosc-zstd-1", "zstd-1", "zstd-3")
+HDF5_COMPRESSORS = ("none", "lzf", "gzip-1")
+
+
+def is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def format_for(path: str | os.PathLike) -> str:
+    """'hdf5' for .h5/.hdf5 paths, else 'zarr' (fsspec URLs are always zarr)."""
+    s = str(path)
+    if not is_url(s) and s.lower().endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    if s.startswith("file://") and s.lower().endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    return "zarr"
+
+
+def local_path(path: str | os.PathLike) -> Path | None:
+    """The local filesystem path of a store, or None for a non-local URL (memory://, s3://, ...)."""
+    s = str(path)
+    if s.startswith("file://"):
+        return Path(s[len("file://") :])
+    if is_url(s):
+        return None
+    return Path(s)
+
+
+def _zarr_codecs(name: str) -> Any:
+    import zarr.codecs as zc
+
+    if name == "none":
+        return None
+    if name == "blosc-lz4":
+        return zc.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if name == "blosc-lz4-bitshuffle":
+        return zc.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+    if name == "blosc-zstd-1":
+        return zc.BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+    m = re.fullmatch(r"zstd-(\d+)", name)
+    if m:
+        return zc.ZstdCodec(level=int(m.group(1)))
+    raise FerError(f"unknown compressor {name!r} for a zarr store; choose one of {', '.join(ZARR_COMPRESSORS)}")
+
+
+def _h5_filter(name: str) -> dict[str, Any]:
+    if name == "none":
+        return {}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    m = re.fullmatch(r"gzip-(\d)", name)
+    if m:
+        return {"compression": "gzip", "compression_opts": int(m.group(1)), "shuffle": True}
+    raise FerError(f"unknown compressor {name!r} for an HDF5 store; choose one of {', '.join(HDF5_COMPRESSORS)}")
+
+
+class Backend:
+    """What the store needs from a format. Arrays are format-native handles that slice like numpy."""
+
+    format: str
+    location: str
+
+    def root_attrs(self) -> dict: ...
+    def set_root_attrs(self, attrs: dict) -> None: ...
+    def group_attrs(self, key: str) -> dict: ...
+    def set_group_attrs(self, key: str, attrs: dict) -> None: ...
+    def has(self, key: str) -> bool: ...
+    def create_group(self, key: str) -> None: ...
+    def children(self, key: str) -> list[str]: ...
+    def create_array(self, key: str, shape: tuple, dtype: Any, chunks: tuple, fill_value: Any,
+                     compressor: str = "none") -> Any: ...
+    def array(self, key: str) -> Any: ...
+    def delete(self, key: str) -> None: ...
+    def bytes_on_disk(self, key: str) -> int | None: ...
+    def chunk_exists(self, key: str, chunk: int) -> bool | None: ...
+    def read_rows(self, arr: Any, start: int, stop: int, out: np.ndarray) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class ZarrBackend(Backend):
+    format = "zarr"
+
+    def __init__(self, path: str | os.PathLike, mode: str) -> None:
+        import zarr
+
+        self.location = str(path)
+        self.local = local_path(path)
+        self.readonly = mode == "r"
+        target: Any = str(self.local) if self.local is not None else str(path)
+        zmode = {"r": "r", "r+": "r+", "a": "a"}[mode]
+        try:
+            self.root = zarr.open_group(target, mode=zmode, zarr_format=3)
+        except FileNotFoundError as e:
+            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
+        except (ValueError, TypeError, KeyError) as e:
+            raise FerError(f"{path} is not a readable zarr v3 store ({e}); check the path") from e
+
+    # attrs ---------------------------------------------------------------
+    def root_attrs(self) -> dict:
+        return dict(self.root.attrs.asdict())
+
+    def set_root_attrs(self, attrs: dict) -> None:
+        self.root.attrs.put(attrs)
+
+    def group_attrs(self, key: str) -> dict:
+        return dict(self.root[key].attrs.asdict())
+
+    def set_group_attrs(self, key: str, attrs: dict) -> None:
+        self.root[key].attrs.put(attrs)
+
+    # tree ----------------------------------------------------------------
+    def has(self, key: str) -> bool:
+        try:
+            self.root[key]
+        except KeyError:
+            return False
+        return True
+
+    def create_group(self, key: str) -> None:
+        self.root.require_group(key)
+
+    def children(self, key: str) -> list[str]:
+        if key == "":
+            return sorted(self.root.group_keys())
+        if not self.has(key):
+            return []
+        return sorted(self.root[key].group_keys())
+
+    def create_array(self, key, shape, dtype, chunks, fill_value, compressor="none"):
+        parent, _, name = key.rpartition("/")
+        grp = self.root.require_group(parent) if parent else self.root
+        codec = _zarr_codecs(compressor)
+        arr = grp.create_array(
+            name, shape=shape, dtype=dtype, chunks=chunks, fill_value=fill_value,
+            compressors=None if codec is None else [codec], overwrite=True,
+        )
+        return arr.with_config({"write_empty_chunks": True})
+
+    def array(self, key: str):
+        # Write every chunk, even one equal to the fill value, so a missing chunk always means "never written".
+        return self.root[key].with_config({"write_empty_chunks": True})
+
+    def delete(self, key: str) -> None:
+        parent, _, name = key.rpartition("/")
+        grp = self.root[parent] if parent else self.root
+        if name in grp:
+            del grp[name]
+
+    def bytes_on_disk(self, key: str) -> int | None:
+        if self.local is None:
+            return None
+        return _du(self.local / key)
+
+    def chunk_exists(self, key: str, chunk: int) -> bool | None:
+        if self.local is None:
+            return None
+        arr = self.root[key]
+        ckey = arr.metadata.encode_chunk_key((chunk,) + (0,) * (arr.ndim - 1))
+        return (self.local / key / ckey).is_file()
+
+    def read_rows(self, arr, start: int, stop: int, out: np.ndarray) -> None:
+        out[...] = arr[start:stop]
+
+    def flush(self) -> None:
+        pass  # every zarr chunk write is a whole file, written to a temp name and renamed into place
+
+    def close(self) -> None:
+        pass
+
+
+class Hdf5Backend(Backend):
+    format = "hdf5"
+
+    def __init__(self, path: str | os.PathLike, mode: str) -> None:
+        import h5py
+
+        self.local = local_path(path)
+        self.location = str(self.local)
+        self.readonly = mode == "r"
+        if mode == "r" and not self.local.exists():
+            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
+        try:
+            self.f = h5py.File(self.local, {"r": "r", "r+": "r+", "a": "a"}[mode])
+        except FileNotFoundError as e:
+            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
+        except OSError as e:
+            msg = str(e).lower()
+            if "lock" in msg or "already open" in msg:
+                raise FerError(
+                    f"{path} is open for writing by another process (HDF5 allows one writer and no readers "
+                    "beside it); wait for it to finish, or use a .zarr store for parallel writers"
+                ) from e
+            raise FerError(f"{path} is not a readable HDF5 file ({e}); check the path") from e
+
+    def _json(self, obj) -> dict:
+        raw = obj.attrs.get(_H5_ATTR)
+        if raw is None:
+            return {}
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return json.loads(raw)
+
+    def root_attrs(self) -> dict:
+        return self._json(self.f)
+
+    def set_root_attrs(self, attrs: dict) -> None:
+        self.f.attrs[_H5_ATTR] = json.dumps(attrs)
+
+    def group_attrs(self, key: str) -> dict:
+        return self._json(self.f[key])
+
+    def set_group_attrs(self, key: str, attrs: dict) -> None:
+        self.f[key].attrs[_H5_ATTR] = json.dumps(attrs)
+
+    def has(self, key: str) -> bool:
+        return key in self.f
+
+    def create_group(self, key: str) -> None:
+        self.f.require_group(key)
+
+    def children(self, key: str) -> list[str]:
+        import h5py
+
+        grp = self.f if key == "" else self.f.get(key)
+        if grp is None:
+            return []
+        return sorted(k for k, v in grp.items() if isinstance(v, h5py.Group))
+
+    def create_array(self, key, shape, dtype, chunks, fill_value, compressor="none"):
+        if key in self.f:
+            del self.f[key]
+        return self.f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill_value,
+                                     **_h5_filter(compressor))
+
+    def array(self, key: str):
+        return self.f[key]
+
+    def delete(self, key: str) -> None:
+        if key in self.f:
+            del self.f[key]  # HDF5 does not give the space back to the file system (h5repack does)
+
+    def bytes_on_disk(self, key: str) -> int | None:
+        import h5py
+
+        obj = self.f[key]
+        total = 0
+        items = [obj] if isinstance(obj, h5py.Dataset) else [v for v in obj.values() if isinstance(v, h5py.Dataset)]
+        for ds in items:
+            total += ds.id.get_storage_size()
+        return total
+
+    def chunk_exists(self, key: str, chunk: int) -> bool | None:
+        ds = self.f[key]
+        info = ds.id.get_chunk_info_by_coord((chunk * ds.chunks[0],) + (0,) * (ds.ndim - 1))
+        return info.byte_offset is not None and info.size > 0
+
+    def read_rows(self, arr, start: int, stop: int, out: np.ndarray) -> None:
+        if stop > start:
+            arr.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def close(self) -> None:
+        try:
+            self.f.close()
+        except Exception:
+            pass
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def open_backend(path: str | os.PathLike, mode: str) -> Backend:
+    """Open (mode 'r' / 'r+') or create-or-open (mode 'a') a store in the format its path names."""
+    if format_for(path) == "hdf5":
+        return Hdf5Backend(path, mode)
+    return ZarrBackend(path, mode)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a whole local store (tests and tools)."""
+    p = Path(path)
+    if p.is_dir():
+        shutil.rmtree(p)
+    elif p.exists():
+        p.unlink()

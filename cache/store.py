@@ -1,0 +1,352 @@
+"""FeatureStore: one store per dataset, a clip index plus one feature set per spec (see STORE_API.md)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fer.cache import layout as L
+from fer.cache.backends import Backend, format_for, local_path, open_backend
+from fer.cache.errors import FerError
+from fer.cache.locks import ChunkLocks, exclusive, lock_dir_for
+from fer.cache.provenance import library_versions, now_iso
+from fer.cache.schema import CLASS_NAMES, FORMAT_VERSION, NUM_CLASSES, NUM_FOLDS, STORE_FORMAT_NAME
+
+# Reads go in blocks of whole chunks; zarr decodes blocks in parallel threads (HDF5 holds a global lock,
+# so it reads in one call instead).
+_READ_BLOCK_BYTES = 32 << 20
+_READ_THREADS = min(4, os.cpu_count() or 1)
+
+
+@dataclass
+class FeatureSet:
+    """A whole feature set in memory; row order is the store's clip order."""
+
+    spec: str
+    data: np.ndarray
+    """(N, *row_shape) features, float16 unless the set was written with another dtype."""
+    mask: np.ndarray
+    """(N, T) bool: token present."""
+    done: np.ndarray
+    """(N,) bool: row written completely; rows not done hold NaN."""
+    ids: np.ndarray
+    """(N,) clip ids."""
+    attrs: dict = field(default_factory=dict)
+    """The feature set's provenance attributes."""
+
+    def to_torch(self):
+        """(data, mask) as torch tensors sharing memory with the numpy arrays."""
+        import torch
+
+        return torch.from_numpy(self.data), torch.from_numpy(self.mask)
+
+
+class FeatureStore:
+    """An open store. Use create_store / open_store rather than this constructor."""
+
+    def __init__(self, backend: Backend, path: str | os.PathLike, mode: str) -> None:
+        self._b = backend
+        self.path = str(path)
+        self.mode = mode
+        self._local = local_path(path)
+        self.attrs = self._check_format(backend.root_attrs())
+        try:
+            self._ids = L.decode_strings(np.asarray(backend.array(L.CLIPS_ID)[:]))
+            self._votes = np.asarray(backend.array(L.CLIPS_VOTES)[:], dtype=np.float32)
+            self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
+        except KeyError as e:
+            raise FerError(f"{self.path} has no clip index (clips/...); the store is incomplete, create it again") from e
+
+    def _check_format(self, attrs: dict) -> dict:
+        if attrs.get("format") != STORE_FORMAT_NAME:
+            raise FerError(f"{self.path} is not a fer feature store (no '{STORE_FORMAT_NAME}' format attribute)")
+        v = attrs.get("format_version")
+        if not isinstance(v, int) or v > FORMAT_VERSION:
+            raise FerError(
+                f"{self.path} has store format version {v}, newer than this fer understands ({FORMAT_VERSION}); "
+                "upgrade fer to read it"
+            )
+        return attrs
+
+    # ------------------------------------------------------------ clip index
+    @property
+    def format(self) -> str:
+        return self._b.format
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self._ids
+
+    @property
+    def votes(self) -> np.ndarray:
+        return self._votes
+
+    @property
+    def folds(self) -> np.ndarray:
+        return self._folds
+
+    @property
+    def n(self) -> int:
+        return len(self._ids)
+
+    # ------------------------------------------------------------ feature sets
+    def specs(self) -> list[str]:
+        return [s for s in self._b.children(L.FEATURES) if self._complete(s)]
+
+    def _complete(self, spec: str) -> bool:
+        # A feature set whose creation was interrupted has no chunk_rows attribute yet.
+        return "chunk_rows" in self._b.group_attrs(L.group_key(spec))
+
+    def has(self, spec: str) -> bool:
+        return self._b.has(L.group_key(spec)) and self._complete(spec)
+
+    def require(self, spec: str) -> None:
+        """FerError listing the specs the store has when ``spec`` is not one of them."""
+        if not self.has(spec):
+            have = ", ".join(self.specs()) or "none"
+            raise FerError(f"{self.path} has no feature set {spec!r}; it has: {have}")
+
+    def set_attrs(self, spec: str) -> dict:
+        self.require(spec)
+        return self._b.group_attrs(L.group_key(spec))
+
+    def info(self, spec: str) -> dict:
+        """Provenance attrs plus shape, dtype, chunk_rows, n_done, n_failed, bytes_on_disk, created."""
+        attrs = self.set_attrs(spec)
+        data = self._b.array(L.data_key(spec))
+        done = np.asarray(self._b.array(L.done_key(spec))[:], dtype=bool)
+        failed = self._failed_rows(spec) & ~done
+        out = dict(attrs)
+        out.update(
+            spec=spec,
+            shape=list(data.shape),
+            dtype=str(np.dtype(data.dtype)),
+            chunk_rows=int(attrs["chunk_rows"]),
+            n_rows=self.n,
+            n_done=int(done.sum()),
+            n_failed=int(failed.sum()),
+            bytes_on_disk=self._b.bytes_on_disk(L.group_key(spec)),
+            created=attrs.get("created"),
+        )
+        return out
+
+    def _failed_rows(self, spec: str) -> np.ndarray:
+        return np.asarray(self._b.array(L.failed_key(spec))[:, 0]) != 0
+
+    def failures(self, spec: str) -> dict[str, str]:
+        """clip id -> one-line reason, for rows that failed and are not done."""
+        self.require(spec)
+        failed = np.asarray(self._b.array(L.failed_key(spec))[:])
+        done = np.asarray(self._b.array(L.done_key(spec))[:], dtype=bool)
+        rows = np.flatnonzero((failed[:, 0] != 0) & ~done)
+        reasons = L.decode_strings(failed[rows])
+        return {str(self._ids[r]): str(reason) for r, reason in zip(rows, reasons)}
+
+    def read(self, spec: str, *, rows: np.ndarray | None = None) -> FeatureSet:
+        """The whole feature set (or the given rows) in one pass, chunk by chunk, never row by row."""
+        attrs = self.set_attrs(spec)
+        cr = int(attrs["chunk_rows"])
+        arrays = {k: self._b.array(key(spec)) for k, key in
+                  (("data", L.data_key), ("mask", L.mask_key), ("done", L.done_key))}
+        if rows is None:
+            out = {k: np.empty(a.shape, dtype=a.dtype) for k, a in arrays.items()}
+            for k, a in arrays.items():
+                self._read_all(a, out[k], cr)
+            ids = self._ids
+        else:
+            rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+            if rows.size and (rows.min() < 0 or rows.max() >= self.n):
+                raise FerError(f"rows must lie in 0..{self.n - 1}")
+            out = {k: np.empty((len(rows),) + tuple(a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+            for c, pos in L.group_by_chunk(rows, cr):
+                a0, b0 = L.chunk_span(c, cr, self.n)
+                for k, a in arrays.items():
+                    block = np.asarray(a[a0:b0])
+                    out[k][pos] = block[rows[pos] - a0]
+            ids = self._ids[rows]
+        return FeatureSet(spec=spec, data=out["data"], mask=out["mask"], done=out["done"], ids=ids, attrs=attrs)
+
+    def _read_all(self, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
+        n = out.shape[0]
+        if self.format == "hdf5" or n == 0:
+            self._b.read_rows(arr, 0, n, out)
+            return
+        row_bytes = max(1, out[:1].nbytes)
+        block = max(chunk_rows, (_READ_BLOCK_BYTES // row_bytes) // chunk_rows * chunk_rows)
+        spans = [(a, min(n, a + block)) for a in range(0, n, block)]
+        if len(spans) == 1:
+            self._b.read_rows(arr, 0, n, out)
+            return
+        with ThreadPoolExecutor(_READ_THREADS) as ex:
+            list(ex.map(lambda s: self._b.read_rows(arr, s[0], s[1], out[s[0] : s[1]]), spans))
+
+    def writer(self, spec: str, *, row_shape: tuple[int, ...] | None = None, attrs: dict | None = None,
+               dtype: str = "float16", shard: tuple[int, int] = (0, 1), chunk_bytes: int | None = None,
+               compressor: str | None = None):
+        """A FeatureWriter for ``spec``, creating the feature set when missing (see STORE_API.md)."""
+        from fer.cache.writer import FeatureWriter
+
+        if self.mode == "r":
+            raise FerError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        L.check_spec(spec)
+        with exclusive(self._lock_file("_create"), f"{self.path}::create"):
+            if not self.has(spec):
+                self._create_set(spec, row_shape, attrs, dtype, chunk_bytes, compressor)
+            else:
+                have = self.set_attrs(spec)
+                if row_shape is not None and tuple(row_shape) != tuple(have["row_shape"]):
+                    raise FerError(
+                        f"feature set {spec!r} holds rows of shape {tuple(have['row_shape'])}, not {tuple(row_shape)}; "
+                        "a different shape needs a different spec"
+                    )
+                if np.dtype(dtype) != np.dtype(have["dtype"]):
+                    raise FerError(f"feature set {spec!r} holds {have['dtype']}, not {dtype}")
+        return FeatureWriter(self, spec, shard=shard)
+
+    def _create_set(self, spec, row_shape, attrs, dtype, chunk_bytes, compressor) -> None:
+        if row_shape is None or attrs is None or "modality" not in attrs:
+            raise FerError(f"feature set {spec!r} does not exist yet: give row_shape and attrs (with 'modality') to create it")
+        row_shape = tuple(int(x) for x in row_shape)
+        if len(row_shape) < 1 or min(row_shape) < 1:
+            raise FerError(f"row_shape must be (T, ...) with positive sizes, got {row_shape}")
+        dt = np.dtype(dtype)
+        compressor = compressor or L.DEFAULT_COMPRESSOR[self.format]
+        cr = min(self.n, L.chunk_rows_for(row_shape, dt, chunk_bytes or L.DEFAULT_CHUNK_BYTES))
+        n, t = self.n, row_shape[0]
+        g = L.group_key(spec)
+        self._b.create_group(g)
+        fill = np.nan if dt.kind == "f" else 0
+        # mask/done/failed share data's rows per chunk so writers of disjoint chunks never share a chunk file.
+        self._b.create_array(L.data_key(spec), (n,) + row_shape, dt, (cr,) + row_shape, fill, compressor)
+        self._b.create_array(L.mask_key(spec), (n, t), bool, (cr, t), False, "none" if self.format == "hdf5" else "zstd-1")
+        self._b.create_array(L.done_key(spec), (n,), bool, (cr,), False, "none")
+        self._b.create_array(L.failed_key(spec), (n, L.FAIL_WIDTH), np.uint8, (cr, L.FAIL_WIDTH), 0,
+                             "gzip-1" if self.format == "hdf5" else "zstd-1")
+        from fer.cache.provenance import base_provenance
+
+        meta = {**base_provenance(), **dict(attrs)}
+        meta.update(spec=spec, row_shape=list(row_shape), dtype=str(dt), chunk_rows=cr, compressor=compressor,
+                    format_version=FORMAT_VERSION)
+        self._b.set_group_attrs(g, meta)  # last: its chunk_rows marks the set as complete
+        self._b.flush()
+
+    def remove(self, spec: str) -> None:
+        """Delete a feature set (refused while a writer holds any of its chunks)."""
+        if self.mode == "r":
+            raise FerError(f"{self.path} is open read-only; open it with mode='r+' to remove a feature set")
+        attrs = self.set_attrs(spec)
+        chunks = range(L.n_chunks(self.n, int(attrs["chunk_rows"])))
+        locks = ChunkLocks(self._lock_key(spec), self._lock_file(spec), chunks, f"cannot remove {spec!r}")
+        try:
+            self._b.delete(L.group_key(spec))
+            self._b.flush()
+        finally:
+            locks.release()
+
+    # ------------------------------------------------------------ internals
+    def _lock_key(self, spec: str) -> str:
+        base = str(self._local.resolve()) if self._local is not None else self.path
+        return f"{base}::{spec}"
+
+    def _lock_file(self, name: str) -> Path | None:
+        # HDF5 lets one process open the file for writing, so it needs no lock files; memory:// has no files.
+        if self._local is None or self.format == "hdf5":
+            return None
+        return lock_dir_for(self._local.resolve()) / f"{name}.lock"
+
+    @property
+    def backend(self) -> Backend:
+        return self._b
+
+    def close(self) -> None:
+        self._b.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.path!r}, format={self.format}, n={self.n}, specs={self.specs()})"
+
+
+def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    ids = [str(i) for i in ids]
+    n = len(ids)
+    if n == 0:
+        raise FerError("cannot create a store with no clips")
+    if len(set(ids)) != n:
+        raise FerError("clip ids must be unique; the dataset lists some clips twice")
+    votes = np.asarray(votes, dtype=np.float32)
+    folds = np.asarray(folds, dtype=np.int8)
+    if votes.shape != (n, NUM_CLASSES):
+        raise FerError(f"votes must have shape ({n}, {NUM_CLASSES}), got {votes.shape}")
+    if folds.shape != (n, NUM_FOLDS):
+        raise FerError(f"folds must have shape ({n}, {NUM_FOLDS}), got {folds.shape}")
+    return ids, votes, folds
+
+
+def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, *,
+                 description: str = "", attrs: dict | None = None) -> FeatureStore:
+    """Create a store for a clip index, or open the existing one for writing if it holds the same index."""
+    ids, votes, folds = _check_index(ids, votes, folds)
+    local = local_path(path)
+    lock = None if local is None or format_for(path) == "hdf5" else lock_dir_for(local.resolve()) / "_create.lock"
+    with exclusive(lock, f"{path}::create"):
+        b = open_backend(path, "a")
+        try:
+            root = b.root_attrs()
+            if root.get("format") == STORE_FORMAT_NAME:
+                store = FeatureStore(b, path, "r+")
+                same = (list(store.ids) == ids and np.array_equal(store.votes, votes)
+                        and np.array_equal(store.folds, folds))
+                if not same:
+                    raise FerError(
+                        f"{path} holds another dataset's clips (different ids, votes or folds); "
+                        "use a new store path or remove the old store"
+                    )
+                return store
+            others = [k for k in b.children("") if k not in ("clips", "features")]
+            if others or b.children(L.FEATURES):
+                raise FerError(f"{path} exists and is not a fer feature store; choose another path")
+            n = len(ids)
+            b.create_array(L.CLIPS_ID, (n, max(1, max(len(i.encode()) for i in ids))), np.uint8,
+                           (n, max(1, max(len(i.encode()) for i in ids))), 0)
+            b.array(L.CLIPS_ID)[:] = L.encode_strings(ids)
+            b.create_array(L.CLIPS_VOTES, votes.shape, np.float32, votes.shape, 0)
+            b.array(L.CLIPS_VOTES)[:] = votes
+            b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, folds.shape, 0)
+            b.array(L.CLIPS_FOLD)[:] = folds
+            b.create_group(L.FEATURES)
+            meta = dict(attrs or {})
+            meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,
+                        class_names=list(CLASS_NAMES), num_clips=n, created=now_iso(),
+                        library_versions=library_versions())
+            b.set_root_attrs(meta)  # last: a store without it is not a store yet
+            b.flush()
+            return FeatureStore(b, path, "r+")
+        except BaseException:
+            b.close()
+            raise
+
+
+def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
+    """Open an existing store ('r' or 'r+'); FerError if missing, not a store, or a newer format."""
+    if mode not in ("r", "r+"):
+        raise FerError(f"mode must be 'r' or 'r+', not {mode!r}")
+    local = local_path(path)
+    if local is not None and not local.exists():
+        raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
+    b = open_backend(path, mode)
+    try:
+        return FeatureStore(b, path, mode)
+    except BaseException:
+        b.close()
+        raise

@@ -1,0 +1,157 @@
+"""FeatureWriter: writes rows of one feature set, owning (and locking) whole chunks.
+
+Crash safety: for every chunk touched, data and mask are written first (zarr writes each chunk file to a
+temp name and renames it into place, so a chunk file is never half-written), then `done` for those rows.
+A writer killed at any moment therefore leaves at worst rows that are written but not marked done, and a
+rerun writes them again. HDF5 is flushed after the data and again after `done`; see README for what HDF5
+does and does not guarantee.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fer.cache import layout as L
+from fer.cache.errors import FerError
+from fer.cache.locks import ChunkLocks, exclusive
+
+if TYPE_CHECKING:
+    from fer.cache.store import FeatureStore
+
+
+class FeatureWriter:
+    """Writes rows of feature set ``spec``; owns chunks c with c % n == k for shard (k, n)."""
+
+    def __init__(self, store: FeatureStore, spec: str, *, shard: tuple[int, int] = (0, 1)) -> None:
+        k, n = (int(x) for x in shard)
+        if n < 1 or not 0 <= k < n:
+            raise FerError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
+        self.store = store
+        self.spec = spec
+        self.shard = (k, n)
+        attrs = store.set_attrs(spec)
+        self.chunk_rows: int = int(attrs["chunk_rows"])
+        self.row_shape: tuple[int, ...] = tuple(attrs["row_shape"])
+        self.dtype = np.dtype(attrs["dtype"])
+        b = store.backend
+        self._b = b
+        self._data = b.array(L.data_key(spec))
+        self._mask = b.array(L.mask_key(spec))
+        self._done = b.array(L.done_key(spec))
+        self._failed = b.array(L.failed_key(spec))
+        self._chunks = [c for c in range(L.n_chunks(store.n, self.chunk_rows)) if c % n == k]
+        self._owned = set(self._chunks)
+        self._locks = ChunkLocks(store._lock_key(spec), store._lock_file(spec), self._chunks,
+                                 f"feature set {spec!r} of {store.path}")
+
+    # ------------------------------------------------------------ queries
+    def owned_rows(self) -> np.ndarray:
+        """Row indices of the chunks this writer owns, ascending."""
+        parts = [np.arange(*L.chunk_span(c, self.chunk_rows, self.store.n), dtype=np.int64) for c in self._chunks]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def done(self) -> np.ndarray:
+        """(N,) bool, read fresh from disk."""
+        return np.asarray(self._done[:], dtype=bool)
+
+    # ------------------------------------------------------------ writes
+    def _check_rows(self, rows) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= self.store.n):
+            raise FerError(f"rows must lie in 0..{self.store.n - 1}")
+        if len(np.unique(rows)) != len(rows):
+            raise FerError("rows must not repeat")
+        bad = sorted({int(c) for c in rows // self.chunk_rows} - self._owned)
+        if bad:
+            raise FerError(
+                f"rows in chunk {bad[0]} belong to another shard than {self.shard[0]}/{self.shard[1]}; "
+                "write only writer.owned_rows()"
+            )
+        return rows
+
+    def write_rows(self, rows, data: np.ndarray, mask: np.ndarray) -> None:
+        """Write rows (data then mask, merged into touched chunks), then mark them done."""
+        rows = self._check_rows(rows)
+        k, t = len(rows), self.row_shape[0]
+        data = np.asarray(data)
+        mask = np.asarray(mask, dtype=bool)
+        if data.shape != (k,) + self.row_shape:
+            raise FerError(f"data for {k} rows must have shape {(k,) + self.row_shape}, got {data.shape}")
+        if mask.shape != (k, t):
+            raise FerError(f"mask for {k} rows must have shape {(k, t)}, got {mask.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = data.astype(self.dtype, copy=False)
+        if self.dtype.kind == "f":
+            finite = np.isfinite(data.reshape(k, -1)).all(axis=1)
+            if not finite.all():
+                bad = [str(self.store.ids[r]) for r in rows[~finite][:5]]
+                raise FerError(
+                    f"{self.spec}: rows for clips {', '.join(bad)} hold NaN/inf (after casting to {self.dtype}); "
+                    "record them with record_failures instead"
+                )
+        n = self.store.n
+        for c, pos in L.group_by_chunk(rows, self.chunk_rows):
+            a, b = L.chunk_span(c, self.chunk_rows, n)
+            local = rows[pos] - a
+            if len(local) == b - a:
+                dblock = np.empty((b - a,) + self.row_shape, dtype=self.dtype)
+                mblock = np.empty((b - a, t), dtype=bool)
+            else:  # merge with the rows already in the chunk (we own it, so nobody else changes it)
+                dblock = np.asarray(self._data[a:b]).copy()
+                mblock = np.asarray(self._mask[a:b]).copy()
+            dblock[local] = data[pos]
+            mblock[local] = mask[pos]
+            self._data[a:b] = dblock
+            self._mask[a:b] = mblock
+            self._b.flush()
+            # only now, with the data in place, mark the rows done and drop their failure records
+            done = np.asarray(self._done[a:b]).copy()
+            done[local] = True
+            self._done[a:b] = done
+            failed = np.asarray(self._failed[a:b])
+            if failed[local].any():
+                failed = failed.copy()
+                failed[local] = 0
+                self._failed[a:b] = failed
+            self._b.flush()
+
+    def record_failures(self, failures: dict[int, str]) -> None:
+        """Record a one-line reason per failed row; the rows stay not done."""
+        if not failures:
+            return
+        rows = self._check_rows(list(failures.keys()))
+        reasons = [L.one_line(failures[int(r)]) or "failed" for r in rows]
+        enc = L.encode_strings(reasons, L.FAIL_WIDTH)
+        for c, pos in L.group_by_chunk(rows, self.chunk_rows):
+            a, b = L.chunk_span(c, self.chunk_rows, self.store.n)
+            block = np.asarray(self._failed[a:b]).copy()
+            block[rows[pos] - a] = enc[pos]
+            self._failed[a:b] = block
+        self._b.flush()
+
+    def update_attrs(self, attrs: dict) -> None:
+        """Merge JSON-able values into the feature set's attrs (e.g. summary figures at the end of a run)."""
+        g = L.group_key(self.spec)
+        with exclusive(self.store._lock_file("_create"), f"{self.store.path}::create"):
+            cur = self._b.group_attrs(g)
+            protected = {"spec", "row_shape", "dtype", "chunk_rows", "compressor", "format_version"}
+            clash = protected & set(attrs)
+            if clash:
+                raise FerError(f"cannot change {', '.join(sorted(clash))} of an existing feature set")
+            cur.update(attrs)
+            self._b.set_group_attrs(g, cur)
+            self._b.flush()
+
+    def close(self) -> None:
+        self._locks.release()
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FeatureWriter({self.spec!r}, shard={self.shard}, chunk_rows={self.chunk_rows})"
