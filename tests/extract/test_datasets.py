@@ -1,0 +1,412 @@
+"""The dataset readers: the real DFEW 5-fold protocol, annotation files, manifests, and every
+error a user can act on."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fer.cache.errors import FerError
+from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_FOLDS
+from fer.extract.datasets import load_dataset, read_dfew, read_manifest, read_split_file
+
+REAL_SPLITS = Path("/work/shared/data/dfew/EmoLabel_DataSplit")
+if not REAL_SPLITS.is_dir():  # a fresh clone elsewhere: the shared folder sits next to the repo
+    REAL_SPLITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dfew" / "EmoLabel_DataSplit"
+
+# ../shared/data/README.md
+REAL_FOLDS = {1: (9356, 2341), 2: (9356, 2341), 3: (9357, 2340), 4: (9358, 2339), 5: (9361, 2336)}
+REAL_TEST_TOTALS = {"happy": 2445, "sad": 1894, "neutral": 2669, "angry": 2173, "surprise": 1469,
+                    "disgust": 145, "fear": 902}
+SUB = {FOLD_TRAIN: "train(single-labeled)", FOLD_TEST: "test(single-labeled)"}
+DFEW_COLS = ["order", "1happy", "2sad", "3neutral", "4angry", "5surprise", "6disgust", "7fear"]
+
+
+# ---------------------------------------------------------------- helpers
+def write_splits(root: Path, folds: dict[int, dict[int, list[tuple[str, int]]]]) -> None:
+    """folds[k][FOLD_TRAIN|FOLD_TEST] = [(id as written, label 1..7)]; missing folds get empty files."""
+    for k in range(1, NUM_FOLDS + 1):
+        for code, sub in SUB.items():
+            p = root / "EmoLabel_DataSplit" / sub / f"set_{k}.csv"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            rows = folds.get(k, {}).get(code, [])
+            p.write_text("video_name,label\n" + "".join(f"{i},{lab}\n" for i, lab in rows))
+
+
+def make_faces(root: Path, ids: list[str], kind: str = "clip_224x224_16f") -> None:
+    for cid in ids:
+        d = root / "Clip" / kind / cid
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "00001.jpg").touch()
+
+
+def small_tree(root: Path) -> Path:
+    """5 clips: 1-4 single-labeled (each fold tests one of them or none), 5 unused."""
+    labels = {"1": 1, "2": 2, "3": 3, "4": 7}
+    folds = {}
+    for k in range(1, NUM_FOLDS + 1):
+        test = [i for n, i in enumerate(labels) if n == k - 1]
+        folds[k] = {FOLD_TRAIN: [(i, labels[i]) for i in labels if i not in test],
+                    FOLD_TEST: [(i, labels[i]) for i in test]}
+    write_splits(root, folds)
+    make_faces(root, ["00001", "00002", "00003", "00004", "00005"])
+    return root
+
+
+def write_annotation_csv(path: Path, rows: list[list[object]], header: list[str] = DFEW_COLS) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(",".join(header) + "\n" + "".join(",".join(str(v) for v in r) + "\n" for r in rows))
+    return path
+
+
+def write_annotation_xlsx(path: Path, rows: list[list[object]], header: list[str] = DFEW_COLS) -> Path:
+    import openpyxl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(header)
+    for r in rows:
+        ws.append(r)
+    wb.save(path)
+    return path
+
+
+ANNOTATION = [
+    [1, 8, 1, 1, 0, 0, 0, 0],   # happy, single
+    [2, 0, 9, 1, 0, 0, 0, 0],   # sad
+    [3, 0, 0, 10, 0, 0, 0, 0],  # neutral
+    [4, 0, 0, 1, 0, 0, 2, 7],   # fear
+    [5, 4, 0, 0, 4, 2, 0, 0],   # multi-labeled, not in any split
+]
+
+
+# ---------------------------------------------------------------- the real DFEW protocol
+@pytest.fixture(scope="module")
+def real_root(tmp_path_factory) -> Path:
+    """The real split files plus an (empty-frame) 16f face folder for every one of their clips."""
+    root = tmp_path_factory.mktemp("dfew") / "root"
+    shutil.copytree(REAL_SPLITS, root / "EmoLabel_DataSplit")
+    ids: set[str] = set()
+    for f in (root / "EmoLabel_DataSplit").rglob("set_*.csv"):
+        ids |= set(read_split_file(f))
+    faces = root / "Clip" / "clip_224x224_16f"
+    for cid in ids:
+        (faces / cid).mkdir(parents=True)
+    return root
+
+
+def test_real_protocol_fold_sizes_and_class_totals(real_root: Path):
+    ds = load_dataset(real_root)
+    assert ds.kind == "dfew" and not ds.has_votes and ds.problems == {}
+    assert len(ds.records) == 11697
+    ids = ds.ids
+    assert ids == sorted(ids) and all(len(i) == 5 and i.isdigit() for i in ids)
+    assert all(r.faces16 == real_root / "Clip" / "clip_224x224_16f" / r.clip_id for r in ds.records)
+    folds, votes = ds.folds(), ds.votes()
+    for k, (n_train, n_test) in REAL_FOLDS.items():
+        col = folds[:, k - 1]
+        assert ((col == FOLD_TRAIN).sum(), (col == FOLD_TEST).sum()) == (n_train, n_test)
+        assert not (col == FOLD_UNUSED).any()  # every single-labeled clip is in train or test
+    # the five test sets partition all clips (and a test clip is never in its fold's train set)
+    assert ((folds == FOLD_TEST).sum(1) == 1).all()
+    # without annotation the votes are one-hot of the split label
+    assert (votes.sum(1) == 1).all() and set(np.unique(votes)) == {0.0, 1.0}
+    test_totals = {name: 0 for name in CLASS_NAMES}
+    for k in range(NUM_FOLDS):
+        cls = votes[folds[:, k] == FOLD_TEST].argmax(1)
+        for c, name in enumerate(CLASS_NAMES):
+            test_totals[name] += int((cls == c).sum())
+    assert test_totals == REAL_TEST_TOTALS
+
+
+def test_real_split_ids_are_written_without_zeros():
+    # the shared copy writes ids as integers: the reader pads them
+    first = next(iter(read_split_file(REAL_SPLITS / "test(single-labeled)" / "set_1.csv")))
+    assert first == "00001"
+
+
+# ---------------------------------------------------------------- DFEW details
+def test_ids_with_and_without_zero_padding_are_one_clip(tmp_path: Path):
+    root = tmp_path / "r"
+    # fold 1 writes "1", fold 2 writes "00001"; the face folder of clip 2 is written unpadded
+    folds = {1: {FOLD_TRAIN: [("1", 1)], FOLD_TEST: [("2", 2)]},
+             2: {FOLD_TRAIN: [("00002", 2)], FOLD_TEST: [("00001", 1)]}}
+    write_splits(root, folds)
+    make_faces(root, ["00001", "2"])
+    ds = read_dfew(root)
+    assert ds.ids == ["00001", "00002"]
+    assert ds.folds()[:, :2].tolist() == [[FOLD_TRAIN, FOLD_TEST], [FOLD_TEST, FOLD_TRAIN]]
+    assert ds.records[1].faces16 == root / "Clip" / "clip_224x224_16f" / "2"
+    assert ds.problems == {}
+
+
+def test_media_paths_of_every_kind(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    make_faces(root, ["00001"], kind="clip_224x224")
+    (root / "Clip" / "original").mkdir(parents=True)
+    (root / "Clip" / "original" / "00002.mp4").touch()
+    ds = read_dfew(root)
+    r1, r2 = ds.records[:2]
+    assert r1.faces_all == root / "Clip" / "clip_224x224" / "00001" and r1.video is None
+    assert r2.video == root / "Clip" / "original" / "00002.mp4" and r2.faces_all is None
+
+
+def test_without_annotation_votes_are_one_hot_of_split_label(tmp_path: Path):
+    ds = read_dfew(small_tree(tmp_path / "r"))
+    assert ds.ids == ["00001", "00002", "00003", "00004"]  # clip 5 has media but no label: ignored
+    assert ds.votes().argmax(1).tolist() == [0, 1, 2, 6]
+    assert ds.folds()[0].tolist() == [FOLD_TEST, FOLD_TRAIN, FOLD_TRAIN, FOLD_TRAIN, FOLD_TRAIN]
+    assert ds.folds()[3].tolist() == [FOLD_TRAIN, FOLD_TRAIN, FOLD_TRAIN, FOLD_TEST, FOLD_TRAIN]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_annotation_votes(tmp_path: Path, fmt: str):
+    root = small_tree(tmp_path / "r")
+    writer = write_annotation_csv if fmt == "csv" else write_annotation_xlsx
+    writer(root / "Annotation" / f"annotation.{fmt}", ANNOTATION)
+    ds = read_dfew(root)
+    assert ds.has_votes and ds.ids == ["00001", "00002", "00003", "00004", "00005"]
+    np.testing.assert_array_equal(ds.votes(), np.array([r[1:] for r in ANNOTATION], np.float32))
+    # the multi-labeled clip is a record in no fold
+    assert ds.records[4].folds.tolist() == [FOLD_UNUSED] * NUM_FOLDS
+    assert ds.problems == {}
+
+
+def test_annotation_without_splits_and_column_variants(tmp_path: Path):
+    root = tmp_path / "r"
+    make_faces(root, ["00001", "00002", "00003", "00004", "00005"])
+    header = ["Video_Name", "Happy", "sad", "NEUTRAL", "angry", "surprise", "disgust", "fear", "comment"]
+    write_annotation_csv(root / "Annotation" / "annotation.csv",
+                         [["0000" + str(r[0])] + r[1:] + ["x"] for r in ANNOTATION], header)
+    ds = read_dfew(root)
+    assert ds.has_votes and len(ds.records) == 5
+    assert (ds.folds() == FOLD_UNUSED).all()
+
+
+def test_annotation_csv_is_preferred_over_xlsx(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", ANNOTATION)
+    write_annotation_xlsx(root / "Annotation" / "annotation.xlsx", ANNOTATION[:4])
+    assert len(read_dfew(root).records) == 5
+
+
+def test_split_label_disagreeing_with_votes_is_a_clip_problem(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    rows = [list(r) for r in ANNOTATION]
+    rows[1] = [2, 9, 1, 0, 0, 0, 0, 0]  # split files say sad; the votes say happy
+    write_annotation_csv(root / "Annotation" / "annotation.csv", rows)
+    ds = read_dfew(root)
+    assert set(ds.problems) == {"00002"} and "sad" in ds.problems["00002"] and "happy" in ds.problems["00002"]
+
+
+def test_split_clip_missing_from_annotation_is_a_clip_problem(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [r for r in ANNOTATION if r[0] != 3])
+    ds = read_dfew(root)
+    assert "00003" in ds.ids and "not in annotation.csv" in ds.problems["00003"]
+    assert ds.records[2].votes.argmax() == 2  # falls back to the split label
+
+
+def test_split_clip_without_media_is_listed_not_fatal(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    shutil.rmtree(root / "Clip" / "clip_224x224_16f" / "00003")
+    ds = read_dfew(root)
+    assert "00003" in ds.ids
+    assert list(ds.problems) == ["00003"] and ds.problems["00003"].startswith("no media")
+
+
+# ---------------------------------------------------------------- DFEW errors
+def _error(root: Path) -> str:
+    with pytest.raises(FerError) as e:
+        load_dataset(root)
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_error_root_without_splits_or_annotation(tmp_path: Path):
+    make_faces(tmp_path / "r", ["00001"])
+    msg = _error(tmp_path / "r")
+    assert "EmoLabel_DataSplit" in msg and "annotation" in msg
+
+
+def test_error_missing_root(tmp_path: Path):
+    assert "does not exist" in _error(tmp_path / "nope")
+
+
+def test_error_missing_split_file(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    (root / "EmoLabel_DataSplit" / SUB[FOLD_TEST] / "set_3.csv").unlink()
+    assert "test(single-labeled)/set_3.csv" in _error(root)
+
+
+def test_error_duplicate_id_in_split_file(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    p = root / "EmoLabel_DataSplit" / SUB[FOLD_TRAIN] / "set_2.csv"
+    p.write_text(p.read_text() + "00003,3\n")  # "3" is already there, written unpadded
+    msg = _error(root)
+    assert "set_2.csv" in msg and "00003" in msg and "twice" in msg
+
+
+@pytest.mark.parametrize("label", ["0", "8", "happy", ""])
+def test_error_label_outside_1_to_7(tmp_path: Path, label: str):
+    root = small_tree(tmp_path / "r")
+    p = root / "EmoLabel_DataSplit" / SUB[FOLD_TEST] / "set_5.csv"
+    p.write_text(f"video_name,label\n5,{label}\n")
+    msg = _error(root)
+    assert "set_5.csv line 2" in msg and "outside 1..7" in msg
+
+
+def test_error_clip_in_train_and_test_of_one_fold(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    p = root / "EmoLabel_DataSplit" / SUB[FOLD_TEST] / "set_2.csv"
+    p.write_text(p.read_text() + "1,1\n")
+    msg = _error(root)
+    assert "00001" in msg and "set_2.csv" in msg and "both" in msg
+
+
+def test_error_split_files_disagree_on_a_label(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    p = root / "EmoLabel_DataSplit" / SUB[FOLD_TRAIN] / "set_1.csv"
+    p.write_text(p.read_text().replace("2,2", "2,5"))
+    assert "00002" in _error(root)
+
+
+def test_error_duplicate_id_in_annotation(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", ANNOTATION + [[1, 10, 0, 0, 0, 0, 0, 0]])
+    msg = _error(root)
+    assert "annotation.csv row 7" in msg and "00001" in msg and "twice" in msg
+
+
+@pytest.mark.parametrize("fmt", ["csv", "xlsx"])
+def test_error_vote_row_without_votes(tmp_path: Path, fmt: str):
+    root = small_tree(tmp_path / "r")
+    writer = write_annotation_csv if fmt == "csv" else write_annotation_xlsx
+    writer(root / "Annotation" / f"annotation.{fmt}", ANNOTATION[:3] + [[4, 0, 0, 0, 0, 0, 0, 0]])
+    msg = _error(root)
+    assert f"annotation.{fmt} row 5" in msg and "00004" in msg and "sum to 0" in msg
+
+
+@pytest.mark.parametrize("bad", ["-1", "many"])
+def test_error_vote_not_a_count(tmp_path: Path, bad: str):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [[1, bad, 0, 0, 0, 0, 0, 9]])
+    msg = _error(root)
+    assert "row 2" in msg and "happy" in msg
+
+
+def test_error_unparseable_xlsx(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    (root / "Annotation").mkdir()
+    (root / "Annotation" / "annotation.xlsx").write_bytes(b"this is not a workbook")
+    msg = _error(root)
+    assert "annotation.xlsx" in msg and "cannot read" in msg
+
+
+def test_error_annotation_without_vote_columns(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [[1, 2, 3]], ["order", "happy", "sad"])
+    msg = _error(root)
+    assert "neutral" in msg and "fear" in msg
+
+
+def test_error_annotation_without_id_column(tmp_path: Path):
+    root = small_tree(tmp_path / "r")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [r[1:] for r in ANNOTATION], DFEW_COLS[1:])
+    assert "no clip id column" in _error(root)
+
+
+# ---------------------------------------------------------------- manifest
+def _media(base: Path, names: list[str]) -> None:
+    for n in names:
+        (base / n).parent.mkdir(parents=True, exist_ok=True)
+        (base / n).touch()
+
+
+def test_manifest_with_labels(tmp_path: Path):
+    _media(tmp_path, ["clips/a.mp4", "clips/b.mp4", "faces/c/0001.jpg", "audio/a.wav"])
+    absolute = tmp_path / "clips" / "b.mp4"
+    m = tmp_path / "m.csv"
+    m.write_text(
+        "clip_id,video,faces,audio,label\n"
+        "zeta,clips/a.mp4,,audio/a.wav,Happy\n"
+        f"alpha,{absolute},,,7\n"
+        "mid,,faces/c,,disgust\n"
+    )
+    ds = load_dataset(m)
+    assert ds.kind == "manifest" and not ds.has_votes and ds.root == m
+    assert ds.ids == ["zeta", "alpha", "mid"]  # file order, ids as written
+    assert ds.votes().argmax(1).tolist() == [0, 6, 5]
+    assert ds.records[0].video == tmp_path / "clips" / "a.mp4"
+    assert ds.records[0].audio == tmp_path / "audio" / "a.wav"
+    assert ds.records[1].video == absolute
+    assert ds.records[2].faces_all == tmp_path / "faces" / "c" and ds.records[2].video is None
+    assert (ds.folds() == FOLD_UNUSED).all() and ds.problems == {}
+
+
+def test_manifest_with_votes_and_folds(tmp_path: Path):
+    _media(tmp_path, ["a.mp4", "b.mp4", "c.mp4"])
+    m = tmp_path / "m.csv"
+    m.write_text(
+        "clip_id,video,1happy,2sad,3neutral,4angry,5surprise,6disgust,7fear,fold_1,fold_2,Fold_3\n"
+        "a,a.mp4,7,1,1,1,0,0,0,train,test,\n"
+        "b,b.mp4,0,2,2,2,2,1,1,1,2,0\n"
+        "c,c.mp4,0,0,0,0,10,0,0,test,train,unused\n"
+    )
+    ds = read_manifest(m)
+    assert ds.has_votes and ds.votes()[1].tolist() == [0, 2, 2, 2, 2, 1, 1]
+    assert ds.folds().tolist() == [[1, 2, 0, 0, 0], [1, 2, 0, 0, 0], [2, 1, 0, 0, 0]]
+
+
+def test_manifest_label_and_votes_disagreeing_is_a_clip_problem(tmp_path: Path):
+    _media(tmp_path, ["a.mp4"])
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,video,label,happy,sad,neutral,angry,surprise,disgust,fear\n"
+                 "a,a.mp4,sad,8,2,0,0,0,0,0\n")
+    ds = read_manifest(m)
+    assert ds.votes()[0, 0] == 8 and "sad" in ds.problems["a"]
+
+
+def test_manifest_missing_media_is_a_clip_problem(tmp_path: Path):
+    _media(tmp_path, ["a.mp4"])
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,video,faces,label\na,a.mp4,,1\nb,b.mp4,,2\nc,,,3\nd,a.mp4,nofaces,4\n")
+    ds = read_manifest(m)
+    assert ds.ids == ["a", "b", "c", "d"]
+    assert set(ds.problems) == {"b", "c", "d"}
+    assert "b.mp4 not found" in ds.problems["b"] and "no media" in ds.problems["c"]
+    assert "nofaces not found" in ds.problems["d"]
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("clip_id,video,label\na,a.mp4,1\na,a.mp4,2\n", "line 3: clip_id a already used on line 2"),
+    ("clip_id,video,label\na,a.mp4,0\n", "line 2: label '0'"),
+    ("clip_id,video,label\na,a.mp4,8\n", "line 2: label '8'"),
+    ("clip_id,video,label\na,a.mp4,joy\n", "line 2: label 'joy'"),
+    ("clip_id,video,label\na,a.mp4,\n", "line 2: label ''"),
+    ("clip_id,video,happy,sad,neutral,angry,surprise,disgust,fear\na,a.mp4,0,0,0,0,0,0,0\n", "sum to 0"),
+    ("clip_id,video,happy,sad,neutral,angry,surprise,disgust,fear\na,a.mp4,1,x,0,0,0,0,0\n", "for sad is 'x'"),
+    ("clip_id,video,happy,sad,neutral\na,a.mp4,1,0,0\n", "vote columns for angry, surprise, disgust, fear"),
+    ("clip_id,video\na,a.mp4\n", "no 'label' column and no vote columns"),
+    ("clip_id,label\na,1\n", "no media column"),
+    ("video,label\na.mp4,1\n", "no clip id column"),
+    ("clip_id,video,label,fold_1\na,a.mp4,1,val\n", "fold_1 is 'val'"),
+    ("clip_id,video,label\n", "lists no clips"),
+    ("", "is empty"),
+])
+def test_manifest_errors(tmp_path: Path, text: str, expect: str):
+    _media(tmp_path, ["a.mp4"])
+    m = tmp_path / "m.csv"
+    m.write_text(text)
+    msg = _error(m)
+    assert expect in msg and "m.csv" in msg
+
+
+def test_error_not_a_manifest(tmp_path: Path):
+    (tmp_path / "x.txt").write_text("hello")
+    assert "neither a folder nor a .csv" in _error(tmp_path / "x.txt")
