@@ -66,6 +66,55 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media))
 
 
+# ---------------------------------------------------------------- train
+@app.command("train")
+def train_cmd(
+    store: Path = typer.Argument(..., help="Feature store made by `fer extract` (.zarr or .h5)."),
+    modalities: str = typer.Option("face", "--modalities", "-m", help="face[,pose][,audio]."),
+    fusion: str = typer.Option("none", "--fusion", help="none (face only) | fc | transformer."),
+    loss: str = typer.Option("kl", "--loss", help="kl (votes) | mse | ce | wce (class-weighted ce)."),
+    fold: str = typer.Option("1", "--fold", help="Official fold 1..5, a list like 1,3, or all."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs per fold."),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay", help="Weight decay."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Clips per step."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adam | adamw."),
+    scheduler: str = typer.Option("plateau", "--scheduler", help="plateau (on val loss) | cosine | none."),
+    layers: int = typer.Option(6, "--layers", help="Transformer encoder layers."),
+    heads: int = typer.Option(8, "--heads", help="Attention heads."),
+    ff: int = typer.Option(2048, "--ff", help="Encoder feed-forward width."),
+    hidden: int = typer.Option(512, "--hidden", help="Decision network hidden width."),
+    dropout: float = typer.Option(0.1, "--dropout", help="Dropout."),
+    audio_layer: Optional[int] = typer.Option(None, "--audio-layer", help="wav2vec2 hidden state to use (default: last)."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training fold held out for validation."),
+    select: str = typer.Option("best", "--select", help="best (by validation) | last epoch."),
+    monitor: str = typer.Option("uar", "--monitor", help="Validation score for selection/early stopping: uar | loss."),
+    patience: int = typer.Option(10, "--patience", help="Early stopping patience in epochs (0: off)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed + store on CPU -> same metrics)."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<modalities>-<fusion>-<loss>-f<fold>)."),
+    face: Optional[str] = typer.Option(None, "--face", help="Face feature-set spec (default: the store's only one)."),
+    pose: Optional[str] = typer.Option(None, "--pose", help="Pose feature-set spec."),
+    audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
+    allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
+    finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
+) -> None:
+    """Train the face Transformer (+ pose/audio fusion) on cached features over the official folds."""
+    from fer.train.config import TrainConfig, parse_folds, parse_modalities
+    from fer.train.run import train_run
+
+    cfg = TrainConfig(
+        modalities=parse_modalities(modalities), face=face, pose=pose, audio=audio, fusion=fusion, loss=loss,
+        folds=parse_folds(fold), epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
+        audio_layer=audio_layer, val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
+        seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
+        finetune=finetune, resume=resume,
+    )
+    train_run(cfg, str(store), log=lambda line: typer.echo(line))
+
+
 # ---------------------------------------------------------------- report
 @app.command("report")
 def report_cmd(

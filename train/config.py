@@ -148,3 +148,27 @@ class TrainConfig:
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise FerError(f"unknown --{name} {value}: choose from {', '.join(choices)}")
+
+
+def parse_folds(text: str) -> tuple[int, ...]:
+    """`1`, `1,3` or `all` -> fold numbers; FerError on anything else or a fold outside 1..5."""
+    text = str(text).strip().lower()
+    if text == "all":
+        return tuple(range(1, NUM_FOLDS + 1))
+    try:
+        folds = tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise FerError(f"--fold {text}: give a fold number 1..{NUM_FOLDS}, a list like 1,3, or all") from None
+    for f in folds:
+        if not 1 <= f <= NUM_FOLDS:
+            raise FerError(f"fold {f} does not exist: DFEW has folds 1..{NUM_FOLDS} (or use --fold all)")
+    return folds
+
+
+def parse_modalities(text: str) -> tuple[str, ...]:
+    """`face,pose` -> ("face", "pose"), checked against the known modalities."""
+    mods = tuple(m.strip().lower() for m in str(text).split(",") if m.strip())
+    bad = [m for m in mods if m not in MODALITIES]
+    if bad:
+        raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
+    return mods

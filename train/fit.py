@@ -95,18 +95,19 @@ def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, ModalityData], split: FoldSplit,
-             device: torch.device, *, checkpoint: Path, layer4: nn.Module | None = None, resume: bool = False,
+             device: torch.device, *, checkpoint: Path, backbone: nn.Module | None = None, resume: bool = False,
              on_epoch: Callable[[list[dict[str, float]]], None] | None = None, log: Log = print) -> FoldResult:
     """Train one fold and evaluate its test rows once with the selected state.
 
-    `sets` are the feature sets already on `device`; `checkpoint` is rewritten every epoch; with
+    `sets` are the feature sets already on `device`; `backbone` (with --finetune layer4) is the ResNet-18
+    whose layer4 is trained on the layer3 maps; `checkpoint` is rewritten every epoch; with
     `resume` an unfinished checkpoint there is continued (same numbers as an uninterrupted run).
     """
     t_start = time.perf_counter()
     fold = split.fold
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
-    model = FerModel(cfg, sets, layer4=layer4).to(device)
+    model = FerModel(cfg, sets, layer4=backbone.layer4 if backbone is not None else None).to(device)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
     gen = torch.Generator().manual_seed(seed)
@@ -223,7 +224,13 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
                "per_class_recall": [float(x) for x in per_class_recall(y_true, y_pred)],
                "confusion": confusion_matrix(y_true, y_pred).tolist(), "n_test": int(len(y_true)),
                "best_epoch": int(best_epoch), "epochs_run": int(epochs_run), "seconds": float(seconds)}
-    _save({"fold": fold, "epoch": int(best_epoch), "epochs_run": int(epochs_run), "complete": True,
-           "model": _cpu(model.state_dict()), "config": cfg.to_dict(), "history": history}, checkpoint)
+    final = {"fold": fold, "epoch": int(best_epoch), "epochs_run": int(epochs_run), "complete": True,
+             "model": _cpu(model.state_dict()), "config": cfg.to_dict(), "history": history}
+    if backbone is not None:
+        # the whole ResNet-18 with the fine-tuned layer4 (shared with the model), for `fer extract --weights`;
+        # it has seen this fold's training clips, so features made with it are only valid for this fold
+        final["backbone"] = _cpu(backbone.state_dict())
+        final["finetuned_on_fold"] = fold
+    _save(final, checkpoint)
     return FoldResult(fold=fold, metrics=metrics, ids=features.ids[split.test], probs=probs.astype(np.float32),
                       labels=y_true.astype(np.int64), history=history)

@@ -178,45 +178,67 @@ class FerModel(nn.Module):
         return self.head(torch.cat([h.flatten(1), *extras], dim=1))
 
 
-def build_layer4(provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> nn.Module:
-    """ResNet-18's layer4, initialised from the weights the layer3 cache was made with.
+def _strip_prefix(key: str) -> str:
+    for prefix in ("module.", "backbone."):
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
 
-    The provenance names the weights: a local checkpoint path (state dict; keys `...layer4.*`), a torchvision
-    id (`imagenet`, `IMAGENET1K_V1`, found in the torch hub cache, offline), or `none`: random init with the
-    recorded seed (torch.manual_seed(seed) before building resnet18, as the extractor does).
+
+def _weights_info(provenance: Mapping[str, Any]) -> tuple[str, str | None]:
+    w = provenance.get("weights", "none")
+    if isinstance(w, Mapping):
+        return str(w.get("id") or "none"), w.get("sha256")
+    return str(w or "none"), provenance.get("weights_sha256")
+
+
+def build_backbone(provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> nn.Module:
+    """The ResNet-18 the layer3 cache was made with (its layer4 is then fine-tuned).
+
+    The provenance's weights id names them, as fer.extract records it: ``random, seed S`` (random init:
+    torch.manual_seed(S) then resnet18()), ``torchvision:ResNet18_Weights.NAME`` (the torch hub cache,
+    offline), or a local file path (state dict, or a checkpoint with a ``backbone``/``model``/``state_dict``
+    entry), checked against the recorded sha256.
     """
-    from torchvision.models import resnet18
+    import re
 
-    weights = provenance.get("weights_path") or provenance.get("weights") or provenance.get("weights_id") or "none"
-    weights = str(weights)
-    if weights.lower() in ("none", "random", ""):
-        seed = int(provenance.get("seed", provenance.get("init_seed", 0)) or 0)
+    from torchvision.models import ResNet18_Weights, resnet18
+
+    wid, sha = _weights_info(provenance)
+    if wid.lower() in ("none", "random", "") or wid.lower().startswith("random"):
+        m = re.search(r"seed\s*(-?\d+)", wid)
+        seed = int(m.group(1)) if m else int(provenance.get("seed", 0) or 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             net = resnet18(weights=None)
         log(f"layer4: random init (seed {seed}), as the cache's backbone was")
-        return net.layer4
-    path = Path(weights)
+        return net
+    path = Path(wid).expanduser()
     if path.is_file():
+        if sha:
+            from fer.cache.provenance import sha256_file
+
+            if sha256_file(path) != sha:
+                raise FerError(f"{path} changed since the cache was made (sha256 differs): "
+                               "restore the original weights file or re-extract the layer3 features")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("model", "state_dict"):
+        for key in ("backbone", "state_dict", "model"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
-        sub = {k.split("layer4.", 1)[1]: v for k, v in state.items() if "layer4." in k}
-        if not sub:
-            raise FerError(f"{path} holds no layer4 weights (no key with 'layer4.'): the cache's provenance names the wrong file")
+                break
+        state = {_strip_prefix(k): v for k, v in state.items()}
         net = resnet18(weights=None)
-        net.layer4.load_state_dict(sub)
+        missing, _ = net.load_state_dict(state, strict=False)
+        if any(k.startswith("layer4.") for k in missing):
+            raise FerError(f"{path} holds no ResNet-18 layer4 weights: the cache's provenance names the wrong file")
         log(f"layer4: initialised from {path}")
-        return net.layer4
-    from torchvision.models import ResNet18_Weights
-
-    name = "IMAGENET1K_V1" if weights.lower() in ("imagenet", "default") else weights
+        return net
+    name = wid.split(".")[-1] if wid.startswith("torchvision:") else wid
+    name = "IMAGENET1K_V1" if name.lower() in ("imagenet", "default") else name
     try:
-        w = ResNet18_Weights[name]
-        net = resnet18(weights=w)
-    except Exception as e:  # offline or unknown id
-        raise FerError(f"cannot load the ResNet-18 weights {weights} the cache was made with ({type(e).__name__}): "
-                       "run `fer weights` on a machine with internet, or extract with a local weights file") from None
+        net = resnet18(weights=ResNet18_Weights[name])
+    except Exception as e:  # offline without the cached file, or an unknown id
+        raise FerError(f"cannot load the ResNet-18 weights {wid} the cache was made with ({type(e).__name__}): "
+                       "run `fer weights fetch` on a machine with internet and copy TORCH_HOME here") from None
     log(f"layer4: initialised from torchvision {name}")
-    return net.layer4
+    return net

@@ -94,12 +94,12 @@ def _prepare_out(out: Path, cfg: TrainConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _layer4(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
+def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
     if cfg.finetune != "layer4":
         return None
-    from fer.train.model import build_layer4
+    from fer.train.model import build_backbone
 
-    return build_layer4(features.sets["face"].provenance, log)
+    return build_backbone(features.sets["face"].provenance, log)
 
 
 def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: LoadedFeatures | None = None,
@@ -163,7 +163,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
                 _write_history(out / "history.csv", done_rows + rows)
 
             res: FoldResult = fit_fold(cfg, features, sets, split, device, checkpoint=out / f"checkpoint_fold{fold}.pt",
-                                       layer4=_layer4(cfg, features, log), resume=cfg.resume, on_epoch=on_epoch, log=log)
+                                       backbone=_backbone(cfg, features, log), resume=cfg.resume, on_epoch=on_epoch, log=log)
             history = done_rows + res.history
             _write_history(out / "history.csv", history)
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,
