@@ -56,56 +56,67 @@ def _frames(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
 
 
-def _check_frames(label: str, folder: Path, out: list[str], check: bool, decode: bool) -> int:
+def _rel(path: Path, base: Path | None) -> str:
+    """``path`` relative to the dataset's folder when inside it (shorter, still findable)."""
+    if base is not None:
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            pass
+    return str(path)
+
+
+def _check_frames(folder: Path, base: Path | None, out: list[str], check: bool, decode: bool) -> int:
     """Count a face folder's frames, note problems; with ``check`` open every frame."""
     if not folder.is_dir():
-        out.append(f"{label} {folder} not found")
+        out.append(f"face folder {_rel(folder, base)}/ not found")
         return 0
     frames = _frames(folder)
     if not frames:
-        out.append(f"{label} has no image frames")
+        out.append(f"{_rel(folder, base)}/ has no image frames")
         return 0
     if check:
-        bad = [(p.name, r) for p in frames if (r := check_image(p, decode=decode))]
+        bad = [(p, r) for p in frames if (r := check_image(p, decode=decode))]
         if bad:
             more = f" (and {len(bad) - 1} more frames)" if len(bad) > 1 else ""
-            out.append(f"{label} frame {bad[0][0]}: {bad[0][1]}{more}")
+            out.append(f"{_rel(bad[0][0], base)}: {bad[0][1]}{more}")
     return len(frames)
 
 
-def inspect_clip(rec: ClipRecord, check_media: bool) -> ClipMedia:
-    """Look at one clip's media; with ``check_media`` open every frame and probe the video."""
+def inspect_clip(rec: ClipRecord, check_media: bool, base: Path | None = None) -> ClipMedia:
+    """Look at one clip's media; with ``check_media`` open every frame and probe the video.
+
+    Paths in the problems are written relative to ``base`` (the dataset's folder) when inside it.
+    """
     m = ClipMedia()
     if rec.faces16 is not None:
-        m.faces16 = _check_frames("16-frame faces", rec.faces16, m.problems, check_media, decode=True)
+        m.faces16 = _check_frames(rec.faces16, base, m.problems, check_media, decode=True)
         if m.faces16 and m.faces16 != FRAMES_16:
-            m.problems.append(f"16-frame faces has {m.faces16} frames, expected {FRAMES_16}")
+            m.problems.append(f"{_rel(rec.faces16, base)}/ has {m.faces16} frames, expected {FRAMES_16}")
     if rec.faces_all is not None:
         # all-frames folders are large: a header + end-marker check per frame is enough here
-        m.faces_all = _check_frames("face frames", rec.faces_all, m.problems, check_media, decode=False)
+        m.faces_all = _check_frames(rec.faces_all, base, m.problems, check_media, decode=False)
     if rec.video is not None:
+        video = _rel(rec.video, base)
         if not check_media:
             m.video = rec.video.is_file()
             if not m.video:
-                m.problems.append(f"video {rec.video.name} not found")
+                m.problems.append(f"video {video} not found")
         else:
             probe = probe_video(rec.video)
             m.video = probe.error is None and probe.has_video
             if probe.error:
-                m.problems.append(f"video {rec.video.name}: {probe.error}")
+                m.problems.append(f"{video}: {probe.error}")
             elif not probe.has_video:
-                m.problems.append(f"video {rec.video.name} has no video stream")
+                m.problems.append(f"{video} has no video stream")
             m.audio = probe.has_audio
-    if rec.audio is not None:
-        if not check_media:
-            m.audio = None
-        else:
-            probe = probe_video(rec.audio)
-            if probe.error:
-                m.problems.append(f"audio {rec.audio.name}: {probe.error}")
-            m.audio = bool(m.audio) or (probe.error is None and probe.has_audio)
+    if rec.audio is not None and check_media:
+        probe = probe_video(rec.audio)
+        if probe.error:
+            m.problems.append(f"{_rel(rec.audio, base)}: {probe.error}")
+        m.audio = bool(m.audio) or (probe.error is None and probe.has_audio)
     if check_media and rec.video is not None and m.video and not m.audio:
-        m.problems.append(f"video {rec.video.name} has no audio track")
+        m.problems.append(f"{_rel(rec.video, base)} has no audio track")
     return m
 
 
@@ -115,9 +126,10 @@ def inspect_media(
 ) -> list[ClipMedia]:
     """``inspect_clip`` over every record, in a thread pool (PIL and FFmpeg release the GIL)."""
     workers = workers or min(8, 2 * (os.cpu_count() or 1))
+    base = ds.root if ds.root.is_dir() else ds.root.parent
     with ThreadPoolExecutor(workers) as pool:
         out = []
-        for i, m in enumerate(pool.map(lambda r: inspect_clip(r, check_media), ds.records, chunksize=1)):
+        for i, m in enumerate(pool.map(lambda r: inspect_clip(r, check_media, base), ds.records)):
             out.append(m)
             if progress:
                 progress(i + 1)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _MP4_EXTS = {".mp4", ".m4v", ".mov", ".m4a", ".3gp"}
+# Box types an MP4/MOV file can start with; anything else is not walked as MP4.
+_MP4_FIRST_BOXES = {"ftyp", "styp", "moov", "mdat", "free", "skip", "wide", "pdin", "uuid", "meta", "sidx"}
 # Bytes an intact file of this PIL format ends with (JPEG EOI; PNG IEND chunk type).
 _END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}
 
@@ -54,8 +56,8 @@ def _mp4_truncation(path: Path, size: int) -> str | None:
                 return f"truncated: {size - pos} stray bytes at the end"
             box_size, kind = struct.unpack(">I4s", head[:8])
             name = kind.decode("latin-1")
-            if not name.isprintable() or not name.isascii():
-                # not an MP4 box structure at all: leave the verdict to FFmpeg
+            if (pos == 0 and name not in _MP4_FIRST_BOXES) or not (name.isascii() and name.isprintable()):
+                # not an MP4 box structure: leave the verdict to FFmpeg
                 return None
             if box_size == 1:  # 64-bit size follows
                 if len(head) < 16:
