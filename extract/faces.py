@@ -55,8 +55,8 @@ def sample_indices(n: int, k: int) -> np.ndarray:
 
 
 def choose_frames(record: ClipRecord, frames: int = 16) -> tuple[list[Path], str | None]:
-    """Pick the frame files to read; returns (paths, info) where info is None for the normal case
-    (exactly ``frames`` frames in the 16f folder) else a short note of what was done."""
+    """Pick the frame files to read; returns (paths, info) where info is None for the normal cases
+    (the 16f folder, or uniform sampling from all faces) else a short note of what was done."""
     for folder, label in ((record.faces16, "clip_224x224_16f"), (record.faces_all, "all faces")):
         if folder is None:
             continue
@@ -68,7 +68,9 @@ def choose_frames(record: ClipRecord, frames: int = 16) -> tuple[list[Path], str
             continue
         n = len(files)
         idx = sample_indices(n, frames)
-        if folder == record.faces16 and n == frames:
+        # uniform sampling from all faces is the documented fallback (in provenance); only the unusual
+        # cases get a per-clip note: too few frames (repeated), or a 16f folder of another length
+        if n >= frames and (folder != record.faces16 or n == frames):
             return [files[i] for i in idx], None
         how = "sampled" if n >= frames else "repeated"
         return [files[i] for i in idx], f"{how} {frames} from {n} frames ({label})"

@@ -179,11 +179,13 @@ def _dir_lock(store_path: str | Path) -> Iterator[None]:
     parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(parent, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # some network filesystems refuse locks on folders; the store locks its own files
+            pass
         yield
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 @contextlib.contextmanager
@@ -215,11 +217,13 @@ def run_extraction(
     limit: int | None = None,
     progress: bool = True,
     command: str | None = None,
+    chunk_bytes: int | None = None,
 ) -> ExtractSummary:
     """Extract every row this shard owns that is not done yet; returns what happened.
 
     ``shard`` is 0-based ``(k, n)``: this process owns the store chunks ``c`` with ``c % n == k``.
     ``limit`` caps the rows tried in this call. ``command`` (the command line) goes into provenance.
+    ``chunk_bytes`` sets the chunk size when the feature set is created (store default otherwise).
     Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
     flush every finished row and return with ``interrupted=True``.
     """
@@ -242,7 +246,7 @@ def run_extraction(
     attrs.setdefault("modality", extractor.modality)
     attrs["spec"] = spec
     if command:
-        attrs["command"] = command
+        attrs["command_line"] = command  # else the store records this process's argv
     attrs["dataset"] = {"root": str(dataset.root), "kind": dataset.kind, "clips": len(dataset.records)}
 
     with _dir_lock(store_path):
@@ -250,7 +254,7 @@ def run_extraction(
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
             description=f"{dataset.kind} dataset at {dataset.root}",
         )
-        writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n))
+        writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n), chunk_bytes=chunk_bytes)
     summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n))
     try:
         owned = np.asarray(writer.owned_rows(), dtype=np.int64)
