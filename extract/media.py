@@ -171,17 +171,22 @@ def _read_by_seek(path: Path, n: int, k: int, max_side: int | None) -> np.ndarra
         return np.stack(out)
 
 
-def read_audio(path: str | Path, sr: int = 16000, max_seconds: float | None = None) -> np.ndarray | None:
+def read_audio(
+    path: str | Path, sr: int = 16000, max_seconds: float | None = None, info: dict | None = None
+) -> np.ndarray | None:
     """Mono float32 waveform at ``sr`` Hz, ``(S,)``; None when the file has no audio stream.
 
     Containers are demuxed with PyAV; wav/flac/ogg are read with soundfile. Multi-channel
     audio is downmixed and resampled with PyAV's ``AudioResampler`` (flt, mono, ``sr``).
     Decoding stops after ``max_seconds`` (long clips are capped to their first part).
     An audio stream with no samples gives an empty array (treated like silence downstream).
+    ``info``, when given, receives ``capped`` (True when the clip was longer than ``max_seconds``).
     """
+    info = {} if info is None else info
+    info["capped"] = False
     path = Path(path)
     if path.suffix.lower() in SOUNDFILE_SUFFIXES:
-        return _read_soundfile(path, sr, max_seconds)
+        return _read_soundfile(path, sr, max_seconds, info)
     limit = None if max_seconds is None else int(round(max_seconds * sr))
     with _open(path) as c:
         if not c.streams.audio:
@@ -201,6 +206,7 @@ def read_audio(path: str | Path, sr: int = 16000, max_seconds: float | None = No
                     chunks.append(a)
                     total += a.size
                 if limit is not None and total >= limit:
+                    info["capped"] = total > limit or (declared or 0.0) * sr > limit + sr // 100
                     break
             else:
                 for o in resampler.resample(None):
@@ -223,7 +229,7 @@ def read_audio(path: str | Path, sr: int = 16000, max_seconds: float | None = No
     return np.ascontiguousarray(x)
 
 
-def _read_soundfile(path: Path, sr: int, max_seconds: float | None) -> np.ndarray:
+def _read_soundfile(path: Path, sr: int, max_seconds: float | None, info: dict) -> np.ndarray:
     import soundfile as sf
 
     _check_file(path)
@@ -232,6 +238,7 @@ def _read_soundfile(path: Path, sr: int, max_seconds: float | None) -> np.ndarra
             rate = f.samplerate
             frames = -1 if max_seconds is None else int(math.ceil(max_seconds * rate))
             x = f.read(frames=frames, dtype="float32", always_2d=True)
+            info["capped"] = frames >= 0 and f.frames > frames
     except (sf.LibsndfileError, RuntimeError, ValueError) as e:
         raise ClipError(f"cannot read audio {path.name}: {_reason(e)}") from None
     if x.shape[1] > 1 and x.shape[1] not in _LAYOUTS:
