@@ -66,6 +66,103 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media))
 
 
+# ---------------------------------------------------------------- extract
+@app.command("extract")
+def extract_cmd(
+    root: Path = typer.Argument(..., help="DFEW root folder or manifest CSV."),
+    modality: str = typer.Option(..., "--modality", "-m", help="face | pose | audio."),
+    store: Optional[str] = typer.Option(
+        None, "--store", "-s",
+        help="Feature store to write (created if missing; *.zarr or *.h5). Default: ./<root name>.zarr "
+        "in the current folder (never inside the dataset).",
+    ),
+    fmt: Optional[str] = typer.Option(None, "--format", help="zarr | h5, for the default store name. [default: zarr]"),
+    backbone: Optional[str] = typer.Option(
+        None, "--backbone", "-b", help="face: resnet18; pose: keypointrcnn | openpifpaf; audio: wav2vec2 | mel."
+    ),
+    weights: Optional[str] = typer.Option(
+        None, "--weights", "-w",
+        help="imagenet (face) | coco (pose) | an HF model id or folder (audio) | none (random init, seeded) | "
+        "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
+    ),
+    layer: Optional[str] = typer.Option(None, "--layer", help="face: pool (512-d, default) | layer3 | layer2 (feature maps)."),
+    size: int = typer.Option(224, "--size", min=32, max=1024, help="face: input size in pixels."),
+    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (face: 16, pose: 3)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model batch."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (0: decode in the main process). [default: CPUs - 1]"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Extract at most N more clips in this call."),
+    shard: Optional[str] = typer.Option(
+        None, "--shard",
+        help="k/n, 1-based: this process does shard k of n (e.g. --shard 1/2 and --shard 2/2 on two machines). "
+        "Under torchrun RANK/WORLD_SIZE set it automatically.",
+    ),
+    chunk_mb: Optional[float] = typer.Option(None, "--chunk-mb", help="Chunk size in MB when the feature set is created."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run one backbone over every clip into the feature store (stage 1).
+
+    One feature set per call, named by its spec (e.g. face.resnet18.imagenet.pool.224.16f). Rerunning the
+    same command resumes and retries only failed or unfinished clips. Exit status 1 when a clip failed
+    (reasons are in the summary and the store), 130 when interrupted (rerun to resume).
+    """
+    from fer.extract.registry import FACTORIES
+
+    if modality not in FACTORIES:
+        raise typer.BadParameter(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}", param_hint="--modality")
+    if limit is not None and limit < 1:
+        raise typer.BadParameter(f"must be >= 1, got {limit}", param_hint="--limit")
+    if not root.exists():
+        raise typer.BadParameter(f"{root} does not exist", param_hint="ROOT")
+    if chunk_mb is not None and chunk_mb <= 0:
+        raise typer.BadParameter("must be > 0", param_hint="--chunk-mb")
+
+    from fer.extract.datasets import load_dataset
+    from fer.extract.registry import make_extractor
+    from fer.extract.runner import (
+        check_store_format, default_store_path, default_workers, parse_shard, run_extraction, shard_from_env,
+    )
+
+    shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
+    store_path = store if store else str(default_store_path(root, fmt))
+    check_store_format(store_path, fmt)
+    dataset = load_dataset(root)
+    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=frames, seed=seed)
+    summary = run_extraction(
+        dataset, extractor, store_path,
+        batch_size=batch_size,
+        workers=default_workers() if workers is None else workers,
+        shard=shard_kn,
+        limit=limit,
+        progress=progress,
+        chunk_bytes=int(chunk_mb * 1e6) if chunk_mb else None,
+    )
+    typer.echo(str(summary))
+    if summary.interrupted:
+        typer.secho("interrupted: finished rows are saved; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- weights
+@weights_app.command("fetch")
+def weights_fetch(
+    modality: Optional[str] = typer.Option(
+        None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
+    ),
+) -> None:
+    """Download every default backbone weight into its normal cache (TORCH_HOME, HF cache), for offline use.
+
+    Copy TORCH_HOME (default ~/.cache/torch) and HF_HOME (~/.cache/huggingface) to the offline machine.
+    """
+    from fer.extract.weights import fetch_all
+
+    mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
+    fetch_all(mods, echo=typer.echo)
+
+
 # ---------------------------------------------------------------- train
 @app.command("train")
 def train_cmd(
@@ -134,6 +231,72 @@ def report_cmd(
         except OSError as e:
             raise FerError(f"cannot write {out}: {e.strerror}; choose another --out") from None
 
+
+# ---------------------------------------------------------------- cache
+@cache_app.command("ls")
+def cache_ls(store: str = typer.Argument(..., help="Feature store (.zarr folder, .h5 file or fsspec URL).")) -> None:
+    """List the feature sets: spec, modality, shape, dtype, done/total, failed, size on disk, created."""
+    from fer.cache.report import list_table
+    from fer.cache.store import open_store
+
+    with open_store(store) as s:
+        typer.echo(list_table(s))
+
+
+@cache_app.command("info")
+def cache_info(
+    store: str = typer.Argument(..., help="Feature store."),
+    spec: str = typer.Argument(..., help="Feature set spec (see `fer cache ls`)."),
+    as_json: bool = typer.Option(False, "--json", help="Print pretty JSON instead of key: value lines."),
+) -> None:
+    """Print a feature set's full provenance (backbone, weights, layer, input size, versions, command line)."""
+    from fer.cache.report import info_text
+    from fer.cache.store import open_store
+
+    with open_store(store) as s:
+        typer.echo(info_text(s, spec, as_json=as_json))
+
+
+@cache_app.command("verify")
+def cache_verify(
+    store: str = typer.Argument(..., help="Feature store."),
+    spec: Optional[str] = typer.Argument(None, help="Check only this feature set (default: all)."),
+    clean: bool = typer.Option(False, "--clean", help="Also delete temp files a killed zarr writer left behind."),
+) -> None:
+    """Check shapes, chunking, the clip index, and that every done row is written and finite."""
+    from fer.cache.report import verify_text
+    from fer.cache.store import open_store
+    from fer.cache.verify import clean_leftovers, verify_store
+
+    with open_store(store, "r+" if clean else "r") as s:
+        if clean:
+            typer.echo(f"removed {clean_leftovers(s)} temp file(s)")
+        rep = verify_store(s, spec)
+        typer.echo(verify_text(s, rep))
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@cache_app.command("rm")
+def cache_rm(
+    store: str = typer.Argument(..., help="Feature store."),
+    spec: str = typer.Argument(..., help="Feature set spec to delete."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Delete one feature set from a store."""
+    from fer.cache.report import human_bytes
+    from fer.cache.store import open_store
+
+    with open_store(store, "r+") as s:
+        info = s.info(spec)
+        if not yes:
+            typer.confirm(
+                f"delete {spec} ({info['n_done']}/{info['n_rows']} rows done, "
+                f"{human_bytes(info['bytes_on_disk'])}) from {store}?",
+                abort=True,
+            )
+        s.remove(spec)
+    typer.echo(f"removed {spec}")
 
 def main() -> None:
     """Entry point: run the app; a FerError becomes one line on stderr and exit status 2."""
