@@ -14,6 +14,8 @@ Main person per frame: highest detection score, ties broken by the larger box ar
 from __future__ import annotations
 
 import platform
+import re
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -23,7 +25,7 @@ from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
 from fer.extract.records import ClipRecord
-from fer.extract.weights import WeightsIdentity, resolve_torchvision
+from fer.extract.weights import WeightsIdentity, random_init, resolve_torchvision, sha256_file
 
 NUM_KEYPOINTS = 17
 BACKENDS = ("keypointrcnn", "openpifpaf")
@@ -84,6 +86,7 @@ class KeypointRCNNPose(_PoseBase):
         max_size: int = 864,
         min_score: float = 0.5,
         detections: int = 10,
+        proposals: int = 300,
         seed: int = 0,
     ):
         """
@@ -92,6 +95,8 @@ class KeypointRCNNPose(_PoseBase):
         ``min_score``: a detection below this person score counts as nobody (mask False).
         ``detections``: detections kept per frame, best first, before the keypoint head (torchvision
         default 100); only the main person is stored, so 10 loses nothing and saves keypoint-head time.
+        ``proposals``: RPN proposals kept per frame for the box head (torchvision default 1000); the box
+        head's 12544x1024 fc over every proposal dominates CPU time, and a movie frame has few people.
         """
         if frames < 1:
             raise FerError(f"pose frames must be >= 1, got {frames}")
@@ -102,10 +107,10 @@ class KeypointRCNNPose(_PoseBase):
         if detections < 1:
             raise FerError(f"pose detections must be >= 1, got {detections}")
         self.frames, self.min_size, self.max_size, self.min_score, self.seed = frames, min_size, max_size, min_score, seed
-        self.detections = detections
+        self.detections, self.proposals = detections, proposals
         # Frames are decoded no larger than the detector will look at (it downsizes anyway).
         self.max_side = max_size
-        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections)
+        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections, proposals)
         self.model.eval()
         self.device = torch.device("cpu")
         self.to(device)
@@ -113,7 +118,12 @@ class KeypointRCNNPose(_PoseBase):
     @property
     def spec(self) -> str:
         s = f"pose.keypointrcnn.{self.weights.tag}.k{self.frames}.{self.min_size}-{self.max_size}"
-        return s if self.min_score == 0.5 else f"{s}.t{self.min_score:g}"
+        # settings at their defaults stay out of the name; any other value changes the numbers
+        if self.min_score != 0.5:
+            s += f".t{self.min_score:g}"
+        if (self.detections, self.proposals) != (10, 300):
+            s += f".d{self.detections}p{self.proposals}"
+        return s
 
     def provenance(self) -> dict[str, Any]:
         return {
@@ -124,6 +134,7 @@ class KeypointRCNNPose(_PoseBase):
             "input_size": {"min_size": self.min_size, "max_size": self.max_size},
             "min_score": self.min_score,
             "detections_per_frame": self.detections,
+            "rpn_proposals": self.proposals,
             "preprocessing": (
                 f"{self.frames} frames sampled uniformly (segment centres) from the original clip, RGB, decoded "
                 f"with the long side <= {self.max_side}, /255; detector resizes to min {self.min_size} max {self.max_size}"
@@ -169,17 +180,55 @@ def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int, min_
 
 
 def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0,
-                       detections: int = 10) -> tuple[torch.nn.Module, WeightsIdentity]:
+                       detections: int = 10, proposals: int = 300) -> tuple[torch.nn.Module, WeightsIdentity]:
     """torchvision Keypoint R-CNN with ``--weights coco|none|PATH`` resolved by fer.extract.weights."""
     from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
 
     def build(_: Any) -> torch.nn.Module:
         # weights are loaded by resolve_torchvision; never let torchvision fetch a backbone here
         return keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, num_keypoints=NUM_KEYPOINTS,
-                                         min_size=min_size, max_size=max_size, box_detections_per_img=detections)
+                                         min_size=min_size, max_size=max_size, box_detections_per_img=detections,
+                                         rpn_post_nms_top_n_test=proposals)
 
-    return resolve_torchvision(weights, build=build, weights_cls=KeypointRCNN_ResNet50_FPN_Weights, default="coco",
+    w = (weights or "coco").strip()
+    if w.lower() != "none" and w.lower() != "coco" and w not in KeypointRCNN_ResNet50_FPN_Weights.__members__:
+        return _from_state_dict(Path(w).expanduser(), build, seed)
+    return resolve_torchvision(w, build=build, weights_cls=KeypointRCNN_ResNet50_FPN_Weights, default="coco",
                                what="Keypoint R-CNN COCO", seed=seed)
+
+
+def _from_state_dict(path: Path, build: Any, seed: int) -> tuple[torch.nn.Module, WeightsIdentity]:
+    """A Keypoint R-CNN state dict file. Not weights.read_state_dict: it strips a ``backbone.``
+    prefix (right for a classifier checkpoint), but ``backbone.body...`` is a real key here."""
+    if not path.is_file():
+        raise FerError(f"--weights {str(path)!r} is neither a file nor one of: coco, none, "
+                       f"{', '.join(_enum_names())}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FerError(f"cannot read weights file {path} ({type(e).__name__}); expected a torch state dict") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FerError(f"{path} holds no state dict (a dict of tensors)")
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    model = random_init(lambda: build(None), seed)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise FerError(f"{path} does not fit Keypoint R-CNN ResNet-50 FPN: {str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:200]}") from None
+    sha = sha256_file(path)
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:40] or "weights"
+    return model, WeightsIdentity(str(path.resolve()), sha, f"{stem}-{sha[:8]}")
+
+
+def _enum_names() -> list[str]:
+    from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+
+    return list(KeypointRCNN_ResNet50_FPN_Weights.__members__)
 
 
 # ---------------------------------------------------------------- OpenPifPaf
