@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from fer.cache.schema import (
     CLASS_NAMES,
@@ -102,6 +106,9 @@ def inspect_clip(rec: ClipRecord, check_media: bool, base: Path | None = None) -
             m.video = rec.video.is_file()
             if not m.video:
                 m.problems.append(f"video {video} not found")
+            elif rec.video.stat().st_size == 0:  # free to see without opening the file
+                m.video = False
+                m.problems.append(f"{video}: empty file (0 bytes)")
         else:
             probe = probe_video(rec.video)
             m.video = probe.error is None and probe.has_video
@@ -134,6 +141,13 @@ def inspect_media(
             if progress:
                 progress(i + 1)
     return out
+
+
+def _problem_kind(clip_id: str, reason: str) -> str:
+    """A reason with the clip's id, file names and numbers blanked, to count problems by kind."""
+    reason = reason.replace(clip_id, "<id>")
+    reason = re.sub(r"\S*/\S*|\S+\.(jpg|jpeg|png|mp4|avi|mkv|mov|wav|flac)\b", "<path>", reason)
+    return re.sub(r"\d+", "#", reason)
 
 
 def _missing_expected(ds: Dataset, media: list[ClipMedia]) -> None:
@@ -175,7 +189,10 @@ def _unlabeled_media(ds: Dataset) -> int:
 def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_LISTED) -> str:
     """A plain-text summary of a DFEW root or manifest CSV: classes, folds, media and problems."""
     ds = load_dataset(Path(root))
-    media = inspect_media(ds, check_media)
+    # a bar on stderr for big datasets, only on a terminal (tqdm's disable=None)
+    with tqdm(total=len(ds.records), desc="checking media" if check_media else "listing media", unit="clip",
+              disable=None, leave=False, file=sys.stderr) as bar:
+        media = inspect_media(ds, check_media, progress=lambda i: bar.update(i - bar.n))
     _missing_expected(ds, media)
     n = len(ds.records)
     votes, folds = ds.votes(), ds.folds()
@@ -229,11 +246,17 @@ def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_L
     if not problems:
         lines.append(f"problems         none{checked}")
     else:
-        lines.append(f"problems         {_fmt(len(problems))} clips{checked}")
+        lines.append(f"problems         {_fmt(len(problems))} clip{'s' if len(problems) != 1 else ''}{checked}")
         order = [r.clip_id for r in ds.records if r.clip_id in problems]
         width = max(len(c) for c in order[:max_listed])
         for cid in order[:max_listed]:
             lines.append(f"  {cid:<{width}}  {'; '.join(problems[cid])}")
         if len(order) > max_listed:
             lines.append(f"  ... and {_fmt(len(order) - max_listed)} more")
+            kinds = Counter(_problem_kind(cid, r) for cid in order for r in problems[cid])
+            lines.append("problem kinds")
+            for kind, count in kinds.most_common(10):
+                lines.append(f"  {_fmt(count):>7}  {kind}")
+            if len(kinds) > 10:
+                lines.append(f"  ... and {len(kinds) - 10} more kinds")
     return "\n".join(lines)
