@@ -73,8 +73,20 @@ def _mp4_truncation(path: Path, size: int) -> str | None:
     return None
 
 
+def _riff_truncation(path: Path, size: int) -> str | None:
+    """A WAV/AVI (RIFF) file states its own length in bytes 4..8: a shorter file was cut short."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF":
+        return None
+    declared = struct.unpack("<I", head[4:8])[0] + 8
+    if declared > size and declared != 0xFFFFFFFF + 8:  # streaming writers put 0xFFFFFFFF
+        return f"truncated: the {head[8:12].decode('latin-1').strip()} header says {declared} bytes, the file has {size}"
+    return None
+
+
 def probe_video(path: Path) -> VideoProbe:
-    """Open a video with PyAV, read its streams and demux every packet (no decoding except the
+    """Open a video (or audio file) with PyAV, read its streams and demux every packet (no decoding except the
     first video frame), and report what it holds and whether it looks whole."""
     import av
 
@@ -88,13 +100,12 @@ def probe_video(path: Path) -> VideoProbe:
     if size == 0:
         out.error = "empty file (0 bytes)"
         return out
-    if path.suffix.lower() in _MP4_EXTS:
-        try:
-            out.error = _mp4_truncation(path, size)
-        except OSError as e:
-            out.error = f"cannot read: {e.strerror or e}"
-        if out.error:
-            return out
+    try:
+        out.error = _mp4_truncation(path, size) if path.suffix.lower() in _MP4_EXTS else _riff_truncation(path, size)
+    except OSError as e:
+        out.error = f"cannot read: {e.strerror or e}"
+    if out.error:
+        return out
     try:
         with av.open(str(path)) as c:
             vs = c.streams.video[0] if c.streams.video else None

@@ -100,3 +100,14 @@ def test_check_image(tmp_path: Path, decode: bool):
     assert check_image(cut_png, decode=decode) is not None
     assert check_image(empty, decode=decode) == "empty file (0 bytes)"
     assert check_image(text, decode=decode) == "not an image"
+
+
+def test_audio_files_whole_and_truncated(tmp_path: Path):
+    import soundfile as sf
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, np.zeros(8000, np.float32), 16000)
+    p = probe_video(wav)
+    assert p.error is None and p.has_audio and not p.has_video and p.duration == pytest.approx(0.5)
+    wav.write_bytes(wav.read_bytes()[:6000])
+    assert "truncated" in probe_video(wav).error
