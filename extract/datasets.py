@@ -317,7 +317,7 @@ def read_dfew(root: Path) -> Dataset:
         if cid in votes:
             v = votes[cid]
             if cid in labels and _disagrees(v, labels[cid]):
-                problems[cid] = _label_problem(v, labels[cid], label_src[cid].name + " of " + label_src[cid].parent.name)
+                problems[cid] = _label_problem(v, labels[cid], f"{label_src[cid].parent.name}/{label_src[cid].name}")
         else:
             v = _one_hot(labels[cid])
             if votes:
