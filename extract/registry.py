@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from fer.cache.errors import FerError
-from fer.extract.extractor import Extractor
+
+if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
+    import torch
+
+    from fer.extract.extractor import Extractor
 
 DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2vec2"}
 """Backbone used when ``--backbone`` is not given."""
@@ -54,6 +56,8 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun), else CPU."""
     import os
 
+    import torch
+
     d = (device or "auto").lower()
     if d == "auto":
         d = "cuda" if torch.cuda.is_available() else "cpu"
@@ -84,6 +88,6 @@ def make_extractor(
     backend = (backbone or DEFAULT_BACKBONE[modality]).lower()
     if modality == "face" and backend not in FACE_BACKBONES:
         raise FerError(f"unknown face backbone {backend!r}; choose from {', '.join(FACE_BACKBONES)}")
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(device) if isinstance(device, str) else device
     kw = {k: v for k, v in kw.items() if v is not None}
     return FACTORIES[modality](backend, weights, dev, **kw)

@@ -61,6 +61,38 @@ def shard_from_env() -> tuple[int, int] | None:
     return r, w
 
 
+# ---------------------------------------------------------------- defaults
+STORE_SUFFIX = {"zarr": ".zarr", "h5": ".h5"}
+
+
+def default_store_path(root: str | Path, fmt: str | None = None) -> Path:
+    """``./<root name>.zarr`` (or ``.h5``) in the current folder: the dataset folder may be read-only
+    or shared, so the store is never written inside it unless asked with ``--store``."""
+    fmt = (fmt or "zarr").lower()
+    if fmt not in STORE_SUFFIX:
+        raise FerError(f"unknown --format {fmt!r}; choose zarr or h5")
+    root = Path(root)
+    name = (root.stem if root.suffix.lower() == ".csv" else root.resolve().name) or "features"
+    return Path.cwd() / f"{name}{STORE_SUFFIX[fmt]}"
+
+
+def check_store_format(store: str | Path, fmt: str | None) -> None:
+    """``--store x.zarr --format h5`` disagree: say so instead of silently picking one."""
+    if fmt is None:
+        return
+    if fmt.lower() not in STORE_SUFFIX:
+        raise FerError(f"unknown --format {fmt!r}; choose zarr or h5")
+    s = str(store).rstrip("/").lower()
+    is_h5 = s.endswith((".h5", ".hdf5"))
+    if (fmt.lower() == "h5") != is_h5:
+        raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr store *.zarr")
+
+
+def default_workers() -> int:
+    """DataLoader workers: leave one core to the model, at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
 # ---------------------------------------------------------------- summary
 @dataclass
 class ExtractSummary:
