@@ -83,6 +83,8 @@ class TrainConfig:
     """layer4: train ResNet-18's layer4 on cached layer3 face maps together with the rest."""
     resume: bool = False
     """Continue an interrupted run in `out` from the last checkpoint of its unfinished fold."""
+    plots: bool = True
+    """Write the PNGs (confusion, precision-recall, curves) into `out`/plots at the end."""
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):

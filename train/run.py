@@ -24,7 +24,9 @@ Log = Callable[[str], None]
 
 HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_war", "val_uar", "lr", "samples_per_s", "seconds"]
 # settings a resumed run may change (they do not change what the finished epochs mean)
-RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out"}
+# finished folds of an unfinished run; metrics.json appears only when every fold is done
+PARTIAL = "metrics_partial.json"
+RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out", "plots"}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -134,9 +136,11 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         _write_json(out / "config.json", config)
 
     fold_metrics: dict[str, dict[str, Any]] = {}
-    if cfg.resume and (out / "metrics.json").is_file():
-        fold_metrics = {k: v for k, v in json.loads((out / "metrics.json").read_text()).get("folds", {}).items()
-                        if int(k) in cfg.folds}
+    partial = out / PARTIAL
+    for done_file in (out / "metrics.json", partial):
+        if cfg.resume and done_file.is_file():
+            fold_metrics.update({k: v for k, v in json.loads(done_file.read_text()).get("folds", {}).items()
+                                 if int(k) in cfg.folds})
     history = [r for r in _read_history(out / "history.csv") if str(r["fold"]) in fold_metrics]
 
     det = torch.are_deterministic_algorithms_enabled()
@@ -169,7 +173,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,
                      labels=res.labels)
             fold_metrics[str(fold)] = res.metrics
-            _write_json(out / "metrics.json", metrics_summary(fold_metrics, cfg))
+            _write_json(partial, metrics_summary(fold_metrics, cfg))
             log(f"fold {fold}: test WAR {100 * res.metrics['war']:.2f}  UAR {100 * res.metrics['uar']:.2f} "
                 f"(epoch {res.metrics['best_epoch']} of {res.metrics['epochs_run']})")
     except KeyboardInterrupt:
@@ -178,11 +182,15 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     finally:
         torch.use_deterministic_algorithms(det)
     summary = metrics_summary(fold_metrics, cfg)
+    _write_json(out / "metrics.json", summary)  # written last: its presence marks a finished run
+    partial.unlink(missing_ok=True)
     log(results_table(summary))
-    try:
-        from fer.train.plots import write_plots
-    except ImportError:
-        write_plots = None
+    write_plots = None
+    if cfg.plots:
+        try:
+            from fer.train.plots import write_plots
+        except ImportError:
+            pass
     if write_plots is not None:
         try:
             write_plots(out)

@@ -51,7 +51,7 @@ def make_store(path: Path, *, n: int = 210, modalities=("face",), seed: int = 0,
 
     done_rows = np.arange(not_done, n) if not_done else None
     if face_maps:
-        face = signal_of(8)[:, None, :, None, None] + rng.normal(0, 1, (n, 4, 8, 2, 2))
+        face = signal_of(256)[:, None, :, None, None] + rng.normal(0, 1, (n, 4, 256, 2, 2))
         write("face.resnet18.none.layer3.32", "face", face.astype(np.float32), np.ones((n, 4), bool),
               {"layer": "layer3", "weights": "none", "seed": 0}, done_rows)
     else:

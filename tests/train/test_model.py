@@ -1,0 +1,110 @@
+"""fer.train.model: output shapes for each fusion and input kind; masks keep absent tokens out."""
+
+import pytest
+import torch
+
+from fer.cache.errors import FerError
+from fer.train.config import TrainConfig
+from fer.train.features import ModalityData
+from fer.train.model import FerModel, build_backbone, make_batch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _sets(n=6, d=32, audio="w2v", maps=False):
+    g = torch.Generator().manual_seed(0)
+    face = torch.randn(n, 4, 256, 2, 2, generator=g) if maps else torch.randn(n, 16, d, generator=g)
+    sets = {
+        "face": ModalityData("face.x", face.half(), torch.ones(n, face.shape[1], dtype=torch.bool), {"modality": "face"}),
+        "pose": ModalityData("pose.x", torch.randn(n, 3, 17, 3, generator=g).half(),
+                             torch.tensor([[True, False, True]] * n), {"modality": "pose"}),
+    }
+    if audio == "mel":
+        sets["audio"] = ModalityData("audio.logmel.x", torch.randn(n, 20, 12, generator=g).half(),
+                                     torch.ones(n, 20, dtype=torch.bool), {"modality": "audio", "backbone": "logmel"})
+    else:
+        am = torch.ones(n, 3, dtype=torch.bool)
+        am[0] = False  # clip without audio
+        sets["audio"] = ModalityData("audio.wav2vec2.x", torch.randn(n, 3, 24, generator=g).half(), am,
+                                     {"modality": "audio", "backbone": "wav2vec2"})
+    return sets
+
+
+def _cfg(**kw):
+    return TrainConfig(layers=1, heads=2, ff=32, hidden=16, dropout=0.0, **kw)
+
+
+@pytest.mark.parametrize("fusion,mods", [("none", ("face",)), ("fc", ("face", "pose", "audio")),
+                                         ("transformer", ("face", "pose", "audio")), ("fc", ("face", "audio")),
+                                         ("transformer", ("face", "pose"))])
+@pytest.mark.parametrize("audio", ["w2v", "mel"])
+def test_output_shapes(fusion, mods, audio):
+    cfg = _cfg(modalities=mods, fusion=fusion)
+    sets = _sets(audio=audio)
+    model = FerModel(cfg, sets)
+    batch = make_batch(sets, torch.arange(5), cfg)
+    assert batch["face"].dtype == torch.float32
+    out = model(batch)
+    assert out.shape == (5, 7) and torch.isfinite(out).all()
+    out.sum().backward()  # trains end to end
+
+
+def test_audio_layer_choice_and_range():
+    sets = _sets()
+    b0 = make_batch(sets, torch.arange(4), _cfg(modalities=("face", "audio"), fusion="fc", audio_layer=0))
+    bl = make_batch(sets, torch.arange(4), _cfg(modalities=("face", "audio"), fusion="fc"))
+    assert torch.equal(b0["audio"], sets["audio"].data[:4, 0].float())
+    assert torch.equal(bl["audio"], sets["audio"].data[:4, 2].float())  # default: the last hidden state
+    with pytest.raises(FerError, match="--audio-layer 7 is out of range"):
+        make_batch(sets, torch.arange(4), _cfg(modalities=("face", "audio"), fusion="fc", audio_layer=7))
+
+
+def test_absent_pose_tokens_do_not_matter():
+    cfg = _cfg(modalities=("face", "pose"), fusion="transformer")
+    sets = _sets()
+    model = FerModel(cfg, sets).eval()
+    batch = make_batch(sets, torch.arange(3), cfg)
+    a = model(batch)
+    batch["pose"][:, 1] += 100.0  # frame 1 is masked out in every clip
+    assert torch.allclose(a, model(batch), atol=1e-5)
+
+
+def test_heads_must_divide_width():
+    with pytest.raises(FerError, match="does not divide"):
+        FerModel(TrainConfig(layers=1, heads=5, ff=32), _sets())
+
+
+def test_layer4_finetune_on_layer3_maps():
+    sets = _sets(maps=True)
+    cfg = _cfg(finetune="layer4")
+    backbone = build_backbone({"weights": {"id": "random, seed 3", "sha256": None}}, log=lambda s: None)
+    again = build_backbone({"weights": {"id": "random, seed 3", "sha256": None}}, log=lambda s: None)
+    assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), again.state_dict().values()))
+    model = FerModel(cfg, sets, layer4=backbone.layer4)
+    out = model(make_batch(sets, torch.arange(2), cfg))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert backbone.layer4[0].conv1.weight.grad is not None  # layer4 trains with the rest
+    with pytest.raises(FerError, match="--finetune layer4"):
+        FerModel(_cfg(), sets)
+
+
+def test_backbone_from_weights_file(tmp_path):
+    from torchvision.models import resnet18
+
+    from fer.cache.provenance import sha256_file
+
+    torch.manual_seed(5)
+    net = resnet18()
+    path = tmp_path / "w.pt"
+    torch.save({"backbone": {f"backbone.{k}": v for k, v in net.state_dict().items()}}, path)
+    got = build_backbone({"weights": {"id": str(path), "sha256": sha256_file(path)}}, log=lambda s: None)
+    assert torch.equal(got.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
+    with pytest.raises(FerError, match="changed since the cache was made"):
+        build_backbone({"weights": {"id": str(path), "sha256": "0" * 64}}, log=lambda s: None)
