@@ -110,7 +110,7 @@ class KeypointRCNNPose(_PoseBase):
         self.detections, self.proposals = detections, proposals
         # Frames are decoded no larger than the detector will look at (it downsizes anyway).
         self.max_side = max_size
-        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections, proposals)
+        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections, proposals, min_score)
         self.model.eval()
         self.device = torch.device("cpu")
         self.to(device)
@@ -180,7 +180,7 @@ def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int, min_
 
 
 def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0,
-                       detections: int = 10, proposals: int = 300) -> tuple[torch.nn.Module, WeightsIdentity]:
+                       detections: int = 10, proposals: int = 300, min_score: float = 0.05) -> tuple[torch.nn.Module, WeightsIdentity]:
     """torchvision Keypoint R-CNN with ``--weights coco|none|PATH`` resolved by fer.extract.weights."""
     from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
 
@@ -188,7 +188,10 @@ def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0
         # weights are loaded by resolve_torchvision; never let torchvision fetch a backbone here
         return keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, num_keypoints=NUM_KEYPOINTS,
                                          min_size=min_size, max_size=max_size, box_detections_per_img=detections,
-                                         rpn_post_nms_top_n_test=proposals)
+                                         rpn_post_nms_top_n_test=proposals,
+                                         # detections under min_score are discarded anyway: dropping them
+                                         # before NMS leaves the others unchanged and spares the keypoint head
+                                         box_score_thresh=min_score)
 
     w = (weights or "coco").strip()
     if w.lower() != "none" and w.lower() != "coco" and w not in KeypointRCNN_ResNet50_FPN_Weights.__members__:
