@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.backends import Backend, format_for, local_path, open_backend
+from fer.cache.backends import Backend, format_for, local_path, open_backend, read_raw_chunks
 from fer.cache.errors import FerError
 from fer.cache.locks import ChunkLocks, exclusive, lock_dir_for
 from fer.cache.provenance import library_versions, now_iso
@@ -156,8 +156,9 @@ class FeatureStore:
                   (("data", L.data_key), ("mask", L.mask_key), ("done", L.done_key))}
         if rows is None:
             out = {k: np.empty(a.shape, dtype=a.dtype) for k, a in arrays.items()}
+            keys = {"data": L.data_key(spec), "mask": L.mask_key(spec), "done": L.done_key(spec)}
             for k, a in arrays.items():
-                self._read_all(a, out[k], cr)
+                self._read_all(keys[k], a, out[k], cr)
             ids = self._ids
         else:
             rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -172,19 +173,33 @@ class FeatureStore:
             ids = self._ids[rows]
         return FeatureSet(spec=spec, data=out["data"], mask=out["mask"], done=out["done"], ids=ids, attrs=attrs)
 
-    def _read_all(self, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
+    def _read_all(self, key: str, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
         n = out.shape[0]
-        if self.format == "hdf5" or n == 0:
+        if n == 0:
+            return
+        raw = self._b.raw_chunks(key, arr)
+        nchunks = L.n_chunks(n, chunk_rows)
+        row_bytes = max(1, out[:1].nbytes)
+        per_block = max(1, _READ_BLOCK_BYTES // (row_bytes * chunk_rows))
+        blocks = [(c, min(nchunks, c + per_block)) for c in range(0, nchunks, per_block)]
+        if raw is not None:
+            def job(span):
+                a, b = span
+                read_raw_chunks(raw, chunk_rows, a, b, n, out[a * chunk_rows : min(n, b * chunk_rows)])
+        elif self.format == "hdf5":  # h5py holds a global lock: threads would only queue
             self._b.read_rows(arr, 0, n, out)
             return
-        row_bytes = max(1, out[:1].nbytes)
-        block = max(chunk_rows, (_READ_BLOCK_BYTES // row_bytes) // chunk_rows * chunk_rows)
-        spans = [(a, min(n, a + block)) for a in range(0, n, block)]
-        if len(spans) == 1:
-            self._b.read_rows(arr, 0, n, out)
+        else:
+            def job(span):
+                a, b = span
+                r0, r1 = a * chunk_rows, min(n, b * chunk_rows)
+                self._b.read_rows(arr, r0, r1, out[r0:r1])
+        if len(blocks) == 1 or _READ_THREADS == 1:
+            for span in blocks:
+                job(span)
             return
         with ThreadPoolExecutor(_READ_THREADS) as ex:
-            list(ex.map(lambda s: self._b.read_rows(arr, s[0], s[1], out[s[0] : s[1]]), spans))
+            list(ex.map(job, blocks))
 
     def writer(self, spec: str, *, row_shape: tuple[int, ...] | None = None, attrs: dict | None = None,
                dtype: str = "float16", shard: tuple[int, int] = (0, 1), chunk_bytes: int | None = None,

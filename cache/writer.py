@@ -92,22 +92,24 @@ class FeatureWriter:
                     "record them with record_failures instead"
                 )
         n = self.store.n
-        for c, pos in L.group_by_chunk(rows, self.chunk_rows):
-            a, b = L.chunk_span(c, self.chunk_rows, n)
-            local = rows[pos] - a
-            if len(local) == b - a:
-                dblock = np.empty((b - a,) + self.row_shape, dtype=self.dtype)
-                mblock = np.empty((b - a, t), dtype=bool)
-            else:  # merge with the rows already in the chunk (we own it, so nobody else changes it)
-                dblock = np.asarray(self._data[a:b]).copy()
-                mblock = np.asarray(self._mask[a:b]).copy()
-            dblock[local] = data[pos]
-            mblock[local] = mask[pos]
+        for run in self._runs(list(L.group_by_chunk(rows, self.chunk_rows))):
+            # one library call per run of consecutive chunks: zarr then writes the chunk files concurrently
+            a, b = L.chunk_span(run[0][0], self.chunk_rows, n)[0], L.chunk_span(run[-1][0], self.chunk_rows, n)[1]
+            dblock = np.empty((b - a,) + self.row_shape, dtype=self.dtype)
+            mblock = np.empty((b - a, t), dtype=bool)
+            for c, pos in run:
+                ca, cb = L.chunk_span(c, self.chunk_rows, n)
+                if len(pos) != cb - ca:  # merge with the rows already in the chunk (we own it: nobody else writes it)
+                    dblock[ca - a : cb - a], mblock[ca - a : cb - a] = self._existing(c, ca, cb)
+            local = np.concatenate([rows[pos] for _, pos in run]) - a
+            allpos = np.concatenate([pos for _, pos in run])
+            dblock[local] = data[allpos]
+            mblock[local] = mask[allpos]
             self._data[a:b] = dblock
             self._mask[a:b] = mblock
             self._b.flush()
             # only now, with the data in place, mark the rows done and drop their failure records
-            done = np.asarray(self._done[a:b]).copy()
+            done = np.array(self._done[a:b], dtype=bool)
             done[local] = True
             self._done[a:b] = done
             failed = np.asarray(self._failed[a:b])
@@ -116,6 +118,32 @@ class FeatureWriter:
                 failed[local] = 0
                 self._failed[a:b] = failed
             self._b.flush()
+
+    def _runs(self, groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
+        """Split (chunk, positions) groups into runs of consecutive chunks of at most ~64 MB."""
+        row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        max_chunks = max(1, (64 << 20) // max(1, row_bytes * self.chunk_rows))
+        runs: list[list[tuple[int, np.ndarray]]] = []
+        for g in groups:
+            if runs and g[0] == runs[-1][-1][0] + 1 and len(runs[-1]) < max_chunks:
+                runs[-1].append(g)
+            else:
+                runs.append([g])
+        return runs
+
+    def _existing(self, c: int, a: int, b: int) -> tuple[np.ndarray, np.ndarray]:
+        """The chunk's current data and mask; an unreadable chunk with no done rows starts afresh."""
+        try:
+            return np.array(self._data[a:b]), np.array(self._mask[a:b], dtype=bool)
+        except Exception as e:
+            if np.asarray(self._done[a:b]).any():
+                raise FerError(
+                    f"{self.spec}: chunk {c} (rows {a}-{b - 1}) is unreadable but holds done rows ({type(e).__name__}); "
+                    "run `fer cache verify` and remove the feature set"
+                ) from e
+            fill = np.nan if self.dtype.kind == "f" else 0
+            t = self.row_shape[0]
+            return np.full((b - a,) + self.row_shape, fill, self.dtype), np.zeros((b - a, t), bool)
 
     def record_failures(self, failures: dict[int, str]) -> None:
         """Record a one-line reason per failed row; the rows stay not done."""

@@ -55,3 +55,24 @@ def test_bad_clip_index(disk_store_path):
     s.close()
     with open_store(disk_store_path) as s:
         assert any("clips/fold" in p for p in verify_store(s).problems)
+
+
+def test_truncated_chunk(tmp_path):
+    """A chunk file cut short (zarr writes atomically, but disks fill up): harmless where no row is done."""
+    path = tmp_path / "t.zarr"
+    s = create_store(path, *make_index(12))
+    w = s.writer(SPEC, row_shape=(2, 3), attrs={"modality": "face"}, chunk_bytes=4 * 12)
+    w.write_rows(np.arange(8), np.ones((8, 2, 3)), np.ones((8, 2), bool))
+    cdir = path / "features" / SPEC / "data" / "c"
+    (cdir / "2" / "0").mkdir(parents=True)
+    (cdir / "2" / "0" / "0").write_bytes(b"\x00" * 5)  # rows 8-11: none done
+    assert verify_store(s).ok
+    w.write_rows([8], np.full((1, 2, 3), 2.0), np.ones((1, 2), bool))  # merges into the broken chunk: starts afresh
+    w.write_rows([9, 10, 11], np.full((3, 2, 3), 3.0), np.ones((3, 2), bool))
+    fs = s.read(SPEC)
+    assert fs.done.all() and fs.data[8, 0, 0] == 2 and fs.data[11, 0, 0] == 3
+    (cdir / "0" / "0" / "0").write_bytes(b"\x00" * 5)  # rows 0-3: done
+    rep = verify_store(s)
+    assert any("chunk 0 (rows 0-3) holds done rows but is unreadable" in p for p in rep.problems), rep.problems
+    w.close()
+    s.close()
