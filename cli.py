@@ -195,6 +195,7 @@ def train_cmd(
     audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
     resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write confusion/PR/curve PNGs at the end."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
 ) -> None:
     """Train the face Transformer (+ pose/audio fusion) on cached features over the official folds."""
@@ -207,7 +208,7 @@ def train_cmd(
         optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
         audio_layer=audio_layer, val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
         seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
-        finetune=finetune, resume=resume,
+        finetune=finetune, resume=resume, plots=plots,
     )
     train_run(cfg, str(store), log=lambda line: typer.echo(line))
 
@@ -230,6 +231,60 @@ def report_cmd(
             out.write_text(text)
         except OSError as e:
             raise FerError(f"cannot write {out}: {e.strerror}; choose another --out") from None
+
+
+# ---------------------------------------------------------------- sweep
+_LIST = "One value or a comma list (a grid axis); default as in `fer train`."
+
+
+@app.command("sweep")
+def sweep_cmd(
+    store: Path = typer.Argument(..., help="Feature store made by `fer extract` (.zarr or .h5)."),
+    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Folder for the run folders and report.md; "
+                             "rerun with the same --out to resume a killed sweep."),
+    fusion: Optional[str] = typer.Option(None, "--fusion", help=f"none | fc | transformer. {_LIST}"),
+    loss: Optional[str] = typer.Option(None, "--loss", help=f"kl | mse | ce | wce. {_LIST}"),
+    modalities: Optional[str] = typer.Option(None, "--modalities", "-m",
+                                             help="face[,pose][,audio]; several sets separated by ';', e.g. 'face;face,audio'."),
+    fold: Optional[str] = typer.Option(None, "--fold", help="1..5, a list like 1,3, or all (every run); "
+                                       "';' makes folds a grid axis, e.g. '1;2'."),
+    epochs: Optional[str] = typer.Option(None, "--epochs", help=_LIST),
+    lr: Optional[str] = typer.Option(None, "--lr", help=_LIST),
+    weight_decay: Optional[str] = typer.Option(None, "--weight-decay", help=_LIST),
+    batch_size: Optional[str] = typer.Option(None, "--batch-size", help=_LIST),
+    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam | adamw. {_LIST}"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=f"plateau | cosine | none. {_LIST}"),
+    layers: Optional[str] = typer.Option(None, "--layers", help=_LIST),
+    heads: Optional[str] = typer.Option(None, "--heads", help=_LIST),
+    ff: Optional[str] = typer.Option(None, "--ff", help=_LIST),
+    hidden: Optional[str] = typer.Option(None, "--hidden", help=_LIST),
+    dropout: Optional[str] = typer.Option(None, "--dropout", help=_LIST),
+    audio_layer: Optional[str] = typer.Option(None, "--audio-layer", help=f"wav2vec2 hidden state (last: the last). {_LIST}"),
+    val_fraction: Optional[str] = typer.Option(None, "--val-fraction", help=_LIST),
+    select: Optional[str] = typer.Option(None, "--select", help=f"best | last. {_LIST}"),
+    monitor: Optional[str] = typer.Option(None, "--monitor", help=f"uar | loss. {_LIST}"),
+    patience: Optional[str] = typer.Option(None, "--patience", help=_LIST),
+    seed: Optional[str] = typer.Option(None, "--seed", help=f"Random seed. {_LIST}"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    face: Optional[str] = typer.Option(None, "--face", help="Face feature-set spec (default: the store's only one)."),
+    pose: Optional[str] = typer.Option(None, "--pose", help="Pose feature-set spec."),
+    audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
+    allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
+    finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
+) -> None:
+    """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
+    from fer.train.config import TrainConfig
+    from fer.train.sweep import parse_grid, sweep
+
+    grid, single = parse_grid({
+        "fusion": fusion, "loss": loss, "modalities": modalities, "folds": fold, "epochs": epochs, "lr": lr,
+        "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer, "scheduler": scheduler,
+        "layers": layers, "heads": heads, "ff": ff, "hidden": hidden, "dropout": dropout, "audio_layer": audio_layer,
+        "val_fraction": val_fraction, "select": select, "monitor": monitor, "patience": patience, "seed": seed,
+    })
+    base = TrainConfig(**single, face=face, pose=pose, audio=audio, device=device,
+                       allow_incomplete=allow_incomplete, finetune=finetune)
+    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")))
 
 
 # ---------------------------------------------------------------- cache

@@ -1,0 +1,102 @@
+"""`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C + --resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fer.cache.errors import FerError
+from fer.cli import app
+from fer.tests.train.synth_store import make_store
+
+TINY = ["--layers", "1", "--heads", "2", "--ff", "64", "--hidden", "64", "--lr", "1e-3", "--batch-size", "32",
+        "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("cli") / "s.zarr", modalities=("face", "pose", "audio"), audio="mel")
+
+
+def _fer(*args, cwd=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True,
+                          env=ENV, cwd=cwd, timeout=timeout)
+
+
+@pytest.mark.parametrize("fusion", ["none", "fc", "transformer"])
+@pytest.mark.parametrize("loss", ["kl", "mse", "ce", "wce"])
+def test_fusions_and_losses_beat_chance(store, tmp_path, fusion, loss):
+    mods = "face" if fusion == "none" else "face,pose,audio"
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", str(store), "--modalities", mods, "--fusion", fusion, "--loss", loss,
+                                 "--epochs", "4", "--out", str(out), "--no-plots", *TINY])
+    assert r.exit_code == 0, (r.output, r.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["folds"]["1"]["uar"] > 0.5 and m["folds"]["1"]["war"] > 0.5  # chance: 1/7
+    assert "samples/s" in r.output and "mean" in r.output
+
+
+def test_default_out_name_and_plots(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["train", str(store), "--epochs", "2", *TINY])
+    assert r.exit_code == 0, (r.output, r.exception)
+    run = tmp_path / "runs" / "face-none-kl-f1"
+    assert (run / "metrics.json").is_file() and (run / "history.csv").is_file()
+    assert (run / "plots").is_dir()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--modalities", "face,smell"], "unknown modality smell"),
+    (["--fold", "6"], "fold 6 does not exist"),
+    (["--fusion", "late"], "unknown --fusion late"),
+    (["--modalities", "face,pose"], "needs --fusion fc or transformer"),
+])
+def test_bad_options(store, tmp_path, args, message):
+    r = CliRunner().invoke(app, ["train", str(store), "--out", str(tmp_path / "r"), *args])
+    assert isinstance(r.exception, FerError) and message in str(r.exception)
+
+
+def test_errors_are_one_line(tmp_path):
+    s = make_store(tmp_path / "nofold.zarr", no_folds=True)
+    r = _fer("train", s, "--out", tmp_path / "r", "--epochs", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "no official fold columns" in r.stderr
+
+
+def test_ctrl_c_then_resume(store, tmp_path):
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "fer.cli", "train", str(store), "--epochs", "500", "--patience", "0",
+                          "--out", str(out), "--no-plots", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=ENV)
+    ckpt = out / "checkpoint_fold1.pt"
+    deadline = time.time() + 90
+    while not ckpt.exists() and p.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    outs, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in outs + err and "--resume" in outs + err
+    assert (out / "config.json").is_file() and not (out / "metrics.json").exists()
+    done = torch.load(ckpt, weights_only=True)["epoch"]
+    assert 1 <= done < 500
+    assert (out / "history.csv").read_text().count("\n") >= done + 1
+    r = _fer("train", store, "--epochs", done + 2, "--patience", "0", "--out", out, "--no-plots", "--resume", *TINY)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming after epoch {done}" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["folds"]["1"]["epochs_run"] == done + 2
+    assert (out / "history.csv").read_text().count("\n") == done + 3
