@@ -99,7 +99,7 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work), "
         f"torch {torch.__version__}, {args.threads} threads, 1-min load average at the end {load:.1f} "
-        "(above 2 means other jobs shared the cores and the figures are pessimistic). Input: synthetic DFEW-layout clips ({media}). "
+        f"(above 2 means other jobs shared the cores and the figures are pessimistic). Input: synthetic DFEW-layout clips ({media}). "
         "Serial, one process: decode (`load`) then model (`embed`) per batch; the extraction runner overlaps "
         "the two with DataLoader workers, so its throughput approaches 1 / max(decode, model) per clip.",
         "",
