@@ -32,6 +32,8 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
     except ImportError as e:
         raise FerError(f"the pose backends are not available ({e})") from None
     kw.pop("size", None)
+    if backend != "keypointrcnn":
+        kw.pop("seed", None)  # only the torchvision model has a random init
     return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
 
 
@@ -44,6 +46,8 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
     except ImportError as e:
         raise FerError(f"the audio backends are not available ({e})") from None
     kw.pop("size", None)
+    if backend != "wav2vec2":
+        kw.pop("seed", None)  # mel has no weights
     return make_audio_extractor(backend, weights, device, **kw)
 
 

@@ -166,6 +166,15 @@ class _Loaded:
     unexpected: bool = False
     load_s: float = 0.0
 
+    def pin_memory(self) -> "_Loaded":
+        """Called by the DataLoader's pin thread on CUDA: pin the tensors inside the loaded item so
+        ``embed`` can copy them with ``non_blocking=True``."""
+        if self.item is not None:
+            from torch.utils.data._utils.pin_memory import pin_memory
+
+            self.item = pin_memory(self.item)
+        return self
+
 
 def one_line(text: str, limit: int = 300) -> str:
     s = " ".join(str(text).split())
