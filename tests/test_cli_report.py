@@ -1,5 +1,6 @@
 """`fer report` and `fer sweep` end to end, as a user runs them (subprocess)."""
 
+import os
 import subprocess
 import sys
 
@@ -7,7 +8,10 @@ from fer.tests.train.fake_runs import make_run
 
 
 def fer(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    # one torch thread: the sweep trains a tiny model, where a second thread only adds synchronisation
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env=env)
 
 
 def test_report_terminal_markdown_and_out(tmp_path):
@@ -28,3 +32,24 @@ def test_report_on_a_non_run_is_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("error:") and "not a run folder" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_sweep_grid_then_report(tmp_path):
+    from fer.tests.train.fake_runs import make_store
+
+    store = make_store(tmp_path / "s.zarr", n=42)
+    out = tmp_path / "sw"
+    args = ["sweep", store, "--loss", "kl,mse", "--fold", "1", "--epochs", "1", "--layers", "1", "--heads", "2",
+            "--ff", "64", "--hidden", "16", "--batch-size", "16", "--device", "cpu", "--out", out]
+    r = fer(*args)
+    assert r.returncode == 0, r.stderr
+    assert (out / "loss-kl" / "metrics.json").is_file() and (out / "loss-mse" / "metrics.json").is_file()
+    assert "| loss-kl | face | none | kl |" in (out / "report.md").read_text()
+    assert "loss-mse" in r.stdout and "0 already complete, 2 to run" in r.stdout
+    r = fer(*args)  # a rerun trains nothing
+    assert r.returncode == 0 and "2 already complete, 0 to run" in r.stdout
+
+
+def test_sweep_bad_option_is_one_line_error(tmp_path):
+    r = fer("sweep", tmp_path / "missing.zarr", "--layers", "1,x", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "--layers 'x' is not an integer" in r.stderr and "Traceback" not in r.stderr

@@ -37,7 +37,8 @@ class RunSummary:
     seconds: float
     """Training time summed over folds."""
     complete: bool
-    """metrics.json is present (False: the run is unfinished or was killed)."""
+    """metrics.json is present (False: the run is unfinished or was killed; finished folds come from
+    metrics_partial.json)."""
 
     @property
     def war_mean(self) -> float:
@@ -112,14 +113,17 @@ def summarize(run_dir: Path) -> RunSummary:
     if not is_run(run_dir):
         raise FerError(f"{run_dir} is not a run folder (no metrics.json or config.json); give a folder written by `fer train`")
     config = _load_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
-    metrics = _load_json(run_dir / "metrics.json") if (run_dir / "metrics.json").is_file() else {}
+    complete = (run_dir / "metrics.json").is_file()
+    # an unfinished run keeps its finished folds in metrics_partial.json
+    source = run_dir / ("metrics.json" if complete else "metrics_partial.json")
+    metrics = _load_json(source) if source.is_file() else {}
     folds_m = metrics.get("folds") or {}
     try:
         items = sorted(folds_m.items(), key=lambda kv: int(kv[0]))
         war = [float(m["war"]) for _, m in items]
         uar = [float(m["uar"]) for _, m in items]
     except (KeyError, TypeError, ValueError) as e:
-        raise FerError(f"{run_dir / 'metrics.json'} lacks per-fold war/uar ({e}); the run is damaged, rerun it") from None
+        raise FerError(f"{source} lacks per-fold war/uar ({e}); the run is damaged, rerun it") from None
     mods = metrics.get("modalities") or config.get("modalities") or []
     if isinstance(mods, str):
         mods = [m for m in mods.split(",") if m]
@@ -134,7 +138,7 @@ def summarize(run_dir: Path) -> RunSummary:
         folds=[int(k) for k, _ in items],
         epochs=[int(m.get("epochs_run", 0)) for _, m in items],
         seconds=float(sum(float(m.get("seconds", 0.0)) for _, m in items)),
-        complete=bool(metrics),
+        complete=complete,
     )
 
 

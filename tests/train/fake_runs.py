@@ -1,4 +1,4 @@
-"""Hand-made, well-formed run folders (RUN_FORMAT.md) for the plots/report/CLI tests."""
+"""Hand-made, well-formed run folders (RUN_FORMAT.md) and a tiny real store, for the plots/report/sweep/CLI tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer.cache import create_store
 from fer.cache.schema import CLASS_NAMES, NUM_CLASSES
 
 
@@ -46,3 +47,25 @@ def make_run(root: Path, name: str, *, wars=(0.5, 0.6), uars=None, fusion="fc", 
                "modalities": list(modalities), "fusion": fusion, "loss": loss}
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run
+
+
+def make_store(path, n=70, seed=0):
+    """Tiny store: face 16x512 features that carry the class, votes, folds 1 and 2 (train/test)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % NUM_CLASSES
+    votes = np.zeros((n, NUM_CLASSES), np.float32)
+    votes[np.arange(n), labels] = 8
+    votes[np.arange(n), (labels + 1) % NUM_CLASSES] = 2
+    folds = np.zeros((n, 5), np.int8)
+    for k in range(2):
+        test = (np.arange(n) // NUM_CLASSES) % 5 == k
+        folds[:, k] = np.where(test, 2, 1)
+    ids = np.array([f"{i:05d}" for i in range(n)])
+    store = create_store(path, ids, votes, folds, description="sweep test")
+    centers = rng.normal(0, 1, (NUM_CLASSES, 512)).astype(np.float32)
+    data = (centers[labels][:, None, :] + 0.5 * rng.normal(0, 1, (n, 16, 512))).astype(np.float16)
+    w = store.writer("face.test.16", row_shape=(16, 512), attrs={"modality": "face", "backbone": "test"})
+    w.write_rows(np.arange(n, dtype=np.int64), data, np.ones((n, 16), bool))
+    w.close()
+    store.close()
+    return path

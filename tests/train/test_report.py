@@ -50,7 +50,10 @@ def test_parent_folder_expands_to_its_runs(tmp_path):
 
 def test_unfinished_run_is_shown(tmp_path):
     run = make_run(tmp_path, "r")
-    (run / "metrics.json").unlink()
+    (run / "metrics.json").rename(run / "metrics_partial.json")
+    text = report([run])
+    assert "1,2 (unfinished)" in text and "55.00 ± 5.00" in text
+    (run / "metrics_partial.json").unlink()
     assert "unfinished" in report([run])
 
 

@@ -1,0 +1,88 @@
+"""fer.train.sweep: a 2x2 grid on a tiny real store -> 4 run folders + report.md, features loaded once, resume."""
+
+import pytest
+import torch
+
+from fer.cache.errors import FerError
+from fer.tests.train.fake_runs import make_store
+from fer.train.config import TrainConfig
+from fer.train.sweep import expand_grid, parse_grid, plan, sweep
+
+
+def test_expand_grid_and_names(tmp_path):
+    assert expand_grid({"fusion": ["none", "fc"], "lr": [1e-3]}) == [{"fusion": "none", "lr": 1e-3}, {"fusion": "fc", "lr": 1e-3}]
+    base = TrainConfig(modalities=("face", "audio"), fusion="fc")
+    cfgs = plan({"modalities": [("face",), ("face", "audio")], "fusion": ["fc"], "lr": [1e-4, 3e-4]},
+                TrainConfig(fusion="fc"), tmp_path)
+    names = [p.split("/")[-1] for p in (c.out for c in cfgs)]
+    assert names == ["modalities-face_lr-0.0001", "modalities-face_lr-0.0003",
+                     "modalities-face+audio_lr-0.0001", "modalities-face+audio_lr-0.0003"]
+    assert cfgs[2].modalities == ("face", "audio") and cfgs[3].lr == 3e-4 and base.fusion == "fc"
+    with pytest.raises(FerError, match="cannot sweep over 'colour'"):
+        expand_grid({"colour": ["red"]})
+    lines = []
+    cfgs = plan({"fusion": ["none", "fc"], "modalities": [("face",), ("face", "audio")]}, TrainConfig(), tmp_path,
+                log=lines.append)
+    assert [c.out.split("/")[-1] for c in cfgs] == ["fusion-none_modalities-face", "fusion-fc_modalities-face",
+                                                     "fusion-fc_modalities-face+audio"]
+    assert "skipping fusion-none_modalities-face+audio" in lines[0]
+    with pytest.raises(FerError, match="sweep point loss-msee"):
+        plan({"loss": ["kl", "msee"]}, TrainConfig(), tmp_path)
+
+
+def test_parse_grid():
+    grid, base = parse_grid({"fusion": "none,fc", "modalities": "face;face,audio", "folds": "all", "lr": "1e-4",
+                             "layers": "1,2", "audio_layer": "12,last", "loss": None})
+    assert grid == {"fusion": ["none", "fc"], "modalities": [("face",), ("face", "audio")], "layers": [1, 2],
+                    "audio_layer": [12, None]}
+    assert base == {"folds": (1, 2, 3, 4, 5), "lr": 1e-4}
+    with pytest.raises(FerError, match="--layers 'x' is not an integer"):
+        parse_grid({"layers": "1,x"})
+
+
+@pytest.fixture
+def one_thread():
+    # tiny model: a second thread only adds synchronisation on a shared 2-core box
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_sweep_2x2_loads_once_and_resumes(tmp_path, monkeypatch, one_thread):
+    store = make_store(tmp_path / "s.zarr")
+    import fer.train.features as features
+
+    calls = []
+    real = features.load_features
+
+    def counting(*a, **k):
+        calls.append(a)
+        return real(*a, **k)
+
+    # count calls through the real loader (it still runs): evidence that features are loaded once
+    monkeypatch.setattr(features, "load_features", counting)
+    base = TrainConfig(layers=1, heads=2, ff=64, hidden=32, epochs=2, batch_size=16, folds=(1,), device="cpu")
+    out = tmp_path / "sweep"
+    lines = []
+    runs = sweep(store, {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}, base, out, log=lines.append)
+    assert [r.name for r in runs] == ["loss-kl_lr-0.001", "loss-kl_lr-0.0003", "loss-mse_lr-0.001", "loss-mse_lr-0.0003"]
+    assert len(calls) == 1
+    for r in runs:
+        assert (r / "metrics.json").is_file() and (r / "history.csv").is_file()
+    md = (out / "report.md").read_text()
+    assert md.startswith("| run |") and all(f"| {r.name} |" in md for r in runs)
+    assert sum("loading features" in str(x) for x in lines) == 1
+
+    # a killed sweep: one point lost its metrics -> only that one reruns
+    (runs[2] / "metrics.json").unlink()
+    lines.clear()
+    sweep(store, {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}, base, out, log=lines.append)
+    assert len(calls) == 2
+    assert any("3 already complete, 1 to run" in str(x) for x in lines)
+    assert (runs[2] / "metrics.json").is_file()
+
+    # everything complete: nothing is loaded, the report is rewritten
+    (out / "report.md").unlink()
+    sweep(store, {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}, base, out, log=lines.append)
+    assert len(calls) == 2 and (out / "report.md").is_file()

@@ -1,0 +1,190 @@
+"""`fer sweep`: a grid of training runs on one store, features loaded once, then the report.
+
+The "many ablations on one cache" workflow: every grid point is a normal run folder under
+out_dir, named from the settings that vary. A point whose metrics.json exists is skipped, so a
+killed sweep resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fer.cache.errors import FerError
+from fer.train.config import TrainConfig
+
+Log = Callable[[str], None]
+
+# settings that name the run folder or the store's data, not a training choice
+_NOT_SWEPT = {"out", "resume", "device"}
+
+
+def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Cartesian product of the grid, first key varying slowest; keys must be TrainConfig fields."""
+    names = {f.name for f in fields(TrainConfig)}
+    for key, values in grid.items():
+        if key not in names or key in _NOT_SWEPT:
+            sweepable = ", ".join(sorted(names - _NOT_SWEPT))
+            raise FerError(f"cannot sweep over {key!r}: choose among {sweepable}")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise FerError(f"sweep values of {key} must be a non-empty list (got {values!r})")
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "+".join(_fmt(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value).replace("/", "_").replace(" ", "")
+
+
+def point_name(point: dict[str, Any], varied: Sequence[str]) -> str:
+    """Folder name from the varied settings, e.g. 'fusion-fc_loss-kl_modalities-face+audio'."""
+    return "_".join(f"{k.replace('_', '')}-{_fmt(point[k])}" for k in varied)
+
+
+def _incompatible(cfg: TrainConfig) -> str | None:
+    """Why a grid point is skipped rather than refused: combinations a cartesian grid makes naturally."""
+    if len(cfg.modalities) > 1 and cfg.fusion == "none":
+        return f"fusion none is face only, not {'+'.join(cfg.modalities)}"
+    return None
+
+
+def plan(grid: dict[str, Sequence[Any]], base: TrainConfig, out_dir: Path, *, log: Log = print) -> list[TrainConfig]:
+    """One validated TrainConfig per grid point, each with its own run folder under out_dir.
+
+    Points that combine settings which cannot go together (fusion none with several modalities)
+    are skipped with a log line; any other invalid setting -> FerError.
+    """
+    points = expand_grid(grid)
+    varied = [k for k in grid if len(grid[k]) > 1]
+    configs, seen = [], {}
+    for p in points:
+        name = point_name(p, varied) if varied else Path(base.default_out()).name
+        cfg = replace(base, **p, out=str(Path(out_dir) / name), resume=False)
+        why = _incompatible(cfg)
+        if why is not None:
+            log(f"sweep: skipping {name} ({why})")
+            continue
+        try:
+            cfg.validate()
+        except FerError as e:
+            raise FerError(f"sweep point {name}: {e}") from None
+        if name in seen:
+            raise FerError(f"sweep points {seen[name]} and {p} would share the run folder {name}; remove a duplicate value")
+        seen[name] = p
+        configs.append(cfg)
+    if not configs:
+        raise FerError("every sweep point was skipped: with several --modalities use --fusion fc or transformer")
+    return configs
+
+
+# How `fer sweep` options are read: a list of values per setting, separated by "," except where a
+# single value already holds commas (modalities, folds), which are separated by ";".
+_KINDS: dict[str, str] = {
+    "fusion": "str", "loss": "str", "optimizer": "str", "scheduler": "str", "select": "str", "monitor": "str",
+    "modalities": "modalities", "folds": "folds",
+    "epochs": "int", "batch_size": "int", "layers": "int", "heads": "int", "ff": "int", "hidden": "int",
+    "patience": "int", "seed": "int", "audio_layer": "int?",
+    "lr": "float", "weight_decay": "float", "dropout": "float", "val_fraction": "float",
+}
+
+
+def _parse_one(key: str, kind: str, text: str) -> Any:
+    from fer.train.config import parse_folds, parse_modalities
+
+    flag = "--" + ("fold" if key == "folds" else key.replace("_", "-"))
+    try:
+        if kind == "modalities":
+            return parse_modalities(text)
+        if kind == "folds":
+            return parse_folds(text)
+        if kind == "int?":
+            return None if text.lower() in ("none", "last") else int(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        what = "an integer" if kind.startswith("int") else "a number"
+        raise FerError(f"{flag} {text!r} is not {what}; give a value or a list like 1,2") from None
+    return text
+
+
+def parse_grid(options: dict[str, str | None]) -> tuple[dict[str, list], dict[str, Any]]:
+    """Split `fer sweep` options (TrainConfig field -> text, None when not given) into the grid
+    (settings with several values) and base overrides (settings with one value)."""
+    grid: dict[str, list] = {}
+    base: dict[str, Any] = {}
+    for key, text in options.items():
+        if text is None:
+            continue
+        if key not in _KINDS:
+            raise FerError(f"cannot sweep over {key!r}")
+        kind = _KINDS[key]
+        sep = ";" if kind in ("modalities", "folds") else ","
+        values = [_parse_one(key, kind, t.strip()) for t in str(text).split(sep) if t.strip()]
+        if not values:
+            raise FerError(f"--{key.replace('_', '-')} is empty; give a value or a list")
+        if len(values) > 1:
+            grid[key] = values
+        else:
+            base[key] = values[0]
+    return grid, base
+
+
+def is_complete(run_dir: Path) -> bool:
+    """A run is complete when `fer train` wrote its metrics.json (the last file of a run)."""
+    return (Path(run_dir) / "metrics.json").is_file()
+
+
+def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
+          log: Log = print) -> list[Path]:
+    """Train every grid point on one store, loading the features once; returns the run folders.
+
+    Writes out_dir/<point>/ per point (skipping points already complete), then prints the
+    comparison table and writes it to out_dir/report.md.
+    """
+    from fer.train.features import load_features
+    from fer.train.report import report
+    from fer.train.run import train_run
+
+    out_dir = Path(out_dir)
+    configs = plan(grid, base, out_dir, log=log)
+    todo = [c for c in configs if not is_complete(Path(c.out))]
+    done = len(configs) - len(todo)
+    log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run)")
+    if todo:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
+        loaded: dict[tuple[str, ...], Any] = {}
+
+        def features_for(cfg: TrainConfig) -> Any:
+            # Without --allow-incomplete every chosen set has all fold rows done, so the union of
+            # modalities can be loaded once and shared. With it, the rows kept depend on the
+            # modalities loaded, so each distinct modality set is loaded (once) on its own.
+            key = union if not base.allow_incomplete else tuple(cfg.modalities)
+            if key not in loaded:
+                log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
+                loaded[key] = load_features(str(store_path), key, specs=specs,
+                                            allow_incomplete=base.allow_incomplete, log=log)
+            return loaded[key]
+
+        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
+        for i, cfg in enumerate(todo, 1):
+            started = (Path(cfg.out) / "config.json").is_file()
+            log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started else ""))
+            # a point killed mid-run continues from its finished folds and last checkpoint
+            cfg = replace(cfg, resume=started)
+            train_run(cfg, str(store_path), features=features_for(cfg), log=log)
+    runs = [Path(c.out) for c in configs]
+    finished = [r for r in runs if is_complete(r)]
+    if finished:
+        log(report(finished))
+        (out_dir / "report.md").write_text(report(finished, markdown=True))
+        log(f"sweep: table written to {out_dir / 'report.md'}")
+    return runs
