@@ -271,6 +271,7 @@ def sweep_cmd(
     audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
     allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
     finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write each run's confusion/PR/curve PNGs."),
 ) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
     from fer.train.config import TrainConfig
@@ -283,7 +284,7 @@ def sweep_cmd(
         "val_fraction": val_fraction, "select": select, "monitor": monitor, "patience": patience, "seed": seed,
     })
     base = TrainConfig(**single, face=face, pose=pose, audio=audio, device=device,
-                       allow_incomplete=allow_incomplete, finetune=finetune)
+                       allow_incomplete=allow_incomplete, finetune=finetune, plots=plots)
     sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")))
 
 

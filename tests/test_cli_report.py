@@ -40,11 +40,12 @@ def test_sweep_grid_then_report(tmp_path):
     store = make_store(tmp_path / "s.zarr", n=42)
     out = tmp_path / "sw"
     args = ["sweep", store, "--loss", "kl,mse", "--fold", "1", "--epochs", "1", "--layers", "1", "--heads", "2",
-            "--ff", "64", "--hidden", "16", "--batch-size", "16", "--device", "cpu", "--out", out]
+            "--ff", "64", "--hidden", "16", "--batch-size", "16", "--device", "cpu", "--no-plots", "--out", out]
     r = fer(*args)
     assert r.returncode == 0, r.stderr
     assert (out / "loss-kl" / "metrics.json").is_file() and (out / "loss-mse" / "metrics.json").is_file()
     assert "| loss-kl | face | none | kl |" in (out / "report.md").read_text()
+    assert not (out / "loss-kl" / "plots").exists()
     assert "loss-mse" in r.stdout and "0 already complete, 2 to run" in r.stdout
     r = fer(*args)  # a rerun trains nothing
     assert r.returncode == 0 and "2 already complete, 0 to run" in r.stdout

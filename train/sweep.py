@@ -18,7 +18,7 @@ from fer.train.config import TrainConfig
 Log = Callable[[str], None]
 
 # settings that name the run folder or the store's data, not a training choice
-_NOT_SWEPT = {"out", "resume", "device"}
+_NOT_SWEPT = {"out", "resume", "device", "plots"}
 
 
 def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:

@@ -70,6 +70,7 @@ def test_sweep_2x2_loads_once_and_resumes(tmp_path, monkeypatch, one_thread):
     assert len(calls) == 1
     for r in runs:
         assert (r / "metrics.json").is_file() and (r / "history.csv").is_file()
+        assert (r / "plots" / "confusion_fold1.png").is_file() and (r / "plots" / "pr_fold1.png").is_file()
     md = (out / "report.md").read_text()
     assert md.startswith("| run |") and all(f"| {r.name} |" in md for r in runs)
     assert sum("loading features" in str(x) for x in lines) == 1
