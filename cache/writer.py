@@ -3,7 +3,7 @@
 Crash safety: for every chunk touched, data and mask are written first (zarr writes each chunk file to a
 temp name and renames it into place, so a chunk file is never half-written), then `done` for those rows.
 A writer killed at any moment therefore leaves at worst rows that are written but not marked done, and a
-rerun writes them again. HDF5 is flushed after the data and again after `done`; see README for what HDF5
+rerun writes them again. HDF5 is flushed after the data and again after `done`; see Hdf5Backend for what HDF5
 does and does not guarantee.
 """
 

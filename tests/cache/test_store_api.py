@@ -165,3 +165,23 @@ def test_file_url_opens_as_zarr(tmp_path):
     s.close()
     with open_store(tmp_path / "u.zarr") as s2:
         assert s2.read("face.a").done.all()
+
+
+@pytest.mark.parametrize("fmt,compressor", [("zarr", "blosc-lz4"), ("zarr", "zstd-1"), ("hdf5", "lzf"), ("hdf5", "gzip-1")])
+def test_compressed_round_trip(tmp_path, fmt, compressor):
+    """Compressed chunks go through the format library instead of the direct chunk reader."""
+    path = tmp_path / ("c.zarr" if fmt == "zarr" else "c.h5")
+    ids, votes, folds = make_index(30)
+    data, mask = _rows(30)
+    with create_store(path, ids, votes, folds) as s:
+        with s.writer("face.c", row_shape=(4, 3), attrs={"modality": "face"}, compressor=compressor,
+                      chunk_bytes=24 * 7) as w:
+            assert s.backend.raw_chunks("features/face.c/data", s.backend.array("features/face.c/data")) is None
+            w.write_rows(np.arange(29), data[:29], mask[:29])
+        fs = s.read("face.c")
+        np.testing.assert_array_equal(fs.data[:29], data[:29])
+        assert np.isnan(fs.data[29]).all() and fs.done.sum() == 29
+        assert s.info("face.c")["compressor"] == compressor
+    with pytest.raises(FerError, match="unknown compressor"):
+        create_store(tmp_path / "d.zarr", ids, votes, folds).writer(
+            "x.y", row_shape=(1,), attrs={"modality": "face"}, compressor="lzf")
