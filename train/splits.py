@@ -30,7 +30,7 @@ def make_split(folds: np.ndarray, labels: np.ndarray, fold: int, *, val_fraction
 
     Validation takes round(val_fraction * n_c) rows of every class c with at least 2 training rows
     (at least one, never all), chosen by a generator seeded from (seed, fold). `usable` (N,) bool
-    drops training rows without a usable target (e.g. no votes).
+    drops rows without a usable target (no votes: no label to learn or to score).
     """
     if not 1 <= fold <= NUM_FOLDS:
         raise FerError(f"fold {fold} does not exist: DFEW has folds 1..{NUM_FOLDS} (or use --fold all)")
@@ -39,7 +39,7 @@ def make_split(folds: np.ndarray, labels: np.ndarray, fold: int, *, val_fraction
     if usable is not None:
         train_mask &= usable
     train_all = np.flatnonzero(train_mask)
-    test = np.flatnonzero(col == FOLD_TEST)
+    test = np.flatnonzero((col == FOLD_TEST) & (True if usable is None else usable))
     if train_all.size == 0 or test.size == 0:
         raise FerError(f"fold {fold} has {train_all.size} training and {test.size} test clips in this store: "
                        "the store needs official fold columns (re-extract from a root with its split files)")

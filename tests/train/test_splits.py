@@ -52,7 +52,7 @@ def test_no_validation_and_usable():
     usable = np.ones(len(labels), bool)
     usable[:20] = False
     s = make_split(folds, labels, 1, val_fraction=0.1, seed=0, usable=usable)
-    assert not (set(s.train) | set(s.val)) & set(range(20))
+    assert not (set(s.train) | set(s.val) | set(s.test)) & set(range(20))  # no votes: no target, no label
 
 
 def test_bad_fold_and_no_fold_columns():
