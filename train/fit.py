@@ -122,7 +122,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
     history: list[dict[str, float]] = []
-    start, best_epoch, best_score, bad = 0, 0, -math.inf, 0
+    # best so far: (score, -val_loss) so that ties in val UAR (small validation sets) go to the lower loss
+    start, best_epoch, best_score, best_tie, bad = 0, 0, -math.inf, -math.inf, 0
     best_state: dict[str, torch.Tensor] | None = None
     elapsed_before = 0.0
     if resume and checkpoint.is_file():
@@ -136,7 +137,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
             torch.set_rng_state(ck["rng"])
             if device.type == "cuda" and "cuda_rng" in ck:
                 torch.cuda.set_rng_state(ck["cuda_rng"], device)
-            start, best_epoch, best_score, bad = int(ck["epoch"]), int(ck["best_epoch"]), float(ck["best_score"]), int(ck["bad_epochs"])
+            start, best_epoch, bad = int(ck["epoch"]), int(ck["best_epoch"]), int(ck["bad_epochs"])
+            best_score, best_tie = float(ck["best_score"]), float(ck["best_tie"])
             best_state = {k: v.to(device) for k, v in ck["best_model"].items()} if "best_model" in ck else None
             history = [dict(r) for r in ck["history"]]
             elapsed_before = float(ck.get("seconds", 0.0))
@@ -182,8 +184,11 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         elif sched is not None:
             sched.step()
         score = val_uar if cfg.monitor == "uar" else -val_loss
-        if has_val and math.isfinite(score) and score > best_score:
-            best_score, best_epoch, bad = score, epoch, 0
+        tie = -val_loss if math.isfinite(val_loss) else -math.inf
+        if has_val and math.isfinite(score) and (score, tie) > (best_score, best_tie):
+            improved = score > best_score  # early stopping counts only real gains of the monitored score
+            best_score, best_tie, best_epoch = score, tie, epoch
+            bad = 0 if improved else bad + 1
             if not select_last:
                 best_state = _clone_state(model)
         else:
@@ -197,7 +202,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         ck = {"fold": fold, "epoch": epoch, "complete": False, "model": _cpu(model.state_dict()),
               "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
               "generator": gen.get_state(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
-              "best_score": best_score, "bad_epochs": bad, "history": history, "config": cfg.to_dict(),
+              "best_score": best_score, "best_tie": best_tie, "bad_epochs": bad, "history": history, "config": cfg.to_dict(),
               "seconds": elapsed_before + time.perf_counter() - t_start}
         if device.type == "cuda":
             ck["cuda_rng"] = torch.cuda.get_rng_state(device)
