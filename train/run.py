@@ -71,7 +71,8 @@ def results_table(summary: dict[str, Any]) -> str:
     for k, m in summary["folds"].items():
         lines.append(f"{k:>6}  {100 * m['war']:6.2f}  {100 * m['uar']:6.2f}  {m['best_epoch']:4d}  {m['epochs_run']:6d}  {m['seconds']:7.1f}")
     mean, std = summary["mean"], summary["std"]
-    lines.append(f"{'mean':>6}  {100 * mean['war']:6.2f}  {100 * mean['uar']:6.2f}   (std WAR {100 * std['war']:.2f}, UAR {100 * std['uar']:.2f})")
+    lines.append(f"{'mean':>6}  {100 * mean['war']:6.2f}  {100 * mean['uar']:6.2f}")
+    lines.append(f"{'± std':>6}  {100 * std['war']:6.2f}  {100 * std['uar']:6.2f}   (over {len(summary['folds'])} folds)")
     return "\n".join(lines)
 
 
