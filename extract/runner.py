@@ -295,7 +295,11 @@ def run_extraction(
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
             description=f"{dataset.kind} dataset at {dataset.root}",
         )
-        writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n), chunk_bytes=chunk_bytes)
+        try:
+            writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n), chunk_bytes=chunk_bytes)
+        except BaseException:
+            store.close()
+            raise
     summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n))
     try:
         owned = np.asarray(writer.owned_rows(), dtype=np.int64)
