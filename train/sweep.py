@@ -162,6 +162,7 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
         loaded: dict[tuple[str, ...], Any] = {}
+        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
         def features_for(cfg: TrainConfig) -> Any:
             # Without --allow-incomplete every chosen set has all fold rows done, so the union of
@@ -174,9 +175,9 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
                                             allow_incomplete=base.allow_incomplete, log=log)
             return loaded[key]
 
-        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
         for i, cfg in enumerate(todo, 1):
-            started = (Path(cfg.out) / "config.json").is_file()
+            run = Path(cfg.out)
+            started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
             log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started else ""))
             # a point killed mid-run continues from its finished folds and last checkpoint
             cfg = replace(cfg, resume=started)
