@@ -151,3 +151,22 @@ def test_imagenet_offline_is_one_line_error_and_fetch_fails_cleanly(roots, tmp_p
     monkeypatch.setenv("FER_OFFLINE", "1")
     r = CliRunner().invoke(app, ["weights", "fetch", "-m", "face"])
     assert "failed  face.resnet18" in r.output and isinstance(r.exception, FerError) and "not fetched" in str(r.exception)
+
+
+def test_audio_and_pose_backends_are_wired_into_one_store(roots, tmp_path):
+    store = tmp_path / "multi.zarr"
+    assert CliRunner().invoke(app, list(map(str, face_args(roots[0], store, 32, "--limit", 2)))).exit_code == 0
+    r = CliRunner().invoke(app, ["extract", str(roots[0]), "-m", "audio", "-b", "mel", "--store", str(store),
+                                 "--limit", 3, "--workers", 0, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "audio.mel" in r.output and "done 3" in r.output
+    with open_store(store) as st:
+        assert {s.split(".")[0] for s in st.specs()} == {"face", "audio"}
+    from fer.extract.registry import make_extractor
+
+    pose = make_extractor("pose", weights="none", device="cpu", frames=2, seed=0)
+    assert pose.spec.startswith("pose.keypointrcnn.none-s0.k2")
+    with pytest.raises(FerError, match="face modality only"):
+        make_extractor("pose", weights="none", device="cpu", layer="layer3")
+    with pytest.raises(FerError, match="unknown face backbone"):
+        make_extractor("face", "vgg", weights="none", device="cpu")
