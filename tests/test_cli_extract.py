@@ -170,3 +170,11 @@ def test_audio_and_pose_backends_are_wired_into_one_store(roots, tmp_path):
         make_extractor("pose", weights="none", device="cpu", layer="layer3")
     with pytest.raises(FerError, match="unknown face backbone"):
         make_extractor("face", "vgg", weights="none", device="cpu")
+
+
+def test_torchrun_env_picks_the_shard(roots, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = CliRunner().invoke(app, list(map(str, face_args(roots[1], tmp_path / "t.zarr", 32))))
+    assert r.exit_code == 0, r.output
+    assert "(shard 2/2)" in r.output and "done 5" in r.output  # 10 rows, 1 row per chunk, odd chunks
