@@ -14,24 +14,27 @@ import numpy as np
 from PIL import Image
 
 # Expression parameters, in the order of the columns of FACE_APEX.
-FACE_PARAMS = ("curve", "open", "width", "brow", "tilt", "eye", "wrinkle", "teeth")
-NEUTRAL_FACE = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0], np.float32)
+FACE_PARAMS = ("curve", "open", "width", "brow", "tilt", "eye", "wrinkle", "teeth", "flush")
+NEUTRAL_FACE = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], np.float32)
 
 # Apex expression per class (rows: happy, sad, neutral, angry, surprise, disgust, fear).
-# curve: +smile/-frown; open: mouth opening 0..1; width: mouth width factor; brow: +raised/-lowered;
-# tilt: +inner ends up (sad, fear) / -inner ends down (anger's V); eye: opening factor;
-# wrinkle: nose wrinkle lines; teeth: visible teeth.
+# curve: +smile/-frown (smiles also raise the cheeks: blush and crow's feet); open: mouth opening
+# 0..1; width: mouth width factor; brow: +raised (forehead wrinkles) / -lowered; tilt: +inner ends
+# up (sad, fear) / -inner ends down (anger's V, with vertical furrows between the brows); eye:
+# opening factor; wrinkle: nose wrinkles; teeth: visible teeth; flush: +red (anger) / -pale (fear).
 # Fear/surprise, angry/disgust and sad/neutral (at low intensity) are close on purpose: the
 # audio and body tell them apart, so fusion has something to win over face-only.
+# Cues are big and textured (wrinkles, teeth, dark mouth, eye whites, skin colour) because
+# random-init backbones see pooled local statistics, not shapes.
 FACE_APEX = np.array(
     [
-        [1.00, 0.40, 1.30, 0.15, 0.00, 0.55, 0.00, 1.00],  # happy
-        [-0.80, 0.00, 0.90, 0.10, 0.90, 0.60, 0.00, 0.00],  # sad
-        [0.00, 0.00, 1.00, 0.00, 0.00, 1.00, 0.00, 0.00],  # neutral
-        [-0.45, 0.25, 1.05, -0.95, -0.90, 0.70, 0.55, 0.70],  # angry
-        [0.00, 0.95, 0.80, 1.00, 0.15, 1.60, 0.00, 0.00],  # surprise
-        [-0.55, 0.20, 1.00, -0.75, -0.65, 0.60, 0.90, 0.50],  # disgust
-        [-0.25, 0.80, 1.10, 0.85, 0.45, 1.55, 0.00, 0.20],  # fear
+        [1.00, 0.45, 1.30, 0.15, 0.00, 0.55, 0.00, 1.00, 0.15],  # happy
+        [-0.90, 0.00, 0.90, 0.10, 0.90, 0.60, 0.00, 0.00, -0.30],  # sad
+        [0.00, 0.00, 1.00, 0.00, 0.00, 1.00, 0.00, 0.00, 0.00],  # neutral
+        [-0.45, 0.30, 1.05, -0.95, -0.90, 0.70, 0.60, 0.80, 0.80],  # angry
+        [0.00, 1.00, 0.80, 1.00, 0.10, 1.60, 0.00, 0.00, 0.00],  # surprise
+        [-0.60, 0.20, 1.00, -0.75, -0.65, 0.60, 1.00, 0.60, 0.50],  # disgust
+        [-0.30, 0.85, 1.15, 0.90, 0.50, 1.55, 0.00, 0.20, -0.70],  # fear
     ],
     np.float32,
 )
@@ -73,25 +76,27 @@ class FaceIdentity:
 
 def random_identity(rng: np.random.Generator, size: int = 224) -> FaceIdentity:
     """Draw the nuisance variables of one clip's face."""
-    tone = rng.uniform(0.0, 1.0)
+    tone = rng.uniform(0.0, 0.55)
     skin = np.array([235, 200, 170]) * (1 - tone) + np.array([110, 75, 55]) * tone
     skin = skin + rng.normal(0, 8, 3)
-    hair = rng.choice([np.array([30, 25, 20]), np.array([90, 60, 35]), np.array([200, 170, 110]),
-                       np.array([60, 60, 60]), np.array([140, 60, 30])])
-    bg = rng.uniform(20, 235, (2, 3))
+    hair = rng.choice([np.array([30, 25, 20]), np.array([70, 50, 35]), np.array([110, 80, 50]),
+                       np.array([60, 60, 60])])
+    # muted backgrounds: aligned crops are mostly face, and random-init backbones are so
+    # colour-driven that a loud background would drown the expression
+    bg = rng.uniform(70, 180, (2, 1)) + rng.normal(0, 12, (2, 3))
     return FaceIdentity(
         skin=np.clip(skin, 0, 255).astype(np.float32),
         hair=(hair + rng.normal(0, 10, 3)).clip(0, 255).astype(np.float32),
         bg=bg.astype(np.float32),
-        eye_dx=float(rng.uniform(0.22, 0.28)),
+        eye_dx=float(rng.uniform(0.24, 0.29)),
         face_w=float(rng.uniform(0.56, 0.66)),
-        mouth_w=float(rng.uniform(0.19, 0.24)),
+        mouth_w=float(rng.uniform(0.24, 0.29)),
         cx=float(rng.uniform(-0.07, 0.07)),
-        cy=float(rng.uniform(-0.05, 0.07)),
-        scale=float(rng.uniform(0.85, 1.05)),
+        cy=float(rng.uniform(-0.06, 0.06)),
+        scale=float(rng.uniform(1.05, 1.25)),
         roll=float(rng.uniform(-0.12, 0.12)),
-        light=rng.normal(0, 0.25, 2).astype(np.float32),
-        noise=float(rng.uniform(2.0, 9.0)),
+        light=rng.normal(0, 0.12, 2).astype(np.float32),
+        noise=float(rng.uniform(2.0, 8.0)),
         hair_line=float(rng.uniform(-0.62, -0.48)),
         noise_bank=rng.standard_normal((size + 32, size + 32, 3), dtype=np.float32),
     )
@@ -139,7 +144,7 @@ class FaceRenderer:
     def render(self, ident: FaceIdentity, p: np.ndarray, jitter: tuple[float, float, float],
                rng: np.random.Generator, blink: bool = False) -> np.ndarray:
         """One frame, (size, size, 3) uint8. ``p`` holds FACE_PARAMS; ``jitter`` is (dx, dy, dscale)."""
-        curve, mopen, width, brow, tilt, eye, wrinkle, teeth = (float(x) for x in p)
+        curve, mopen, width, brow, tilt, eye, wrinkle, teeth, flush = (float(x) for x in p)
         X, Y = self.X, self.Y
         s = ident.scale * (1.0 + jitter[2])
         cx, cy = ident.cx + jitter[0], ident.cy + jitter[1]
@@ -152,71 +157,104 @@ class FaceRenderer:
         t = (Y[..., None] + 1.0) / 2.0
         img = ident.bg[0] * (1 - t) + ident.bg[1] * t
 
+        # skin: anger flushes red, fear drains to pale
+        if flush >= 0:
+            skin = ident.skin * (1 + flush * np.array([0.22, -0.12, -0.12], np.float32))
+        else:
+            skin = ident.skin + (-flush) * 0.45 * (np.array([215, 225, 215], np.float32) - ident.skin)
+        skin = np.clip(skin, 0, 255)
+        fold = skin * 0.62  # wrinkle / crease colour
+
         fw, fh = ident.face_w, 0.82
         _paint(img, _soft(_ellipse(u, v, 0, -0.05, fw + 0.06, fh + 0.06), px), ident.hair)  # hair behind
-        _paint(img, _soft(_ellipse(u, v, 0.0, 0.05, fw, fh), px), ident.skin)
+        _paint(img, _soft(_ellipse(u, v, 0.0, 0.05, fw, fh), px), skin)
         # hair over the forehead: the part of the head ellipse above the hair line
         head = _ellipse(u, v, 0.0, 0.05, fw + 0.01, fh + 0.01)
         _paint(img, _soft(np.maximum(head, v - ident.hair_line - 0.04 * np.cos(u * 5)), px), ident.hair)
 
-        def win(x0: float, y0: float, r: float) -> tuple[slice, slice]:
-            """Pixel window around face point (x0, y0) with face-unit radius r (features are local)."""
+        def win(x0: float, y0: float, rx: float, ry: float | None = None) -> tuple[slice, slice]:
+            """Pixel window around face point (x0, y0), face-unit half sizes (features are local)."""
+            ry = rx if ry is None else ry
             ix = cx + s * (x0 * c - y0 * sn)
             iy = cy + s * (x0 * sn + y0 * c)
+            r = max(rx, ry)
             half = r * s / self.px + 3
             col, row = (ix + 1) / self.px, (iy + 1) / self.px
             return (slice(max(int(row - half), 0), max(int(row + half) + 1, 0)),
                     slice(max(int(col - half), 0), max(int(col + half) + 1, 0)))
 
+        def lines(w: tuple[slice, slice], segs: list, r: float, amount: float, color: np.ndarray) -> None:
+            if amount > 0.03:
+                uu, vv = u[w], v[w]
+                d = np.min([_segment(uu, vv, p0, p1, r) for p0, p1 in segs], axis=0)
+                _paint(img[w], min(amount, 1.0) * _soft(d, px), color)
+
         dark = ident.hair * 0.6
-        # eyes: white, iris, with lids closing to the opening factor
-        ey, ew = -0.12, 0.115
-        eh = 0.055 * (0.08 if blink else eye)
+        ey, ew = -0.12, 0.14
+        by = ey - 0.17 - 0.12 * brow
+        # forehead: horizontal wrinkles when the brows go up, vertical furrows when they knit
+        w = win(0.0, by - 0.12, 0.36)
+        lines(w, [((-0.3, by - 0.08 - 0.055 * k), (0.3, by - 0.08 - 0.055 * k + 0.01 * (k - 1))) for k in range(3)],
+              0.012, 1.2 * max(brow, 0.0) + 0.4 * max(tilt, 0.0), fold)
+        lines(w, [((x, ey - 0.24), (x * 0.6, ey - 0.06)) for x in (-0.05, 0.05)], 0.014, 1.2 * max(-tilt, 0.0), fold)
+
+        # eyes: white, iris, with lids closing to the opening factor; brows above
+        eh = 0.07 * (0.08 if blink else eye)
         for side in (-1.0, 1.0):
             ex = side * ident.eye_dx
-            w = win(ex, ey - 0.12, 0.30)
+            w = win(ex, ey - 0.12, 0.32)
             uu, vv, im = u[w], v[w], img[w]
             white = _ellipse(uu, vv, ex, ey, ew, eh)
             _paint(im, _soft(white, px), np.array([245, 245, 240]))
-            iris = np.maximum(_ellipse(uu, vv, ex, ey, 0.05, 0.05), white)
+            iris = np.maximum(_ellipse(uu, vv, ex, ey, 0.06, 0.06), white)
             _paint(im, _soft(iris, px), np.array([40, 30, 25]))
-            _paint(im, _soft(np.abs(white) - 0.008, px), dark)  # lid outline
+            _paint(im, _soft(np.abs(white) - 0.01, px), dark)  # lid outline
             # brows: height follows brow, inner end rises with tilt (sad/fear) or drops (anger)
-            by = ey - 0.15 - 0.10 * brow
-            inner = (ex - side * 0.10, by - 0.07 * tilt)
-            outer = (ex + side * 0.11, by + 0.02 * tilt)
-            _paint(im, _soft(_segment(uu, vv, inner, outer, 0.028), px), dark)
+            inner = (ex - side * 0.12, by - 0.09 * tilt)
+            outer = (ex + side * 0.13, by + 0.03 * tilt)
+            _paint(im, _soft(_segment(uu, vv, inner, outer, 0.04), px), dark)
+            # smiles raise the cheeks: crow's feet at the outer corner, a blush below the eye
+            smile = max(curve, 0.0)
+            lines(win(ex + side * 0.2, ey, 0.1),
+                  [((ex + side * 0.17, ey + d0), (ex + side * 0.26, ey + 2.2 * d0)) for d0 in (-0.04, 0.0, 0.04)],
+                  0.009, 1.3 * smile, fold)
+            if smile > 0.03:
+                w2 = win(ex, 0.16, 0.16)
+                blush = _soft(_ellipse(u[w2], v[w2], ex * 1.1, 0.17, 0.15, 0.11), px * 8)
+                _paint(img[w2], 0.8 * smile * blush, np.array([235, 110, 120], np.float32))
 
-        # nose and (disgust/anger) wrinkles across the bridge
-        w = win(0.0, 0.08, 0.16)
-        uu, vv, im = u[w], v[w], img[w]
-        _paint(im, _soft(_segment(uu, vv, (0.0, -0.02), (0.03, 0.17), 0.012), px), ident.skin * 0.7)
-        if wrinkle > 0.05:
-            for k in range(3):
-                y0 = 0.0 + 0.05 * k
-                d = _segment(uu, vv, (-0.09, y0), (0.09, y0 - 0.02), 0.006 + 0.01 * wrinkle)
-                _paint(im, wrinkle * _soft(d, px), ident.skin * 0.55)
+        # nose, and (disgust/anger) wrinkles across the bridge
+        w = win(0.0, 0.06, 0.18)
+        lines(w, [((0.0, -0.04), (0.03, 0.17))], 0.014, 1.0, skin * 0.7)
+        lines(w, [((-0.11, 0.0 + 0.045 * k), (0.11, -0.02 + 0.045 * k)) for k in range(4)],
+              0.01, 1.2 * wrinkle, fold)
 
         # mouth: lip line y(u) bends up at the corners when smiling, down when frowning;
         # the opening is a lens around it, dark inside, with teeth at the top
-        my, mw = 0.40, ident.mouth_w * width
-        w = win(0.0, my + 0.05, mw + 0.2)
+        my, mw = 0.42, ident.mouth_w * width
+        # creases from the nose to the mouth corners deepen with any strong mouth movement
+        lines(win(0.0, 0.3, mw + 0.12), [((sd * 0.12, 0.16), (sd * (mw + 0.05), my + 0.02 - 0.1 * curve))
+                                         for sd in (-1, 1)], 0.012, 1.2 * abs(curve) + 0.5 * mopen, fold)
+        w = win(0.0, my + 0.08, mw + 0.1)
         uu, vv, im = u[w], v[w], img[w]
         q = np.clip(uu / mw, -1.0, 1.0)
         inside_x = np.abs(uu) - mw  # <0 within the mouth's width
-        line = my + curve * 0.11 * (0.5 - q * q)
+        line = my + curve * 0.14 * (0.5 - q * q)
         lens = np.sqrt(np.clip(1.0 - q * q, 0.0, 1.0))
-        up = line - 0.05 * mopen * lens
-        lo = line + 0.17 * mopen * lens
-        lip = np.maximum(inside_x, np.maximum(up - vv, vv - lo) - 0.022)
-        lip_col = ident.skin * np.array([0.85, 0.55, 0.55])
+        up = line - 0.06 * mopen * lens
+        lo = line + 0.24 * mopen * lens
+        lip = np.maximum(inside_x, np.maximum(up - vv, vv - lo) - 0.028)
+        lip_col = skin * np.array([0.85, 0.5, 0.5])
         _paint(im, _soft(lip, px), lip_col)
         if mopen > 0.02:
             cav = np.maximum(inside_x + 0.01, np.maximum(up - vv, vv - lo))
             _paint(im, _soft(cav, px), np.array([45, 15, 20]))
             if teeth > 0.05:
-                tooth = np.maximum(cav, vv - (up + 0.045 * teeth * lens + 0.004))
+                tooth = np.maximum(cav, vv - (up + 0.06 * teeth * lens + 0.004))
                 _paint(im, _soft(tooth, px), np.array([240, 238, 225]))
+                # gaps between teeth: a vertical-stripe texture
+                gaps = np.maximum(tooth, np.abs(((uu / 0.045) % 1.0) - 0.5) * 0.045 - 0.004)
+                _paint(im, 0.8 * _soft(gaps, px), np.array([150, 140, 130]))
 
         # lighting, then sensor noise
         shade = 1.0 + ident.light[0] * X + ident.light[1] * Y
