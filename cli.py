@@ -83,10 +83,14 @@ def extract_cmd(
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w",
         help="imagenet (face) | coco (pose) | an HF model id or folder (audio) | none (random init, seeded) | "
+        "auto (pretrained when in the local cache, else random, with a warning) | "
         "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
     ),
     layer: Optional[str] = typer.Option(None, "--layer", help="face: pool (512-d, default) | layer3 | layer2 (feature maps)."),
-    size: int = typer.Option(224, "--size", min=32, max=1024, help="face: input size in pixels."),
+    size: Optional[int] = typer.Option(
+        None, "--size", min=32, max=1024,
+        help="face: input size in pixels [224]; pose: the detector's short side [512] (long side x1.67).",
+    ),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (face: 16, pose: 3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model batch."),
@@ -353,6 +357,39 @@ def cache_rm(
             )
         s.remove(spec)
     typer.echo(f"removed {spec}")
+
+# ---------------------------------------------------------------- predict
+@app.command("predict")
+def predict_cmd(
+    clip: str = typer.Argument(..., help="A video file (with --faces, or showing one centred face), a folder of face "
+                               "frames, or a clip id of the dataset given with --root."),
+    run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset (DFEW root or manifest) that holds CLIP as an id."),
+    faces: Optional[Path] = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
+    fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="Use this fold's model only [default: average all]."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
+) -> None:
+    """Label one clip with a trained run: extract exactly the run's features, print class probabilities."""
+    import json
+    import tempfile
+
+    from fer.cache.schema import CLASS_NAMES
+    from fer.extract.clip import clip_features, clip_record
+    from fer.train.predict import format_prediction, predict_probs, run_features
+
+    features = run_features(run)
+    with tempfile.TemporaryDirectory(prefix="fer-predict-") as tmp:
+        record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp))
+        inputs = clip_features(record, features, device=device)
+    probs = predict_probs(run, inputs, fold=fold)[0]
+    if as_json:
+        top = int(probs.argmax())
+        typer.echo(json.dumps({"clip": record.clip_id, "run": str(run), "top": CLASS_NAMES[top],
+                               "probs": {c: round(float(p), 6) for c, p in zip(CLASS_NAMES, probs)}}))
+    else:
+        typer.echo(format_prediction(record.clip_id, probs))
+
 
 def main() -> None:
     """Entry point: run the app; a FerError becomes one line on stderr and exit status 2."""

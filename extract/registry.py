@@ -16,10 +16,10 @@ DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2ve
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-          size: int = 224, frames: int = 16, seed: int = 0, **_: Any) -> Extractor:
+          size: int | None = None, frames: int | None = None, seed: int = 0, **_: Any) -> Extractor:
     from fer.extract.face import FaceExtractor
 
-    return FaceExtractor(weights=weights or "imagenet", layer=layer or "pool", size=size, frames=frames,
+    return FaceExtractor(weights=weights or "imagenet", layer=layer or "pool", size=size or 224, frames=frames or 16,
                          device=device, seed=seed)
 
 
@@ -31,7 +31,10 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
         from fer.extract.pose import make_pose_extractor
     except ImportError as e:
         raise FerError(f"the pose backends are not available ({e})") from None
-    kw.pop("size", None)
+    size = kw.pop("size", None)
+    if size and backend == "keypointrcnn":  # the detector's short side; long side keeps torchvision's 800:1333
+        kw.setdefault("min_size", size)
+        kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
     if backend != "keypointrcnn":
         kw.pop("seed", None)  # only the torchvision model has a random init
     return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
@@ -94,4 +97,33 @@ def make_extractor(
         raise FerError(f"unknown face backbone {backend!r}; choose from {', '.join(FACE_BACKBONES)}")
     dev = resolve_device(device) if isinstance(device, str) else device
     kw = {k: v for k, v in kw.items() if v is not None}
-    return FACTORIES[modality](backend, weights, dev, **kw)
+    weights = resolve_auto_weights(modality, backend, weights)
+    extractor = FACTORIES[modality](backend, weights, dev, **kw)
+    # recorded in the feature set's provenance, so `fer predict` can rebuild exactly this extractor
+    extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
+    return extractor
+
+
+def extractor_from_provenance(provenance: dict[str, Any], device: str | torch.device = "auto") -> Extractor:
+    """Rebuild the extractor a feature set was made with (FerError when its provenance cannot say)."""
+    args = provenance.get("extractor")
+    if not isinstance(args, dict) or "modality" not in args:
+        spec = provenance.get("spec", "this feature set")
+        raise FerError(f"{spec} does not record how it was extracted (made by an older fer): re-extract it")
+    return make_extractor(device=device, **args)
+
+
+def resolve_auto_weights(modality: str, backend: str, weights: str | None) -> str | None:
+    """``auto``: the pretrained weights when they are in the local cache, else random init, said loudly."""
+    if (weights or "").lower() != "auto":
+        return weights
+    from fer.extract.weights import pretrained_available
+
+    found, how_to = pretrained_available(modality, backend)
+    if found:
+        return None
+    import sys
+
+    print(f"warning: pretrained {modality} weights ({backend}) are not in the local cache (offline?): using RANDOM "
+          f"weights (seeded; the spec says so). {how_to}", file=sys.stderr)
+    return "none"

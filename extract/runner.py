@@ -286,6 +286,9 @@ def run_extraction(
     attrs = dict(extractor.provenance())
     attrs.setdefault("modality", extractor.modality)
     attrs["spec"] = spec
+    build_args = getattr(extractor, "build_args", None)
+    if build_args:
+        attrs["extractor"] = build_args  # lets `fer predict` rebuild this exact extractor
     if command:
         attrs["command_line"] = command  # else the store records this process's argv
     attrs["dataset"] = {"root": str(dataset.root), "kind": dataset.kind, "clips": len(dataset.records)}

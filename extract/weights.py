@@ -15,7 +15,6 @@ The identity that goes into provenance is ``{"id": ..., "sha256": ...}`` or
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any, Callable
 import torch
 
 from fer.cache.errors import FerError
+from fer.cache.provenance import sha256_file
 
 OFFLINE_ENV = ("FER_OFFLINE", "HF_HUB_OFFLINE", "TORCH_HUB_OFFLINE")
 """Any of these set to 1/true: never try a download, fail at once with the how-to message."""
@@ -48,14 +48,6 @@ class WeightsIdentity:
 def offline() -> bool:
     """True when the environment asks for no network access."""
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in OFFLINE_ENV)
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def hub_checkpoint_dir() -> Path:
@@ -229,15 +221,30 @@ def _hf(name: str) -> WeightSource:
 
 def default_wav2vec2_id() -> str:
     """The audio backend's default wav2vec2 model id (owned by fer.extract.audio)."""
-    try:
-        from fer.extract import audio
+    from fer.extract.audio import DEFAULT_WAV2VEC2
 
-        for attr in ("DEFAULT_WAV2VEC2", "DEFAULT_MODEL_ID", "DEFAULT_WAV2VEC2_ID", "DEFAULT_MODEL"):
-            if isinstance(getattr(audio, attr, None), str):
-                return getattr(audio, attr)
-    except ImportError:
-        pass
-    return "facebook/wav2vec2-large-960h"
+    return DEFAULT_WAV2VEC2
+
+
+def pretrained_available(modality: str, backend: str) -> tuple[bool, str]:
+    """Whether ``backend``'s default pretrained weights are in the local cache (no download), and how to get them."""
+    how = ("Get them with `fer weights fetch` on a machine with internet and copy its TORCH_HOME "
+           "(~/.cache/torch) and HF_HOME (~/.cache/huggingface) here.")
+    if backend in ("mel", "openpifpaf"):
+        return True, ""  # mel needs no weights; openpifpaf manages its own
+    if modality == "audio":
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(default_wav2vec2_id(), "config.json"), str), how
+    if modality == "face":
+        from torchvision.models import ResNet18_Weights as enum_cls
+
+        enum = enum_cls.IMAGENET1K_V1
+    else:
+        from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights as enum_cls
+
+        enum = enum_cls.COCO_V1
+    return torchvision_file(enum).is_file(), how
 
 
 SOURCES: dict[str, list[WeightSource]] = {

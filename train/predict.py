@@ -1,0 +1,84 @@
+"""Class probabilities for new clips from a finished run: the run's fold models, averaged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from fer.cache.errors import FerError
+from fer.train.config import TrainConfig
+from fer.train.features import ModalityData
+from fer.train.fit import predict
+from fer.train.model import FerModel
+
+
+def run_features(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """modality -> {"spec", "provenance"} of the feature sets the run was trained on."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise FerError(f"{run_dir} is not a run folder (no config.json): pass the folder `fer train --out` wrote")
+    feats = json.loads(cfg_path.read_text()).get("features")
+    if not feats:
+        raise FerError(f"{cfg_path} names no feature sets: the run was written by an older fer; retrain it")
+    return feats
+
+
+def _checkpoints(run_dir: Path, fold: int | None) -> list[Path]:
+    paths = sorted(run_dir.glob("checkpoint_fold*.pt"))
+    if fold is not None:
+        paths = [p for p in paths if p.stem == f"checkpoint_fold{fold}"]
+    if not paths:
+        which = f"fold {fold}" if fold is not None else "any fold"
+        raise FerError(f"{run_dir} holds no checkpoint for {which}: finish the run (`fer train ... --resume`) first")
+    return paths
+
+
+def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                  *, fold: int | None = None) -> np.ndarray:
+    """(n, 7) class probabilities for clips whose features are ``inputs`` (modality -> (data, mask)).
+
+    Every finished fold model of the run votes (probabilities averaged), unless ``fold`` picks one.
+    The inputs must come from the same feature specs as the run (``run_features``).
+    """
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    cfg = TrainConfig.from_dict({k: v for k, v in config.items() if k in TrainConfig.__dataclass_fields__})
+    feats = run_features(run_dir)
+    missing = [m for m in cfg.modalities if m not in inputs]
+    if missing:
+        raise FerError(f"the run needs features for {', '.join(missing)}")
+    sets = {m: ModalityData(feats[m]["spec"], inputs[m][0], inputs[m][1].bool(), feats[m].get("provenance", {}))
+            for m in cfg.modalities}
+    n = int(sets["face"].data.shape[0])
+    rows = torch.arange(n)
+    probs = []
+    for path in _checkpoints(run_dir, fold):
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        if not ck.get("complete"):
+            continue  # an interrupted fold: its last epoch is not a selected model
+        layer4 = None
+        if cfg.finetune == "layer4":
+            from torchvision.models import resnet18
+
+            layer4 = resnet18(weights=None).layer4
+        model = FerModel(cfg, sets, layer4=layer4)
+        model.load_state_dict(ck["model"])
+        with torch.inference_mode():
+            probs.append(torch.softmax(predict(model, sets, rows, cfg).float(), dim=1).numpy())
+    if not probs:
+        raise FerError(f"{run_dir} has no finished fold yet: finish it with `fer train ... --resume`")
+    return np.mean(probs, axis=0)
+
+
+def format_prediction(clip_id: str, probs: np.ndarray) -> str:
+    """Human-readable: the top class, then every class's probability, most likely first."""
+    from fer.cache.schema import CLASS_NAMES
+
+    order = np.argsort(-probs)
+    lines = [f"{clip_id}: {CLASS_NAMES[order[0]]} ({100 * probs[order[0]]:.1f}%)"]
+    lines += [f"  {CLASS_NAMES[i]:<9} {100 * probs[i]:5.1f}%" for i in order]
+    return "\n".join(lines)
