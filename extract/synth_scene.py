@@ -78,7 +78,9 @@ def random_scene(rng: np.random.Generator, width: int, height: int, skin: np.nda
     for _ in range(int(rng.integers(2, 6))):
         x0, y0 = rng.uniform(0, W), rng.uniform(0, floor)
         w, h = rng.uniform(15, 90), rng.uniform(15, 90)
-        d.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in rng.uniform(0, 255, 3)))
+        # muted furniture: the figure, not the room, should dominate the frame's statistics
+        tone = (top + bottom) / 2 + rng.normal(0, 30, 3)
+        d.rectangle([x0, y0, x0 + w, y0 + h], fill=tuple(int(c) for c in np.clip(tone, 0, 255)))
     return Scene(
         background=img,
         shirt=tuple(int(c) for c in rng.uniform(20, 235, 3)),
