@@ -186,6 +186,7 @@ def train_cmd(
     ff: int = typer.Option(2048, "--ff", help="Encoder feed-forward width."),
     hidden: int = typer.Option(512, "--hidden", help="Decision network hidden width."),
     dropout: float = typer.Option(0.1, "--dropout", help="Dropout."),
+    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Standardise face/audio features with the training split's statistics."),
     audio_layer: Optional[int] = typer.Option(None, "--audio-layer", help="wav2vec2 hidden state to use (default: last)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training fold held out for validation."),
     select: str = typer.Option("best", "--select", help="best (by validation) | last epoch."),
@@ -209,7 +210,7 @@ def train_cmd(
     cfg = TrainConfig(
         modalities=parse_modalities(modalities), face=face, pose=pose, audio=audio, fusion=fusion, loss=loss,
         folds=parse_folds(fold), epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
+        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout, normalize=normalize,
         audio_layer=audio_layer, val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
         seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
         finetune=finetune, resume=resume, plots=plots,

@@ -60,6 +60,9 @@ class TrainConfig:
     """Width of the decision network's hidden layer (2 FC layers: flatten -> hidden -> 7)."""
     dropout: float = 0.1
     """Dropout in the encoder and the decision network."""
+    normalize: bool = True
+    """Standardise face and audio features per dimension with the training split's mean and std
+    (per fold; the statistics travel in the checkpoint)."""
     audio_layer: int | None = None
     """wav2vec2 hidden-state index to use (0 = CNN features, L = last layer); None: the last one."""
     val_fraction: float = 0.1

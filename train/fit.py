@@ -108,6 +108,9 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
     model = FerModel(cfg, sets, layer4=backbone.layer4 if backbone is not None else None).to(device)
+    train_rows = torch.from_numpy(split.train).to(device)
+    if cfg.normalize:
+        model.fit_input_norm(sets, train_rows, cfg)
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
     gen = torch.Generator().manual_seed(seed)
@@ -115,7 +118,6 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     loss_fn: LossFn = make_loss(cfg.loss, train_labels=labels_np[split.train])
     dist = torch.from_numpy(features.dist).to(device)
     labels = torch.from_numpy(labels_np).to(device)
-    train_rows = torch.from_numpy(split.train).to(device)
     val_rows = torch.from_numpy(split.val).to(device)
     has_val = len(split.val) > 0
     select_last = cfg.select == "last" or not has_val

@@ -108,3 +108,20 @@ def test_backbone_from_weights_file(tmp_path):
     assert torch.equal(got.layer4[1].conv2.weight, net.layer4[1].conv2.weight)
     with pytest.raises(FerError, match="changed since the cache was made"):
         build_backbone({"weights": {"id": str(path), "sha256": "0" * 64}}, log=lambda s: None)
+
+
+def test_input_norm_uses_only_valid_tokens_and_travels_in_the_state_dict():
+    from fer.train.model import InputNorm
+
+    x = torch.randn(6, 4, 3) * 0.1 + 5.0
+    mask = torch.ones(6, 4, dtype=torch.bool)
+    mask[:, 3] = False
+    x[:, 3] = 1e6  # padded tokens must not move the statistics
+    norm = InputNorm(3)
+    norm.fit([(x[:3], mask[:3]), (x[3:], mask[3:])])
+    valid = x[:, :3].reshape(-1, 3).double()
+    torch.testing.assert_close(norm.mean, valid.mean(0).float())
+    torch.testing.assert_close(norm.std, valid.std(0, unbiased=False).float())
+    assert {"mean", "std"} <= set(norm.state_dict())
+    out = norm(x[:, :3])
+    assert out.mean().abs() < 1e-4 and (out.std() - 1).abs() < 0.05
