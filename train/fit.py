@@ -80,6 +80,10 @@ def predict(model: nn.Module, sets: Mapping[str, ModalityData], rows: torch.Tens
     return torch.cat(outs) if outs else torch.zeros(0, 7, device=rows.device)
 
 
+CHECKPOINT_EVERY_S = 30.0
+"""Seconds between mid-fold checkpoints (the first epoch and the last are always saved)."""
+
+
 def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -149,6 +153,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     n = len(train_rows)
     bs = cfg.batch_size
     epoch = start
+    last_save, saved_epoch = -math.inf, start
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -169,7 +174,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         train_loss = float(total) / max(seen, 1)  # one sync per epoch
         train_s = time.perf_counter() - t0
         if not math.isfinite(train_loss):
-            where = f"the last good checkpoint (epoch {epoch - 1}) is kept in {checkpoint}" if epoch > 1 else "no checkpoint was written"
+            where = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint}" if saved_epoch
+                     else "no checkpoint was written")
             raise FerError(f"non-finite training loss in fold {fold} epoch {epoch}: the features hold NaN/Inf values "
                            f"or --lr {cfg.lr} is too high; {where}")
         if has_val:
@@ -201,16 +207,20 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         history.append(row)
         log(f"fold {fold} epoch {epoch:3d}/{cfg.epochs}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
             f"val WAR {100 * val_war:5.1f}  UAR {100 * val_uar:5.1f}  lr {lr:.2e}  {row['samples_per_s']:.0f} samples/s")
-        ck = {"fold": fold, "epoch": epoch, "complete": False, "model": _cpu(model.state_dict()),
-              "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-              "generator": gen.get_state(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
-              "best_score": best_score, "best_tie": best_tie, "bad_epochs": bad, "history": history, "config": cfg.to_dict(),
-              "seconds": elapsed_before + time.perf_counter() - t_start}
-        if device.type == "cuda":
-            ck["cuda_rng"] = torch.cuda.get_rng_state(device)
-        if best_state is not None:
-            ck["best_model"] = _cpu(best_state)
-        _save(ck, checkpoint)
+        # a checkpoint (model + AdamW state + best state: ~280 MB for the default model) every epoch would
+        # dominate short GPU epochs; every CHECKPOINT_EVERY_S is enough, since resume replays exactly
+        if time.perf_counter() - last_save >= CHECKPOINT_EVERY_S:
+            ck = {"fold": fold, "epoch": epoch, "complete": False, "model": _cpu(model.state_dict()),
+                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+                  "generator": gen.get_state(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
+                  "best_score": best_score, "best_tie": best_tie, "bad_epochs": bad, "history": history, "config": cfg.to_dict(),
+                  "seconds": elapsed_before + time.perf_counter() - t_start}
+            if device.type == "cuda":
+                ck["cuda_rng"] = torch.cuda.get_rng_state(device)
+            if best_state is not None:
+                ck["best_model"] = _cpu(best_state)
+            _save(ck, checkpoint)
+            last_save, saved_epoch = time.perf_counter(), epoch
         if on_epoch is not None:
             on_epoch(history)
         if not select_last and cfg.patience and bad >= cfg.patience:

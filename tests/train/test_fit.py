@@ -80,7 +80,12 @@ def test_deterministic(store, tmp_path):
     assert np.array_equal(pa["probs"], pb["probs"])
 
 
-def test_interrupt_then_resume_matches_uninterrupted(store, tmp_path):
+@pytest.mark.parametrize("every_s, saved_epoch", [(0.0, 2), (3600.0, 1)])
+def test_interrupt_then_resume_matches_uninterrupted(store, tmp_path, monkeypatch, every_s, saved_epoch):
+    """Every epoch checkpointed, or (the default interval) only the first: resume replays to the same numbers."""
+    from fer.train import fit
+
+    monkeypatch.setattr(fit, "CHECKPOINT_EVERY_S", every_s)
     cfg = dict(modalities=("face", "pose"), fusion="fc", folds=(1, 2), dropout=0.2, scheduler="cosine", **TINY)
     train_run(TrainConfig(out=str(tmp_path / "full"), **cfg), store, log=quiet)
 
@@ -93,10 +98,10 @@ def test_interrupt_then_resume_matches_uninterrupted(store, tmp_path):
         train_run(TrainConfig(out=str(out), **cfg), store, log=ctrl_c_in_fold2_epoch3)
     assert not (out / "metrics.json").exists()
     assert set(json.loads((out / "metrics_partial.json").read_text())["folds"]) == {"1"}
-    assert torch.load(out / "checkpoint_fold2.pt", weights_only=True)["epoch"] == 2
+    assert torch.load(out / "checkpoint_fold2.pt", weights_only=True)["epoch"] == saved_epoch
     lines = []
     train_run(TrainConfig(out=str(out), resume=True, **cfg), store, log=lines.append)
-    assert "fold 1: already finished, skipped" in lines and "fold 2: resuming after epoch 2" in lines
+    assert "fold 1: already finished, skipped" in lines and f"fold 2: resuming after epoch {saved_epoch}" in lines
     assert _metrics_wo_time(out) == _metrics_wo_time(tmp_path / "full")
     assert (out / "history.csv").read_text().count("\n") == 13
     with pytest.raises(FerError, match="--resume with other settings"):
@@ -128,7 +133,10 @@ def test_nan_features_stop_with_clear_error(store, tmp_path):
     assert not (out / "checkpoint_fold1.pt").exists() and not (out / "metrics.json").exists()
 
 
-def test_lr_blowup_keeps_last_good_checkpoint(store, tmp_path):
+def test_lr_blowup_keeps_last_good_checkpoint(store, tmp_path, monkeypatch):
+    from fer.train import fit
+
+    monkeypatch.setattr(fit, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint every epoch
     feats = load_features(str(store), ("face",), log=quiet)
     feats.sets["face"].data[:] = feats.sets["face"].data * 0
     bad = feats.sets["face"].data.clone()
