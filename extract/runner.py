@@ -340,7 +340,6 @@ def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, work
     resolved: dict[int, int] = defaultdict(int)
     buffer: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = defaultdict(list)
     fail_buffer: dict[int, dict[int, str]] = defaultdict(dict)
-    ids = dataset.ids
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-writer")
     pending: list[Future] = []

@@ -20,14 +20,6 @@ TINY = ["--layers", "1", "--heads", "2", "--ff", "64", "--hidden", "64", "--lr",
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("cli") / "s.zarr", modalities=("face", "pose", "audio"), audio="mel")

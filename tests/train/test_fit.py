@@ -16,15 +16,6 @@ TINY = dict(layers=1, heads=2, ff=64, hidden=64, epochs=6, lr=1e-3, batch_size=3
 quiet = lambda line: None  # noqa: E731
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: a second thread only adds contention on the shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("s") / "s.zarr", modalities=("face", "pose", "audio"))

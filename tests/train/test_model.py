@@ -9,14 +9,6 @@ from fer.train.features import ModalityData
 from fer.train.model import FerModel, build_backbone, make_batch
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _sets(n=6, d=32, audio="w2v", maps=False):
     g = torch.Generator().manual_seed(0)
     face = torch.randn(n, 4, 256, 2, 2, generator=g) if maps else torch.randn(n, 16, d, generator=g)
