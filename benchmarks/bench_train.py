@@ -290,7 +290,7 @@ def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespa
         notes.append(f"- (b) {len(b['all_trainer'])} back-to-back pairs (bare then trainer; bare: "
                      f"{', '.join(f'{x:.1f}' for x in b['all_bare'])}; trainer: {', '.join(f'{x:.1f}' for x in b['all_trainer'])}"
                      f"; ratios {', '.join(f'{x:.2f}' for x in b['ratios'])}), the second epoch of two each. The trainer's rate is its own history.csv samples/s (training loop only; "
-                     "validation and the per-epoch checkpoint are outside it). The bare loop slices float32 tensors in "
+                     "validation and the checkpoint writes are outside it). The bare loop slices float32 tensors in "
                      "order; the trainer gathers shuffled rows of float16 tensors and casts them per batch.")
     if c:
         notes.append(f"- (c) A fresh `python -m fer.cli train` process each time (best of {len(c['all'])}: "
