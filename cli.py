@@ -186,6 +186,10 @@ def train_cmd(
     ff: int = typer.Option(2048, "--ff", help="Encoder feed-forward width."),
     hidden: int = typer.Option(512, "--hidden", help="Decision network hidden width."),
     dropout: float = typer.Option(0.1, "--dropout", help="Dropout."),
+    modality_dropout: float = typer.Option(
+        0.0, "--modality-dropout", min=0.0, max=0.95,
+        help="With fusion: share of training clips whose face is blanked per step, so pose/audio get used.",
+    ),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Standardise face/audio features with the training split's statistics."),
     audio_layer: Optional[int] = typer.Option(None, "--audio-layer", help="wav2vec2 hidden state to use (default: last)."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training fold held out for validation."),
@@ -210,7 +214,8 @@ def train_cmd(
     cfg = TrainConfig(
         modalities=parse_modalities(modalities), face=face, pose=pose, audio=audio, fusion=fusion, loss=loss,
         folds=parse_folds(fold), epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout, normalize=normalize,
+        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
+        modality_dropout=modality_dropout, normalize=normalize,
         audio_layer=audio_layer, val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
         seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
         finetune=finetune, resume=resume, plots=plots,
@@ -264,6 +269,7 @@ def sweep_cmd(
     ff: Optional[str] = typer.Option(None, "--ff", help=_LIST),
     hidden: Optional[str] = typer.Option(None, "--hidden", help=_LIST),
     dropout: Optional[str] = typer.Option(None, "--dropout", help=_LIST),
+    modality_dropout: Optional[str] = typer.Option(None, "--modality-dropout", help=_LIST),
     audio_layer: Optional[str] = typer.Option(None, "--audio-layer", help=f"wav2vec2 hidden state (last: the last). {_LIST}"),
     val_fraction: Optional[str] = typer.Option(None, "--val-fraction", help=_LIST),
     select: Optional[str] = typer.Option(None, "--select", help=f"best | last. {_LIST}"),
@@ -285,7 +291,8 @@ def sweep_cmd(
     grid, single = parse_grid({
         "fusion": fusion, "loss": loss, "modalities": modalities, "folds": fold, "epochs": epochs, "lr": lr,
         "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer, "scheduler": scheduler,
-        "layers": layers, "heads": heads, "ff": ff, "hidden": hidden, "dropout": dropout, "audio_layer": audio_layer,
+        "layers": layers, "heads": heads, "ff": ff, "hidden": hidden, "dropout": dropout, "modality_dropout": modality_dropout,
+        "audio_layer": audio_layer,
         "val_fraction": val_fraction, "select": select, "monitor": monitor, "patience": patience, "seed": seed,
     })
     base = TrainConfig(**single, face=face, pose=pose, audio=audio, device=device,

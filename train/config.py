@@ -60,6 +60,9 @@ class TrainConfig:
     """Width of the decision network's hidden layer (2 FC layers: flatten -> hidden -> 7)."""
     dropout: float = 0.1
     """Dropout in the encoder and the decision network."""
+    modality_dropout: float = 0.0
+    """With fusion: share of training clips whose face tokens are blanked in a step, so the model learns to use
+    pose/audio too (0 = off)."""
     normalize: bool = True
     """Standardise face and audio features per dimension with the training split's mean and std
     (per fold; the statistics travel in the checkpoint)."""
@@ -124,6 +127,8 @@ class TrainConfig:
                 raise FerError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not 0.0 <= self.dropout < 1.0:
             raise FerError(f"--dropout must be in [0, 1) (got {self.dropout})")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise FerError(f"--modality-dropout must be in [0, 1) (got {self.modality_dropout})")
         if not 0.0 <= self.val_fraction < 1.0:
             raise FerError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
         if self.lr <= 0:

@@ -130,6 +130,7 @@ class FerModel(nn.Module):
     def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, layer4: nn.Module | None = None):
         super().__init__()
         self.fusion = cfg.fusion
+        self.modality_dropout = cfg.modality_dropout if cfg.fusion != "none" else 0.0
         self.use_pose = "pose" in cfg.modalities
         self.use_audio = "audio" in cfg.modalities
         face = sets["face"]
@@ -193,7 +194,13 @@ class FerModel(nn.Module):
             face = self.pool(self.layer4(face.flatten(0, 1))).flatten(1).view(b, t, -1)
         else:
             face = self.face_norm(face)
-        tokens = [face * fmask.unsqueeze(-1).to(face.dtype)]
+        keep = fmask.unsqueeze(-1).to(face.dtype)
+        if self.training and self.modality_dropout > 0:
+            # blank the whole face of some training clips, so the fused model cannot lean on the face
+            # alone (it fits small training sets through the face in a few epochs and ignores the rest)
+            drop = torch.rand(face.shape[0], 1, 1, device=face.device) < self.modality_dropout
+            keep = keep * (~drop).to(face.dtype)
+        tokens = [face * keep]
         pads = [torch.zeros(fmask.shape, dtype=torch.bool, device=face.device)]
         extras: list[torch.Tensor] = []
         if self.use_pose:

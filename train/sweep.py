@@ -90,7 +90,7 @@ _KINDS: dict[str, str] = {
     "modalities": "modalities", "folds": "folds",
     "epochs": "int", "batch_size": "int", "layers": "int", "heads": "int", "ff": "int", "hidden": "int",
     "patience": "int", "seed": "int", "audio_layer": "int?",
-    "lr": "float", "weight_decay": "float", "dropout": "float", "val_fraction": "float",
+    "lr": "float", "weight_decay": "float", "dropout": "float", "modality_dropout": "float", "val_fraction": "float",
 }
 
 

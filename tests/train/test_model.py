@@ -117,3 +117,24 @@ def test_input_norm_uses_only_valid_tokens_and_travels_in_the_state_dict():
     assert {"mean", "std"} <= set(norm.state_dict())
     out = norm(x[:, :3])
     assert out.mean().abs() < 1e-4 and (out.std() - 1).abs() < 0.05
+
+
+def test_modality_dropout_blanks_whole_faces_in_training_only():
+    sets = _sets()
+    cfg = TrainConfig(modalities=("face", "audio"), fusion="fc", layers=1, heads=2, ff=16, hidden=16, dropout=0.0,
+                      modality_dropout=0.9)
+    model = FerModel(cfg, sets)
+    batch = make_batch(sets, torch.arange(6), cfg)
+    seen = []
+    model.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    torch.manual_seed(0)
+    model.train()(batch)
+    model.eval()(batch)
+    pos = model.pos.detach()
+    train_faces, eval_faces = seen[0] - pos, seen[1] - pos
+    blank = train_faces[:, :16].abs().sum((1, 2)) == 0  # a clip loses all of its face tokens, or none
+    partial = (train_faces[:, :16].abs().sum(2) == 0).any(1) & ~blank
+    assert blank.any() and not partial.any()
+    assert not (eval_faces[:, :16].abs().sum((1, 2)) == 0).any()  # never at evaluation
+    none = TrainConfig(modalities=("face",), fusion="none", modality_dropout=0.9)
+    assert FerModel(none, {"face": sets["face"]}).modality_dropout == 0.0  # face-only never drops its only input
