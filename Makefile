@@ -26,7 +26,7 @@ demo: $(STAMP)
 	@echo "== 1/6 a synthetic dataset in the DFEW layout (200 clips)"
 	@test -f $(DEMO)/data/synth.json || $(FER) data synth $(DEMO)/data --clips 200 --seed 0
 	@echo "== 2/6 what it holds"
-	$(FER) data info $(DEMO)/data --no-check-media
+	$(FER) data info $(DEMO)/data
 	@echo "== 3/6 stage 1: extract face, audio and pose features into one store (resumes if rerun)"
 	$(FER) extract $(DEMO)/data -m face --weights auto --store $(STORE)
 	$(FER) extract $(DEMO)/data -m audio --backbone mel --store $(STORE)
