@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import re
 from pathlib import Path
 from typing import Any
@@ -41,13 +40,6 @@ DEFAULT_WAV2VEC2 = "facebook/wav2vec2-large-xlsr-53"
 # (wav2vec2-large-lv60) is a worse fit. Every layer is stored, so the best one is picked in training.
 
 BACKENDS = ("wav2vec2", "mel")
-
-
-def _versions() -> dict[str, str]:
-    import av
-
-    return {"torch": torch.__version__, "numpy": np.__version__, "av": av.__version__,
-            "python": platform.python_version()}
 
 
 def _audio_source(record: ClipRecord) -> Path | None:
@@ -240,8 +232,6 @@ class Wav2Vec2Audio(_AudioBase):
         return (self.layers, self.width)
 
     def provenance(self) -> dict[str, Any]:
-        import transformers
-
         return {
             "modality": "audio",
             "backbone": "wav2vec2",
@@ -256,7 +246,6 @@ class Wav2Vec2Audio(_AudioBase):
             ),
             "output": "hidden states of every layer, mean over the clip's valid frames; mask False = no usable audio",
             "silence_peak": SILENCE_PEAK,
-            "versions": {**_versions(), "transformers": transformers.__version__},
         }
 
     def load(self, record: ClipRecord) -> tuple[np.ndarray | None, str | None]:
@@ -383,7 +372,6 @@ class MelAudio(_AudioBase):
             ),
             "output": "frames past the end of the audio are zero with mask False; no/silent audio: all False",
             "silence_peak": SILENCE_PEAK,
-            "versions": _versions(),
         }
 
     def load(self, record: ClipRecord) -> tuple[np.ndarray | None, int, str | None]:

@@ -44,7 +44,7 @@ class Extractor(ABC):
     @abstractmethod
     def provenance(self) -> dict[str, Any]:
         """JSON-able feature-set attrs: modality, backbone, weights id and sha256, layer,
-        input size, preprocessing, library versions."""
+        input size, preprocessing (the store adds library versions, command line and time)."""
 
     @abstractmethod
     def load(self, record: ClipRecord) -> Any:

@@ -7,10 +7,8 @@ e.g. ``(16, 256, 14, 14)`` at 224, so the trainer can fine-tune the later blocks
 
 from __future__ import annotations
 
-import platform
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -112,8 +110,6 @@ class FaceExtractor(Extractor):
         return (self.frames, _CHANNELS[self.layer], s, s)
 
     def provenance(self) -> dict[str, Any]:
-        import torchvision
-
         return {
             "modality": "face",
             "backbone": "resnet18",
@@ -127,12 +123,6 @@ class FaceExtractor(Extractor):
                 f"/255, ImageNet mean {list(IMAGENET_MEAN)} std {list(IMAGENET_STD)}"
             ),
             "output": "global average pool, fc removed" if self.layer == "pool" else f"{self.layer} output map",
-            "versions": {
-                "torch": torch.__version__,
-                "torchvision": torchvision.__version__,
-                "numpy": np.__version__,
-                "python": platform.python_version(),
-            },
         }
 
     # ---------------------------------------------------------------- work

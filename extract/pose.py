@@ -13,7 +13,6 @@ Main person per frame: highest detection score, ties broken by the larger box ar
 
 from __future__ import annotations
 
-import platform
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,13 +46,6 @@ def keypoints_row(xy: np.ndarray, conf: np.ndarray, width: int, height: int) -> 
     out[:, 1] = np.clip(xy[:, 1] / float(height), 0.0, 1.0)
     out[:, 2] = np.clip(conf, 0.0, 1.0)
     return out
-
-
-def _versions() -> dict[str, str]:
-    import torchvision
-
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
 
 
 class _PoseBase(Extractor):
@@ -145,7 +137,6 @@ class KeypointRCNNPose(_PoseBase):
                 f"mask False where no person scores >= {self.min_score}"
             ),
             "keypoints": "COCO-17",
-            "versions": _versions(),
         }
 
     @torch.inference_mode()
@@ -289,7 +280,7 @@ class OpenPifPafPose(_PoseBase):
             "preprocessing": f"{self.frames} frames sampled uniformly from the original clip, RGB uint8",
             "output": "main person per frame (highest score, ties by keypoint extent); x/W, y/H, keypoint confidence",
             "keypoints": "COCO-17",
-            "versions": {**_versions(), "openpifpaf": str(version)},
+            "openpifpaf_version": str(version),
         }
 
     def embed(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
