@@ -105,6 +105,18 @@ def test_two_shard_processes_equal_one_process(roots, reference, tmp_path):
     assert final.done.all() and np.array_equal(final.data, reference.data)
 
 
+def test_torchrun_two_ranks_equal_one_process(roots, reference, tmp_path):
+    """A real `torchrun --nproc_per_node 2`: RANK/WORLD_SIZE pick the shards, the store equals one process's."""
+    store = tmp_path / "tr.zarr"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "fer.cli"]
+    p = subprocess.run([*torchrun, *map(str, face_args(roots[1], store, 64))], env=ENV, capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "(shard 1/2)" in p.stdout and "(shard 2/2)" in p.stdout
+    final = read(store, 64)
+    assert final.done.all() and np.array_equal(final.data, reference.data)
+
+
 def test_default_store_in_cwd_and_h5(roots, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["extract", roots[1], "-m", "face", "--weights", "none", "--size", 32, "--limit", 2,
