@@ -70,6 +70,15 @@ def test_errors_are_one_line(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "no official fold columns" in r.stderr
 
 
+def test_feature_sets_larger_than_memory_are_refused_up_front(store, tmp_path):
+    env = {**ENV, "FER_MEMORY_BUDGET_GB": "0.000001"}  # 1 kB: smaller than the test store's face set
+    r = subprocess.run([sys.executable, "-m", "fer.cli", "train", str(store), "--out", str(tmp_path / "r"),
+                        "--epochs", "1", *TINY], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
+    assert "GB in memory" in r.stderr and "--layer pool" in r.stderr
+    assert not (tmp_path / "r" / "metrics.json").exists()
+
+
 def test_ctrl_c_then_resume(store, tmp_path):
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "fer.cli", "train", str(store), "--epochs", "500", "--patience", "0",

@@ -6,6 +6,7 @@ float16 tensors (cast per batch), and indexed by row number from then on.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -117,6 +118,34 @@ def _is_one_hot(votes: np.ndarray) -> bool:
     return bool(np.all((votes > 0).sum(axis=1) <= 1))
 
 
+def memory_budget() -> int:
+    """Bytes the trainer may hold in features: FER_MEMORY_BUDGET_GB if set, else the memory available now."""
+    env = os.environ.get("FER_MEMORY_BUDGET_GB")
+    if env:
+        try:
+            return int(float(env) * 1e9)
+        except ValueError:
+            raise FerError(f"FER_MEMORY_BUDGET_GB={env!r} is not a number of gigabytes") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(store: Any, specs: Sequence[str], store_path: str) -> None:
+    """Refuse up front, with what to do, when the chosen feature sets cannot be held in memory at once."""
+    need = sum(int(np.prod(store.info(s)["shape"])) * np.dtype(store.info(s)["dtype"]).itemsize for s in specs)
+    budget = memory_budget()
+    if need > budget:
+        raise FerError(f"the chosen feature sets of {store_path} need {need / 1e9:.1f} GB in memory but {budget / 1e9:.1f} GB "
+                       "is available (FER_MEMORY_BUDGET_GB overrides): train on a machine with more memory, or use a "
+                       "pooled face set (`fer extract ... --layer pool`) instead of feature maps")
+
+
 def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[str, str | None] | None = None,
                   allow_incomplete: bool = False, log: Log = print) -> LoadedFeatures:
     """Read the chosen feature sets (one per modality) whole, once, with votes and folds.
@@ -135,6 +164,7 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
                            "extract from a root with split files, or a manifest with fold columns")
         used = np.any(folds != 0, axis=1)
         chosen = {m: choose_spec(store, m, specs.get(m), store_path) for m in modalities}
+        check_fits(store, list(chosen.values()), store_path)
         keep = used.copy()
         raw = {}
         for m, spec in chosen.items():
