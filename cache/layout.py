@@ -105,5 +105,7 @@ def decode_strings(arr: np.ndarray) -> np.ndarray:
     return np.array([b.decode("utf-8", errors="replace") for b in as_bytes.tolist()], dtype=str)
 
 
-def one_line(reason: str) -> str:
-    return " ".join(str(reason).split())
+def one_line(reason: object, limit: int | None = None) -> str:
+    """``reason`` on one line (whitespace folded), cut to ``limit`` characters when given."""
+    s = " ".join(str(reason).split())
+    return s if limit is None or len(s) <= limit else s[: limit - 3] + "..."

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from fer.extract.extractor import ClipError
+from fer.extract.media import uniform_indices as sample_indices  # DFEW-style: segment centres, repeats when short
 from fer.extract.records import ClipRecord
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -41,17 +42,6 @@ def _split_digits(s: str) -> list[str]:
         out.append(cur)
     # zero-padded digit runs compare as numbers while every part stays a str
     return [c if not c.isdigit() else c.zfill(12) for c in out]
-
-
-def sample_indices(n: int, k: int) -> np.ndarray:
-    """k indices into n frames: uniform when n >= k, nearest-index repetition when n < k."""
-    if n <= 0:
-        raise ValueError("no frames")
-    if n == k:
-        return np.arange(k)
-    # centre of each of k equal segments, mapped to the nearest frame: uniform sampling for n > k
-    # and DFEW-style nearest-index interpolation (each frame repeated) for n < k.
-    return np.minimum((np.arange(k) * n / k + n / (2 * k)).astype(np.int64), n - 1)
 
 
 def choose_frames(record: ClipRecord, frames: int = 16) -> tuple[list[Path], str | None]:

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from fer.cache.errors import FerError
+from fer.cache.layout import one_line as _one_line
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.records import ClipRecord, Dataset
 
@@ -176,9 +177,9 @@ class _Loaded:
         return self
 
 
-def one_line(text: str, limit: int = 300) -> str:
-    s = " ".join(str(text).split())
-    return s if len(s) <= limit else s[: limit - 3] + "..."
+def one_line(text: object) -> str:
+    """A clip's failure reason as the summary prints and the store keeps it."""
+    return _one_line(text, limit=300)
 
 
 class _ClipLoads(TorchDataset):
