@@ -13,8 +13,6 @@ Main person per frame: highest detection score, ties broken by the larger box ar
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -24,7 +22,7 @@ from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
 from fer.extract.records import ClipRecord
-from fer.extract.weights import WeightsIdentity, random_init, resolve_torchvision, sha256_file
+from fer.extract.weights import WeightsIdentity, resolve_torchvision
 
 NUM_KEYPOINTS = 17
 BACKENDS = ("keypointrcnn", "openpifpaf")
@@ -185,44 +183,8 @@ def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0
                                          box_score_thresh=min_score)
 
     w = (weights or "coco").strip()
-    if w.lower() != "none" and w.lower() != "coco" and w not in KeypointRCNN_ResNet50_FPN_Weights.__members__:
-        return _from_state_dict(Path(w).expanduser(), build, seed)
     return resolve_torchvision(w, build=build, weights_cls=KeypointRCNN_ResNet50_FPN_Weights, default="coco",
-                               what="Keypoint R-CNN COCO", seed=seed)
-
-
-def _from_state_dict(path: Path, build: Any, seed: int) -> tuple[torch.nn.Module, WeightsIdentity]:
-    """A Keypoint R-CNN state dict file. Not weights.read_state_dict: it strips a ``backbone.``
-    prefix (right for a classifier checkpoint), but ``backbone.body...`` is a real key here."""
-    if not path.is_file():
-        raise FerError(f"--weights {str(path)!r} is neither a file nor one of: coco, none, "
-                       f"{', '.join(_enum_names())}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FerError(f"cannot read weights file {path} ({type(e).__name__}); expected a torch state dict") from None
-    if isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FerError(f"{path} holds no state dict (a dict of tensors)")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    model = random_init(lambda: build(None), seed)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise FerError(f"{path} does not fit Keypoint R-CNN ResNet-50 FPN: {str(e).splitlines()[1 if len(str(e).splitlines()) > 1 else 0].strip()[:200]}") from None
-    sha = sha256_file(path)
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-")[:40] or "weights"
-    return model, WeightsIdentity(str(path.resolve()), sha, f"{stem}-{sha[:8]}")
-
-
-def _enum_names() -> list[str]:
-    from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
-
-    return list(KeypointRCNN_ResNet50_FPN_Weights.__members__)
+                               what="Keypoint R-CNN ResNet-50 FPN", seed=seed, strip=("module.",))
 
 
 # ---------------------------------------------------------------- OpenPifPaf

@@ -89,9 +89,10 @@ def _safe_stem(path: Path) -> str:
     return stem[:40]
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, strip: tuple[str, ...] = ("module.", "backbone.")) -> dict[str, torch.Tensor]:
     """A state dict from a file: a bare state dict, a ``fer train`` checkpoint (``"backbone"``), or
-    a common wrapper (``"state_dict"``, ``"model"``); ``module.``/``backbone.`` prefixes stripped."""
+    a common wrapper (``"state_dict"``, ``"model"``); the ``strip`` key prefixes are removed (a detector,
+    whose ``backbone.`` keys are real, strips only ``module.``)."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -106,7 +107,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise FerError(f"{path} holds no state dict (a dict of tensors, or a checkpoint with a 'backbone' entry)")
     out = {}
     for k, v in obj.items():
-        for prefix in ("module.", "backbone."):
+        for prefix in strip:
             if k.startswith(prefix):
                 k = k[len(prefix):]
         out[k] = v
@@ -129,6 +130,7 @@ def resolve_torchvision(
     what: str,
     seed: int = 0,
     optional_missing: tuple[str, ...] = (),
+    strip: tuple[str, ...] = ("module.", "backbone."),
 ) -> tuple[torch.nn.Module, WeightsIdentity]:
     """Build a torchvision model from ``--weights`` (``imagenet``-style alias, enum name, ``none``, PATH).
 
@@ -162,7 +164,7 @@ def resolve_torchvision(
         raise FerError(f"--weights {w!r} is neither a file nor one of: {names}")
     if path.is_dir():
         raise FerError(f"--weights {path} is a folder; give the state dict or checkpoint file inside it")
-    state = read_state_dict(path)
+    state = read_state_dict(path, strip)
     model = random_init(lambda: build(None), seed)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != tuple(shapes[k])]
