@@ -14,6 +14,7 @@ import torch
 
 from fer import __version__
 from fer.cache.errors import FerError
+from fer.cache.provenance import now_iso
 from fer.cache.schema import CLASS_NAMES
 from fer.train.config import TrainConfig
 from fer.train.features import LoadedFeatures, ModalityData, check_leakage, features_for, load_features
@@ -130,7 +131,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     config.update({
         "features": {m: {"spec": features.sets[m].spec, "provenance": features.sets[m].provenance} for m in cfg.modalities},
         "store": str(store_path), "fer_version": __version__,
-        "created": _now(), "command": list(sys.argv), "folds": list(cfg.folds),
+        "created": now_iso(), "command": list(sys.argv), "folds": list(cfg.folds),
         "n_clips": int(features.n), "left_out": int(features.left_out), "has_votes": bool(features.has_votes),
     })
     if not (cfg.resume and (out / "config.json").is_file()):
@@ -198,9 +199,3 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         except Exception as e:  # plots are a convenience; the metrics are already written
             log(f"warning: plots not written ({type(e).__name__}: {e})")
     return summary
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
