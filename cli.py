@@ -61,7 +61,7 @@ def data_info(
     check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
 ) -> None:
     """Print what a dataset holds: clips, classes, folds, media, problems."""
-    from fer.extract.info import dataset_report
+    from fer.extract.datasets.info import dataset_report
 
     typer.echo(dataset_report(root, check_media=check_media))
 
@@ -111,7 +111,7 @@ def extract_cmd(
     same command resumes and retries only failed or unfinished clips. Exit status 1 when a clip failed
     (reasons are in the summary and the store), 130 when interrupted (rerun to resume).
     """
-    from fer.extract.registry import FACTORIES
+    from fer.extract.backbones.registry import FACTORIES
 
     if modality not in FACTORIES:
         raise typer.BadParameter(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}", param_hint="--modality")
@@ -123,7 +123,7 @@ def extract_cmd(
         raise typer.BadParameter("must be > 0", param_hint="--chunk-mb")
 
     from fer.extract.datasets import load_dataset
-    from fer.extract.registry import make_extractor
+    from fer.extract.backbones.registry import make_extractor
     from fer.extract.runner import (
         check_store_format, default_store_path, default_workers, parse_shard, run_extraction, shard_from_env,
     )
@@ -161,7 +161,7 @@ def weights_fetch(
 
     Copy TORCH_HOME (default ~/.cache/torch) and HF_HOME (~/.cache/huggingface) to the offline machine.
     """
-    from fer.extract.weights import fetch_all
+    from fer.extract.backbones.weights import fetch_all
 
     mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
     fetch_all(mods, echo=typer.echo)

@@ -55,9 +55,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from fer.extract.audio import make_audio_extractor
+    from fer.extract.backbones.audio import make_audio_extractor
     from fer.extract.datasets import load_dataset
-    from fer.extract.pose import make_pose_extractor
+    from fer.extract.backbones.pose import make_pose_extractor
     from fer.extract.synth import synthesize
 
     tmp = None

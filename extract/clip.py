@@ -10,7 +10,7 @@ from PIL import Image
 
 from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError
-from fer.extract.records import ClipRecord
+from fer.extract.datasets.records import ClipRecord
 
 FACE_SIZE = 224
 FACE_FRAMES = 16
@@ -76,7 +76,7 @@ def clip_features(record: ClipRecord, features: Mapping[str, Mapping[str, Any]],
     ``features`` is a run's ``{modality: {"spec", "provenance"}}``; each extractor is rebuilt from its
     provenance and must give the same spec, else FerError (the features would not be comparable).
     """
-    from fer.extract.registry import extractor_from_provenance
+    from fer.extract.backbones.registry import extractor_from_provenance
 
     out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for modality, meta in features.items():

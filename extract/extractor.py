@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from fer.extract.records import ClipRecord
+from fer.extract.datasets.records import ClipRecord
 
 
 class ClipError(Exception):

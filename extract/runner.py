@@ -29,7 +29,7 @@ from torch.utils.data import Dataset as TorchDataset
 from fer.cache.errors import FerError
 from fer.cache.layout import one_line as _one_line
 from fer.extract.extractor import ClipError, Extractor
-from fer.extract.records import ClipRecord, Dataset
+from fer.extract.datasets.records import ClipRecord, Dataset
 
 MAX_PENDING_WRITES = 3
 """Chunk writes queued behind the writer thread before the main loop waits (bounds memory)."""

@@ -174,7 +174,7 @@ def test_audio_and_pose_backends_are_wired_into_one_store(roots, tmp_path):
     assert "audio.mel" in r.output and "done 3" in r.output
     with open_store(store) as st:
         assert {s.split(".")[0] for s in st.specs()} == {"face", "audio"}
-    from fer.extract.registry import make_extractor
+    from fer.extract.backbones.registry import make_extractor
 
     pose = make_extractor("pose", weights="none", device="cpu", frames=2, seed=0)
     assert pose.spec.startswith("pose.keypointrcnn.none-s0.k2")

@@ -25,8 +25,8 @@ from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_audio
-from fer.extract.records import ClipRecord
-from fer.extract.weights import offline, random_init
+from fer.extract.datasets.records import ClipRecord
+from fer.extract.backbones.weights import offline, random_init
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4

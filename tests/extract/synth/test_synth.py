@@ -18,7 +18,7 @@ from PIL import Image
 from fer.cache.errors import FerError
 from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
 from fer.extract.synth import ANNOTATION_HEADER, CORRUPT_KINDS, synthesize
-from fer.extract.synth_plan import plan_dataset
+from fer.extract.synth.plan import plan_dataset
 
 N_CLIPS = 30
 N_CORRUPT = 5

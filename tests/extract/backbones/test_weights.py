@@ -5,8 +5,8 @@ import torch
 from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
-from fer.extract.face import build_resnet18
-from fer.extract.weights import fetch_all, read_state_dict, sha256_file
+from fer.extract.backbones.face import build_resnet18
+from fer.extract.backbones.weights import fetch_all, read_state_dict, sha256_file
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import numpy as np
 
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_CLASSES, NUM_FOLDS
-from fer.extract.records import ClipRecord, Dataset
+from fer.extract.datasets.records import ClipRecord, Dataset
 
 # DFEW layout, relative to the root
 SPLIT_DIR = "EmoLabel_DataSplit"

@@ -21,8 +21,8 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
-from fer.extract.records import ClipRecord
-from fer.extract.weights import WeightsIdentity, resolve_torchvision
+from fer.extract.datasets.records import ClipRecord
+from fer.extract.backbones.weights import WeightsIdentity, resolve_torchvision
 
 NUM_KEYPOINTS = 17
 BACKENDS = ("keypointrcnn", "openpifpaf")
@@ -170,7 +170,7 @@ def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int, min_
 
 def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0,
                        detections: int = 10, proposals: int = 300, min_score: float = 0.05) -> tuple[torch.nn.Module, WeightsIdentity]:
-    """torchvision Keypoint R-CNN with ``--weights coco|none|PATH`` resolved by fer.extract.weights."""
+    """torchvision Keypoint R-CNN with ``--weights coco|none|PATH`` resolved by fer.extract.backbones.weights."""
     from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
 
     def build(_: Any) -> torch.nn.Module:

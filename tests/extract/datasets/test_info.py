@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fer.cache.schema import FOLD_TEST, FOLD_TRAIN, NUM_FOLDS
-from fer.extract.info import dataset_report, single_labeled
+from fer.extract.datasets.info import dataset_report, single_labeled
 
 SUB = {FOLD_TRAIN: "train(single-labeled)", FOLD_TEST: "test(single-labeled)"}
 

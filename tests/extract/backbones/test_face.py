@@ -8,9 +8,9 @@ from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError
-from fer.extract.face import FaceExtractor, map_size
-from fer.extract.faces import read_face_frames, sample_indices
-from fer.extract.records import ClipRecord
+from fer.extract.backbones.face import FaceExtractor, map_size
+from fer.extract.frames import read_face_frames, sample_indices
+from fer.extract.datasets.records import ClipRecord
 
 torch.set_num_threads(1)
 

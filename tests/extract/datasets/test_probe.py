@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fer.extract.probe import check_image, probe_video
+from fer.extract.datasets.probe import check_image, probe_video
 
 
 def write_mp4(path: Path, frames: int = 8, audio: bool = True, faststart: bool = False, size: int = 32) -> Path:

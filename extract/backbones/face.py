@@ -14,9 +14,9 @@ from torch import nn
 
 from fer.cache.errors import FerError
 from fer.extract.extractor import Extractor
-from fer.extract.faces import read_face_frames
-from fer.extract.records import ClipRecord
-from fer.extract.weights import WeightsIdentity, resolve_torchvision
+from fer.extract.frames import read_face_frames
+from fer.extract.datasets.records import ClipRecord
+from fer.extract.backbones.weights import WeightsIdentity, resolve_torchvision
 
 LAYERS = ("pool", "layer3", "layer2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +55,7 @@ class ResNetTrunk(nn.Module):
 
 
 def build_resnet18(weights: str = "imagenet", seed: int = 0) -> tuple[nn.Module, WeightsIdentity]:
-    """A torchvision ResNet-18 with ``--weights`` resolved (see fer.extract.weights); fc kept."""
+    """A torchvision ResNet-18 with ``--weights`` resolved (see fer.extract.backbones.weights); fc kept."""
     from torchvision.models import ResNet18_Weights, resnet18
 
     return resolve_torchvision(

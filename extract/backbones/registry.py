@@ -17,7 +17,7 @@ DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2ve
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
           size: int | None = None, frames: int | None = None, seed: int = 0, **_: Any) -> Extractor:
-    from fer.extract.face import FaceExtractor
+    from fer.extract.backbones.face import FaceExtractor
 
     return FaceExtractor(weights=weights or "imagenet", layer=layer or "pool", size=size or 224, frames=frames or 16,
                          device=device, seed=seed)
@@ -28,7 +28,7 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
     if layer:
         raise FerError("--layer applies to the face modality only")
     try:
-        from fer.extract.pose import make_pose_extractor
+        from fer.extract.backbones.pose import make_pose_extractor
     except ImportError as e:
         raise FerError(f"the pose backends are not available ({e})") from None
     size = kw.pop("size", None)
@@ -45,7 +45,7 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
     if layer:
         raise FerError("--layer applies to the face modality only (audio stores every layer)")
     try:
-        from fer.extract.audio import make_audio_extractor
+        from fer.extract.backbones.audio import make_audio_extractor
     except ImportError as e:
         raise FerError(f"the audio backends are not available ({e})") from None
     kw.pop("size", None)
@@ -117,7 +117,7 @@ def resolve_auto_weights(modality: str, backend: str, weights: str | None) -> st
     """``auto``: the pretrained weights when they are in the local cache, else random init, said loudly."""
     if (weights or "").lower() != "auto":
         return weights
-    from fer.extract.weights import pretrained_available
+    from fer.extract.backbones.weights import pretrained_available
 
     found, how_to = pretrained_available(modality, backend)
     if found:

@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 
 from fer.cache.errors import FerError
-from fer.extract.audio import MelAudio, make_audio_extractor, mel_filterbank
+from fer.extract.backbones.audio import MelAudio, make_audio_extractor, mel_filterbank
 from fer.extract.extractor import ClipError
-from fer.extract.records import ClipRecord
+from fer.extract.datasets.records import ClipRecord
 
 SR = 16000
 

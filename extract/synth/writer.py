@@ -29,10 +29,10 @@ from PIL import Image
 
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, NUM_FOLDS
-from fer.extract.synth_audio import AUDIO_APEX, NEUTRAL_AUDIO, synth_voice
-from fer.extract.synth_face import FACE_APEX, NEUTRAL_FACE, FaceRenderer, random_identity
-from fer.extract.synth_plan import ClipPlan, plan_dataset
-from fer.extract.synth_scene import BODY_APEX, NEUTRAL_BODY, random_scene, render_frame, video_codec, write_mp4
+from fer.extract.synth.audio import AUDIO_APEX, NEUTRAL_AUDIO, synth_voice
+from fer.extract.synth.face import FACE_APEX, NEUTRAL_FACE, FaceRenderer, random_identity
+from fer.extract.synth.plan import ClipPlan, plan_dataset
+from fer.extract.synth.scene import BODY_APEX, NEUTRAL_BODY, random_scene, render_frame, video_codec, write_mp4
 
 # Kinds of damage `--corrupt K` cycles through, and what each one does.
 CORRUPT_KINDS: dict[str, str] = {

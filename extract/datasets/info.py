@@ -24,8 +24,8 @@ from fer.cache.schema import (
     SINGLE_LABEL_MIN_VOTES,
 )
 from fer.extract.datasets import FACES16_DIR, FACES_ALL_DIR, VIDEO_DIR, _scan_media, load_dataset
-from fer.extract.probe import check_image, probe_video
-from fer.extract.records import ClipRecord, Dataset
+from fer.extract.datasets.probe import check_image, probe_video
+from fer.extract.datasets.records import ClipRecord, Dataset
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 FRAMES_16 = 16

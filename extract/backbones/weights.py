@@ -222,8 +222,8 @@ def _hf(name: str) -> WeightSource:
 
 
 def default_wav2vec2_id() -> str:
-    """The audio backend's default wav2vec2 model id (owned by fer.extract.audio)."""
-    from fer.extract.audio import DEFAULT_WAV2VEC2
+    """The audio backend's default wav2vec2 model id (owned by fer.extract.backbones.audio)."""
+    from fer.extract.backbones.audio import DEFAULT_WAV2VEC2
 
     return DEFAULT_WAV2VEC2
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fer.extract.extractor import ClipError
 from fer.extract.media import uniform_indices as sample_indices  # DFEW-style: segment centres, repeats when short
-from fer.extract.records import ClipRecord
+from fer.extract.datasets.records import ClipRecord
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 

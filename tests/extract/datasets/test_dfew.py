@@ -12,9 +12,10 @@ import pytest
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_FOLDS
 from fer.extract.datasets import load_dataset, read_dfew, read_manifest, read_split_file
+from fer.tests.shared_data import SHARED_DATA
 
 # the real DFEW split files live in the shared folder next to the repository (../shared)
-REAL_SPLITS = Path(__file__).resolve().parents[3] / "shared" / "data" / "dfew" / "EmoLabel_DataSplit"
+REAL_SPLITS = SHARED_DATA / "dfew" / "EmoLabel_DataSplit"
 
 # ../shared/data/README.md
 REAL_FOLDS = {1: (9356, 2341), 2: (9356, 2341), 3: (9357, 2340), 4: (9358, 2339), 5: (9361, 2336)}
