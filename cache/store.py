@@ -16,7 +16,7 @@ from fer.cache.backends import Backend, format_for, local_path, open_backend, re
 from fer.cache.errors import FerError
 from fer.cache.locks import ChunkLocks, exclusive, lock_dir_for
 from fer.cache.provenance import library_versions, now_iso
-from fer.cache.schema import CLASS_NAMES, FORMAT_VERSION, NUM_CLASSES, NUM_FOLDS, STORE_FORMAT_NAME
+from fer.cache.schema import DFEW_CLASSES, DFEW_FOLDS, FOLD_CODES, FORMAT_VERSION, STORE_FORMAT_NAME
 
 # Reads go in blocks of whole chunks; zarr decodes blocks in parallel threads (HDF5 holds a global lock,
 # so it reads in one call instead).
@@ -62,6 +62,26 @@ class FeatureStore:
             self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
         except KeyError as e:
             raise FerError(f"{self.path} has no clip index (clips/...); the store is incomplete, create it again") from e
+        self.class_names, self.fold_names = self._protocol()
+
+    def _protocol(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The store's class and fold names; a version 1 store is DFEW's 7 classes and 5 folds."""
+        a = self.attrs
+        classes = tuple(str(c) for c in a.get("class_names") or ())
+        folds = tuple(str(f) for f in a.get("fold_names") or ())
+        if self._votes.ndim != 2 or self._folds.ndim != 2 or len(self._votes) != self.n or len(self._folds) != self.n:
+            raise FerError(f"{self.path} is damaged: clips/votes {self._votes.shape} and clips/fold {self._folds.shape} "
+                           f"do not match the {self.n} clip ids; re-extract into a new store")
+        if a.get("format_version") == 1:
+            classes = classes or DFEW_CLASSES
+            folds = folds or DFEW_FOLDS[: self._folds.shape[1]]
+        if len(classes) != self._votes.shape[1] or len(folds) != self._folds.shape[1]:
+            raise FerError(
+                f"{self.path} is damaged: its attrs name {len(classes)} classes and {len(folds)} folds but "
+                f"clips/votes has {self._votes.shape[1]} columns and clips/fold {self._folds.shape[1]}; "
+                "re-extract into a new store"
+            )
+        return classes, folds
 
     def _check_format(self, attrs: dict) -> dict:
         if attrs.get("format") != STORE_FORMAT_NAME:
@@ -94,6 +114,11 @@ class FeatureStore:
     @property
     def n(self) -> int:
         return len(self._ids)
+
+    @property
+    def layout(self) -> str:
+        """The dataset layout the clip index came from (dfew, mafw, ferv39k, folders, manifest); v1: dfew."""
+        return str(self.attrs.get("layout") or ("dfew" if self.attrs.get("format_version") == 1 else "unknown"))
 
     # ------------------------------------------------------------ feature sets
     def specs(self) -> list[str]:
@@ -292,7 +317,8 @@ class FeatureStore:
         return f"FeatureStore({self.path!r}, format={self.format}, n={self.n}, specs={self.specs()})"
 
 
-def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_names: Sequence[str] | None,
+                 fold_names: Sequence[str] | None) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[str]]:
     ids = [str(i) for i in ids]
     n = len(ids)
     if n == 0:
@@ -301,17 +327,37 @@ def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray) -> tu
         raise FerError("clip ids must be unique; the dataset lists some clips twice")
     votes = np.asarray(votes, dtype=np.float32)
     folds = np.asarray(folds, dtype=np.int8)
-    if votes.shape != (n, NUM_CLASSES):
-        raise FerError(f"votes must have shape ({n}, {NUM_CLASSES}), got {votes.shape}")
-    if folds.shape != (n, NUM_FOLDS):
-        raise FerError(f"folds must have shape ({n}, {NUM_FOLDS}), got {folds.shape}")
-    return ids, votes, folds
+    if votes.ndim != 2 or votes.shape[0] != n:
+        raise FerError(f"votes must have shape ({n}, classes), got {votes.shape}")
+    if class_names is None:
+        if votes.shape[1] != len(DFEW_CLASSES):
+            raise FerError(f"votes have {votes.shape[1]} columns: name the classes (class_names=...)")
+        class_names = DFEW_CLASSES
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != votes.shape[1] or len(set(class_names)) != len(class_names) or not all(class_names):
+        raise FerError(f"class names {class_names} must be {votes.shape[1]} distinct non-empty names, one per vote column")
+    if folds.ndim != 2 or folds.shape[0] != n:
+        raise FerError(f"folds must have shape ({n}, folds), got {folds.shape}")
+    if fold_names is None:
+        fold_names = list(DFEW_FOLDS) if folds.shape[1] == len(DFEW_FOLDS) else [f"fold_{k + 1}" for k in range(folds.shape[1])]
+    fold_names = [str(f) for f in fold_names]
+    if len(fold_names) != folds.shape[1]:
+        raise FerError(f"{len(fold_names)} fold names for {folds.shape[1]} fold columns")
+    if not np.isin(folds, FOLD_CODES).all():
+        raise FerError("fold codes must be 0 (unused), 1 (train), 2 (test) or 3 (validation)")
+    return ids, votes, folds, class_names, fold_names
 
 
 def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, *,
-                 description: str = "", attrs: dict | None = None) -> FeatureStore:
-    """Create a store for a clip index, or open the existing one for writing if it holds the same index."""
-    ids, votes, folds = _check_index(ids, votes, folds)
+                 class_names: Sequence[str] | None = None, fold_names: Sequence[str] | None = None,
+                 layout: str = "manifest", description: str = "", attrs: dict | None = None) -> FeatureStore:
+    """Create a store for a clip index, or open the existing one for writing if it holds the same index.
+
+    ``votes`` is (N, C) with one column per name in ``class_names`` (default: DFEW's 7 classes when C is 7);
+    ``folds`` is (N, K), one column per fold of the protocol (codes in fer.cache.schema), named by
+    ``fold_names``; ``layout`` says which dataset layout the index came from.
+    """
+    ids, votes, folds, class_names, fold_names = _check_index(ids, votes, folds, class_names, fold_names)
     local = local_path(path)
     lock = None if local is None or format_for(path) == "hdf5" else lock_dir_for(local.resolve()) / "_create.lock"
     with exclusive(lock, f"{path}::create"):
@@ -320,13 +366,16 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
             root = b.root_attrs()
             if root.get("format") == STORE_FORMAT_NAME:
                 store = FeatureStore(b, path, "r+")
-                same = (list(store.ids) == ids and np.array_equal(store.votes, votes)
-                        and np.array_equal(store.folds, folds))
+                same = (list(store.ids) == ids and store.votes.shape == votes.shape
+                        and np.array_equal(store.votes, votes) and np.array_equal(store.folds, folds))
                 if not same:
                     raise FerError(
                         f"{path} holds another dataset's clips (different ids, votes or folds); "
                         "use a new store path or remove the old store"
                     )
+                if list(store.class_names) != class_names:
+                    raise FerError(f"{path} names its classes {', '.join(store.class_names)}, not "
+                                   f"{', '.join(class_names)}; use the same --classes or a new store path")
                 return store
             others = [k for k in b.children("") if k not in ("clips", "features")]
             if others or b.children(L.FEATURES):
@@ -342,8 +391,8 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
             b.create_group(L.FEATURES)
             meta = dict(attrs or {})
             meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,
-                        class_names=list(CLASS_NAMES), num_clips=n, created=now_iso(),
-                        library_versions=library_versions())
+                        layout=layout, class_names=class_names, fold_names=fold_names, num_clips=n,
+                        created=now_iso(), library_versions=library_versions())
             b.set_root_attrs(meta)  # last: a store without it is not a store yet
             b.flush()
             return FeatureStore(b, path, "r+")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
+from fer.cache.schema import FOLD_CODES
 from fer.cache.store import FeatureStore
 
 
@@ -47,14 +47,15 @@ def _check_index(store: FeatureStore, rep: VerifyReport) -> None:
         rep.problems.append("clips/id: clip ids repeat")
     if any(i == "" for i in ids.tolist()):
         rep.problems.append("clips/id: some clip ids are empty")
-    if store.votes.shape != (n, NUM_CLASSES):
-        rep.problems.append(f"clips/votes: shape {store.votes.shape}, expected {(n, NUM_CLASSES)}")
+    c, k = len(store.class_names), len(store.fold_names)
+    if store.votes.shape != (n, c):
+        rep.problems.append(f"clips/votes: shape {store.votes.shape}, expected {(n, c)} ({c} classes)")
     elif not np.isfinite(store.votes).all() or (store.votes < 0).any():
         rep.problems.append("clips/votes: negative or non-finite vote counts")
-    if store.folds.shape != (n, NUM_FOLDS):
-        rep.problems.append(f"clips/fold: shape {store.folds.shape}, expected {(n, NUM_FOLDS)}")
-    elif not np.isin(store.folds, (0, 1, 2)).all():
-        rep.problems.append("clips/fold: codes other than 0 (unused), 1 (train), 2 (test)")
+    if store.folds.shape != (n, k):
+        rep.problems.append(f"clips/fold: shape {store.folds.shape}, expected {(n, k)} ({k} folds)")
+    elif not np.isin(store.folds, FOLD_CODES).all():
+        rep.problems.append("clips/fold: codes other than 0 (unused), 1 (train), 2 (test), 3 (validation)")
     num = store.attrs.get("num_clips")
     if num is not None and num != n:
         rep.problems.append(f"root attrs say {num} clips but clips/id holds {n}")

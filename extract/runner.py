@@ -297,7 +297,9 @@ def run_extraction(
     with _dir_lock(store_path):
         store = create_store(
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
+            class_names=dataset.class_names, fold_names=dataset.fold_names, layout=dataset.kind,
             description=f"{dataset.kind} dataset at {dataset.root}",
+            attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol},
         )
         try:
             writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n), chunk_bytes=chunk_bytes)

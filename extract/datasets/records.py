@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
+from fer.cache.schema import CLASS_NAMES, DFEW_FOLDS, NUM_CLASSES, NUM_FOLDS
 
 
 @dataclass
@@ -25,34 +25,42 @@ class ClipRecord:
     audio: Path | None = None
     """A separate audio file (wav/flac), when the dataset ships one."""
     votes: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.float32))
-    """(7,) float32 vote counts per class; one-hot when only a label is known."""
+    """(C,) float32 vote counts per class of the dataset; one-hot when only a label is known."""
     folds: np.ndarray = field(default_factory=lambda: np.zeros(NUM_FOLDS, np.int8))
-    """(5,) int8 per official fold: 0 unused, 1 train, 2 test (see ``fer.cache.schema``)."""
+    """(K,) int8 per fold of the protocol: 0 unused, 1 train, 2 test, 3 validation (``fer.cache.schema``)."""
 
 
 @dataclass
 class Dataset:
-    """A dataset read from a DFEW root or a manifest CSV."""
+    """A dataset read from one layout (DFEW, MAFW, FERV39k, class folders or a manifest CSV)."""
 
     root: Path
-    """The DFEW root folder, or the manifest file."""
+    """The dataset's root folder, or the manifest file."""
     kind: str
-    """``"dfew"`` or ``"manifest"``."""
+    """The layout: ``dfew``, ``mafw``, ``ferv39k``, ``folders`` or ``manifest``."""
     records: list[ClipRecord]
     """Clips in store row order (sorted by id for DFEW, file order for a manifest)."""
     has_votes: bool
     """True when real vote distributions are known (annotation file or vote columns)."""
     problems: dict[str, str] = field(default_factory=dict)
     """Per-clip problems found while reading (clip id -> reason); these clips are still listed."""
+    class_names: tuple[str, ...] = CLASS_NAMES
+    """The dataset's classes, in the order of the vote columns (peers disagree on order: names are kept)."""
+    fold_names: tuple[str, ...] = DFEW_FOLDS
+    """One name per fold of the protocol (``set_1``..``set_5``; one official split for FERV39k)."""
+    protocol: str = ""
+    """One line on how the folds are meant to be used (which split is evaluated, where selection happens)."""
+    warnings: list[str] = field(default_factory=list)
+    """Dataset-level notes that do not stop anything (e.g. a class in test but never in train)."""
 
     @property
     def ids(self) -> list[str]:
         return [r.clip_id for r in self.records]
 
     def votes(self) -> np.ndarray:
-        """(N, 7) float32 vote counts in record order."""
+        """(N, C) float32 vote counts in record order."""
         return np.stack([r.votes for r in self.records]).astype(np.float32)
 
     def folds(self) -> np.ndarray:
-        """(N, 5) int8 fold codes in record order."""
+        """(N, K) int8 fold codes in record order."""
         return np.stack([r.folds for r in self.records]).astype(np.int8)
