@@ -55,22 +55,33 @@ def data_synth(
     typer.echo(summary)
 
 
+ROOT_HELP = "Dataset root (DFEW, MAFW, FERV39k, class folders train|val|test/<class>/<clip>) or a manifest CSV."
+LAYOUT_HELP = "dfew | mafw | ferv39k | folders | videos | manifest: the layout of ROOT [default: told by its files]."
+CLASSES_HELP = "The class names in order, e.g. angry,happy,sad [default: the dataset's own order; sorted names for " \
+               "class folders and manifests]."
+
+
 @data_app.command("info")
 def data_info(
-    root: Path = typer.Argument(..., help="DFEW root folder or manifest CSV."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
+    layout: Optional[str] = typer.Option(None, "--layout", help=LAYOUT_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
 ) -> None:
-    """Print what a dataset holds: clips, classes, folds, media, problems."""
+    """Print what a dataset holds: its layout, clips, classes, folds, media, problems."""
+    from fer.extract.datasets import parse_classes
     from fer.extract.datasets.info import dataset_report
 
-    typer.echo(dataset_report(root, check_media=check_media))
+    typer.echo(dataset_report(root, check_media=check_media, layout=layout, classes=parse_classes(classes)))
 
 
 # ---------------------------------------------------------------- extract
 @app.command("extract")
 def extract_cmd(
-    root: Path = typer.Argument(..., help="DFEW root folder or manifest CSV."),
+    root: Path = typer.Argument(..., help=ROOT_HELP),
     modality: str = typer.Option(..., "--modality", "-m", help="face | pose | audio."),
+    layout: Optional[str] = typer.Option(None, "--layout", help=LAYOUT_HELP),
+    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
     store: Optional[str] = typer.Option(
         None, "--store", "-s",
         help="Feature store to write (created if missing; *.zarr or *.h5). Default: ./<root name>.zarr "
@@ -122,8 +133,8 @@ def extract_cmd(
     if chunk_mb is not None and chunk_mb <= 0:
         raise typer.BadParameter("must be > 0", param_hint="--chunk-mb")
 
-    from fer.extract.datasets import load_dataset
     from fer.extract.backbones.registry import make_extractor
+    from fer.extract.datasets import load_dataset, parse_classes
     from fer.extract.runner import (
         check_store_format, default_store_path, default_workers, parse_shard, run_extraction, shard_from_env,
     )
@@ -131,7 +142,7 @@ def extract_cmd(
     shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
     store_path = store if store else str(default_store_path(root, fmt))
     check_store_format(store_path, fmt)
-    dataset = load_dataset(root)
+    dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
     extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=frames, seed=seed)
     summary = run_extraction(
         dataset, extractor, store_path,
@@ -372,9 +383,9 @@ def predict_cmd(
     clip: str = typer.Argument(..., help="A video file (with --faces, or showing one centred face), a folder of face "
                                "frames, or a clip id of the dataset given with --root."),
     run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Dataset (DFEW root or manifest) that holds CLIP as an id."),
+    root: Optional[Path] = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
     faces: Optional[Path] = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
-    fold: Optional[int] = typer.Option(None, "--fold", min=1, max=5, help="Use this fold's model only [default: average all]."),
+    fold: Optional[int] = typer.Option(None, "--fold", min=1, help="Use this fold's model only [default: average all]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:
@@ -382,21 +393,21 @@ def predict_cmd(
     import json
     import tempfile
 
-    from fer.cache.schema import CLASS_NAMES
     from fer.extract.clip import clip_features, clip_record
-    from fer.train.predict import format_prediction, predict_probs, run_features
+    from fer.train.predict import format_prediction, predict_probs, run_classes, run_features
 
     features = run_features(run)
     with tempfile.TemporaryDirectory(prefix="fer-predict-") as tmp:
         record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp))
         inputs = clip_features(record, features, device=device)
     probs = predict_probs(run, inputs, fold=fold)[0]
+    classes = run_classes(run)
     if as_json:
         top = int(probs.argmax())
-        typer.echo(json.dumps({"clip": record.clip_id, "run": str(run), "top": CLASS_NAMES[top],
-                               "probs": {c: round(float(p), 6) for c, p in zip(CLASS_NAMES, probs)}}))
+        typer.echo(json.dumps({"clip": record.clip_id, "run": str(run), "top": classes[top],
+                               "probs": {c: round(float(p), 6) for c, p in zip(classes, probs)}}))
     else:
-        typer.echo(format_prediction(record.clip_id, probs))
+        typer.echo(format_prediction(record.clip_id, probs, classes))
 
 
 def main() -> None:

@@ -81,7 +81,7 @@ class EndToEnd(torch.nn.Module):
 
         self.cnn = resnet18(weights=None)
         self.cnn.fc = torch.nn.Identity()
-        self.head = FerModel(cfg, sets)
+        self.head = FerModel(cfg, sets, num_classes=NUM_CLASSES)
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
@@ -100,7 +100,7 @@ def bench_e2e_epoch(cfg: TrainConfig, feats: LoadedFeatures, size: int) -> float
     torch.manual_seed(0)
     model = EndToEnd(cfg, feats.sets)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = make_loss(cfg.loss)
+    loss_fn = make_loss(cfg.loss, num_classes=NUM_CLASSES)
     dist, labels = torch.from_numpy(feats.dist), torch.from_numpy(feats.labels)
 
     def step(idx: torch.Tensor) -> None:
@@ -147,7 +147,7 @@ def bare_loop(cfg: TrainConfig, n: int, epochs: int) -> float:
     mask = torch.ones(n, T, dtype=torch.bool)
     target = torch.softmax(torch.randn(n, NUM_CLASSES), dim=1)
     sets = {"face": ModalityData("face.bench", x[:1], mask[:1], {"modality": "face"})}
-    model = FerModel(cfg, sets)
+    model = FerModel(cfg, sets, num_classes=NUM_CLASSES)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     model.train()
     rate = 0.0
@@ -212,11 +212,11 @@ def build_and_first_step(batch_size: int) -> tuple[float, float]:
     cfg = TrainConfig(batch_size=batch_size, device="cpu")
     t0 = time.perf_counter()
     torch.manual_seed(0)
-    model = FerModel(cfg, feats.sets)
+    model = FerModel(cfg, feats.sets, num_classes=NUM_CLASSES)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     t1 = time.perf_counter()
     idx = torch.arange(batch_size)
-    loss = make_loss("kl")(model(make_batch(feats.sets, idx, cfg)), torch.from_numpy(feats.dist), torch.from_numpy(feats.labels))
+    loss = make_loss("kl", num_classes=NUM_CLASSES)(model(make_batch(feats.sets, idx, cfg)), torch.from_numpy(feats.dist), torch.from_numpy(feats.labels))
     loss.backward()
     opt.step()
     return t1 - t0, time.perf_counter() - t1

@@ -333,6 +333,8 @@ class Hdf5Backend(Backend):
     def create_array(self, key, shape, dtype, chunks, fill_value, compressor="none"):
         if key in self.f:
             del self.f[key]
+        if 0 in tuple(shape):
+            chunks = None  # HDF5 cannot chunk an empty axis (a protocol without folds is (N, 0))
         return self.f.create_dataset(key, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill_value,
                                      **_h5_filter(compressor))
 

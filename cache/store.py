@@ -384,9 +384,10 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
             b.create_array(L.CLIPS_ID, (n, max(1, max(len(i.encode()) for i in ids))), np.uint8,
                            (n, max(1, max(len(i.encode()) for i in ids))), 0)
             b.array(L.CLIPS_ID)[:] = L.encode_strings(ids)
-            b.create_array(L.CLIPS_VOTES, votes.shape, np.float32, votes.shape, 0)
+            # one chunk each; a protocol without folds is (N, 0), and chunk sides must be positive
+            b.create_array(L.CLIPS_VOTES, votes.shape, np.float32, tuple(max(1, x) for x in votes.shape), 0)
             b.array(L.CLIPS_VOTES)[:] = votes
-            b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, folds.shape, 0)
+            b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, tuple(max(1, x) for x in folds.shape), 0)
             b.array(L.CLIPS_FOLD)[:] = folds
             b.create_group(L.FEATURES)
             meta = dict(attrs or {})

@@ -129,6 +129,8 @@ class ExtractSummary:
     """Time the writer thread spent writing (overlaps compute)."""
     interrupted: bool = False
     """Stopped by Ctrl-C / SIGTERM; finished rows were flushed."""
+    source: str = ""
+    """The dataset as read: its root, layout, clips, classes and folds."""
 
     @property
     def clips_per_s(self) -> float:
@@ -137,7 +139,8 @@ class ExtractSummary:
 
     def __str__(self) -> str:
         k, n = self.shard
-        lines = [
+        lines = [self.source] if self.source else []
+        lines += [
             f"feature set {self.spec} in {self.store}" + (f" (shard {k + 1}/{n})" if n > 1 else ""),
             f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
             f"left {max(self.owned - self.skipped - self.done, 0)}"
@@ -247,6 +250,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
+def describe(dataset: Dataset) -> str:
+    """One line naming the dataset as read: root, layout, clips, classes, folds."""
+    folds = len(dataset.fold_names)
+    return (f"dataset {dataset.root} ({dataset.kind} layout): {len(dataset.records)} clips, "
+            f"{len(dataset.class_names)} classes, {folds} fold{'s' if folds != 1 else ''}")
+
+
 # ---------------------------------------------------------------- the run
 def run_extraction(
     dataset: Dataset,
@@ -282,6 +292,9 @@ def run_extraction(
         raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to extract")
+    if not dataset.class_names:
+        raise FerError(f"{dataset.root} has no labels ({dataset.kind}): align the faces with `fer data faces`, then "
+                       "label the clips in its manifest.csv (a label column) and extract from that")
 
     spec, row_shape = extractor.spec, tuple(extractor.row_shape)
     attrs = dict(extractor.provenance())
@@ -293,6 +306,8 @@ def run_extraction(
     if command:
         attrs["command_line"] = command  # else the store records this process's argv
     attrs["dataset"] = {"root": str(dataset.root), "kind": dataset.kind, "clips": len(dataset.records)}
+    if dataset.face_preprocessing and attrs.get("modality") == "face":
+        attrs["face_preprocessing"] = dataset.face_preprocessing  # how `fer data faces` made the frames
 
     with _dir_lock(store_path):
         store = create_store(
@@ -306,7 +321,7 @@ def run_extraction(
         except BaseException:
             store.close()
             raise
-    summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n))
+    summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n), source=describe(dataset))
     try:
         owned = np.asarray(writer.owned_rows(), dtype=np.int64)
         done = np.asarray(writer.done(), dtype=bool)

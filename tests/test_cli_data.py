@@ -64,7 +64,7 @@ def test_data_info_reports_counts_and_broken_media(root: Path):
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "clips            5 " in out and "DFEW layout" in out
-    assert "  1                4        1        0" in out
+    assert "  set_1            4        1        0" in out
     assert "16 face frames        5" in out and "video                 4" in out and "audio track           4" in out
     problems = [line for line in out.split("problems", 1)[1].splitlines()[1:] if line.startswith("  ")]
     assert len(problems) == 2
@@ -89,10 +89,11 @@ def test_data_info_on_a_manifest(root: Path, tmp_path: Path):
 
 @pytest.mark.parametrize("make, expect", [
     (lambda p: p / "nowhere", "does not exist"),
-    (lambda p: (p / "d").mkdir() or p / "d", "neither EmoLabel_DataSplit"),
+    (lambda p: (p / "d").mkdir() or p / "d", "matches no dataset layout"),
     (lambda p: (p / "m.csv").write_text("clip_id,video,label\na,a.mp4,1\na,a.mp4,2\n") and p / "m.csv",
      "clip_id a already used on line 2"),
-    (lambda p: (p / "m.csv").write_text("clip_id,video,label\na,a.mp4,9\n") and p / "m.csv", "line 2: label '9'"),
+    (lambda p: (p / "m.csv").write_text("clip_id,video,label,vote_x,vote_y\na,a.mp4,9,1,0\n") and p / "m.csv",
+     "line 2: label '9' is not one of the classes (x, y)"),
 ])
 def test_data_info_errors_are_one_line(tmp_path: Path, make, expect: str):
     r = fer("data", "info", str(make(tmp_path)))

@@ -67,7 +67,7 @@ def test_errors_are_one_line(tmp_path):
     s = make_store(tmp_path / "nofold.zarr", no_folds=True)
     r = _fer("train", s, "--out", tmp_path / "r", "--epochs", "1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip().count("\n") == 0 and "no official fold columns" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and "has no fold columns" in r.stderr
 
 
 def test_feature_sets_larger_than_memory_are_refused_up_front(store, tmp_path):

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fer.cache.errors import FerError
-from fer.cache.schema import NUM_FOLDS
 
 MODALITIES = ("face", "pose", "audio")
 FUSIONS = ("none", "fc", "transformer")
@@ -23,7 +22,8 @@ class TrainConfig:
     """Settings of one `fer train` run; every field lands in the run's config.json."""
 
     modalities: tuple[str, ...] = ("face",)
-    """Modalities the model sees: face is always required; pose and audio are optional extras."""
+    """Modalities the model sees: any non-empty subset of face, pose, audio that the store holds
+    (audio alone is the standard audio-only baseline)."""
     face: str | None = None
     """Feature-set spec for the face (None: the store's only face feature set)."""
     pose: str | None = None
@@ -31,13 +31,14 @@ class TrainConfig:
     audio: str | None = None
     """Feature-set spec for the audio (None: the store's only audio feature set)."""
     fusion: str = "none"
-    """How pose/audio join the face: none (face only), fc (concatenated before the decision network),
-    transformer (extra tokens of the encoder)."""
+    """How modalities are combined: none (one modality only), fc (pose/audio concatenated before the decision
+    network, the face through the encoder), transformer (every modality as tokens of the encoder)."""
     loss: str = "kl"
     """kl (KL divergence to the normalised votes), mse (on probabilities), ce (cross-entropy on the
     majority label), wce (ce weighted by inverse train class frequency)."""
     folds: tuple[int, ...] = (1,)
-    """Official folds to run, each in 1..5."""
+    """Folds of the store's protocol to run, each in 1..K (K: 5 for DFEW and MAFW, 1 for FERV39k);
+    empty means all of them (--fold all)."""
     epochs: int = 30
     """Maximum number of epochs per fold."""
     lr: float = 1e-4
@@ -53,11 +54,11 @@ class TrainConfig:
     layers: int = 6
     """Transformer encoder layers."""
     heads: int = 8
-    """Attention heads (must divide the token width, 512 for ResNet-18 features)."""
+    """Attention heads (must divide the token width: the face feature width, or 256 without a face)."""
     ff: int = 2048
     """Width of the encoder's feed-forward layers."""
     hidden: int = 512
-    """Width of the decision network's hidden layer (2 FC layers: flatten -> hidden -> 7)."""
+    """Width of the decision network's hidden layer (2 FC layers: flatten -> hidden -> classes)."""
     dropout: float = 0.1
     """Dropout in the encoder and the decision network."""
     modality_dropout: float = 0.0
@@ -103,10 +104,8 @@ class TrainConfig:
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad:
             raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
-        if "face" not in self.modalities:
-            raise FerError("the model needs the face: use --modalities face[,pose][,audio]")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise FerError(f"modality listed twice in {','.join(self.modalities)}")
+        if not self.modalities:
+            raise FerError("no modality chosen: use --modalities face, audio, face,audio ...")
         _choice("fusion", self.fusion, FUSIONS)
         _choice("loss", self.loss, LOSSES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -116,12 +115,9 @@ class TrainConfig:
         if self.finetune not in FINETUNES:
             raise FerError(f"unknown --finetune {self.finetune}: the only choice is layer4")
         if len(self.modalities) > 1 and self.fusion == "none":
-            raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is face only)")
-        if not self.folds:
-            raise FerError("no fold chosen: use --fold 1..5 or --fold all")
-        for f in self.folds:
-            if not 1 <= f <= NUM_FOLDS:
-                raise FerError(f"fold {f} does not exist: DFEW has folds 1..{NUM_FOLDS} (or use --fold all)")
+            raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is one modality)")
+        if any(int(f) < 1 for f in self.folds):
+            raise FerError(f"fold {min(self.folds)} does not exist: folds are numbered from 1 (or use --fold all)")
         for name in ("epochs", "batch_size", "layers", "heads", "ff", "hidden"):
             if getattr(self, name) < 1:
                 raise FerError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
@@ -137,9 +133,10 @@ class TrainConfig:
             raise FerError(f"unknown --device {self.device}: choose auto, cpu or cuda")
         return self
 
-    def default_out(self) -> str:
+    def default_out(self, num_folds: int | None = None) -> str:
         """runs/<modalities>-<fusion>-<loss>-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
-        folds = "all" if sorted(self.folds) == list(range(1, NUM_FOLDS + 1)) else "_".join(map(str, self.folds))
+        every = not self.folds or (num_folds is not None and sorted(self.folds) == list(range(1, num_folds + 1)))
+        folds = "all" if every else "_".join(map(str, self.folds))
         ft = "-ft4" if self.finetune else ""
         return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}-f{folds}"
 
@@ -161,18 +158,32 @@ def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def parse_folds(text: str) -> tuple[int, ...]:
-    """`1`, `1,3` or `all` -> fold numbers; FerError on anything else or a fold outside 1..5."""
+    """`1`, `1,3` or `all` (-> (), every fold of the store) -> fold numbers; FerError on anything else."""
     text = str(text).strip().lower()
     if text == "all":
-        return tuple(range(1, NUM_FOLDS + 1))
+        return ()
     try:
         folds = tuple(int(p) for p in text.split(",") if p.strip())
     except ValueError:
-        raise FerError(f"--fold {text}: give a fold number 1..{NUM_FOLDS}, a list like 1,3, or all") from None
+        raise FerError(f"--fold {text}: give a fold number (1..K of the store), a list like 1,3, or all") from None
+    if not folds:
+        raise FerError("--fold is empty: give a fold number, a list like 1,3, or all")
     for f in folds:
-        if not 1 <= f <= NUM_FOLDS:
-            raise FerError(f"fold {f} does not exist: DFEW has folds 1..{NUM_FOLDS} (or use --fold all)")
+        if f < 1:
+            raise FerError(f"fold {f} does not exist: folds are numbered from 1 (or use --fold all)")
     return folds
+
+
+def resolve_folds(folds: tuple[int, ...], fold_names: tuple[str, ...], store: str) -> tuple[int, ...]:
+    """The folds to run on a store with ``fold_names``: () -> all of them; each must exist."""
+    k = len(fold_names)
+    if not folds:
+        return tuple(range(1, k + 1))
+    for f in folds:
+        if not 1 <= f <= k:
+            names = ", ".join(f"{i} ({n})" for i, n in enumerate(fold_names, 1))
+            raise FerError(f"fold {f} does not exist: {store} has {k} fold(s): {names or 'none'} (or use --fold all)")
+    return tuple(folds)
 
 
 def parse_modalities(text: str) -> tuple[str, ...]:

@@ -14,7 +14,6 @@ import numpy as np
 import torch
 
 from fer.cache.errors import FerError
-from fer.cache.schema import NUM_CLASSES
 
 Log = Callable[[str], None]
 
@@ -46,9 +45,9 @@ class LoadedFeatures:
     ids: np.ndarray
     """(n,) clip ids."""
     votes: np.ndarray
-    """(n, 7) float32 vote counts."""
+    """(n, C) float32 vote counts, one column per class of the store."""
     folds: np.ndarray
-    """(n, 5) int8 fold codes (0 unused, 1 train, 2 test)."""
+    """(n, K) int8 fold codes (0 unused, 1 train, 2 test, 3 validation), one column per fold of the store."""
     rows: np.ndarray
     """(n,) int64 row numbers in the store."""
     sets: dict[str, ModalityData]
@@ -57,6 +56,14 @@ class LoadedFeatures:
     """False when the store only knows one label per clip (targets are then one-hot)."""
     left_out: int = 0
     """Rows used by some fold that were dropped because a chosen feature set had not done them."""
+    class_names: tuple[str, ...] = ()
+    """The store's classes, in the order of the vote columns (and of every model output)."""
+    fold_names: tuple[str, ...] = ()
+    """The store's folds; fold k (1-based) is column k-1 of ``folds``."""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) or int(self.votes.shape[1])
 
     @property
     def n(self) -> int:
@@ -69,7 +76,7 @@ class LoadedFeatures:
 
     @property
     def dist(self) -> np.ndarray:
-        """(n, 7) float32 normalised vote distribution (zeros where a row has no votes)."""
+        """(n, C) float32 normalised vote distribution (zeros where a row has no votes)."""
         s = self.votes.sum(axis=1, keepdims=True)
         return np.where(s > 0, self.votes / np.maximum(s, 1e-12), 0).astype(np.float32)
 
@@ -150,7 +157,7 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
                   allow_incomplete: bool = False, log: Log = print) -> LoadedFeatures:
     """Read the chosen feature sets (one per modality) whole, once, with votes and folds.
 
-    Rows that some official fold uses must be done in every chosen feature set; otherwise this
+    Rows that some fold uses must be done in every chosen feature set; otherwise this
     refuses with the counts, or with `allow_incomplete` keeps only rows done everywhere and says
     how many were left out. Rows no fold uses are dropped (training never sees them).
     """
@@ -159,9 +166,12 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
     specs = dict(specs or {})
     with open_store(store_path, mode="r") as store:
         folds = np.asarray(store.folds, dtype=np.int8)
+        if not store.class_names:
+            raise FerError(f"{store_path} holds no labels (its dataset had no classes): extract from a labeled "
+                           "dataset or manifest to train")
         if folds.size == 0 or not np.any(folds != 0):
-            raise FerError(f"{store_path} has no official fold columns (every clip is unused in folds 1..5): "
-                           "extract from a root with split files, or a manifest with fold columns")
+            raise FerError(f"{store_path} has no fold columns (no clip is in any fold): extract from a root with its "
+                           "split files, or a manifest with fold_<k> or split columns")
         used = np.any(folds != 0, axis=1)
         chosen = {m: choose_spec(store, m, specs.get(m), store_path) for m in modalities}
         check_fits(store, list(chosen.values()), store_path)
@@ -197,13 +207,13 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
         votes = np.asarray(store.votes, dtype=np.float32)[rows]
         attrs = dict(store.attrs)
         has_votes = attrs.get("has_votes", True) is not False and not _is_one_hot(votes)
-        if votes.shape[1] != NUM_CLASSES:
-            raise FerError(f"{store_path} has {votes.shape[1]} vote columns; fer trains on {NUM_CLASSES} classes")
         if not has_votes:
             log("warning: the store has no vote distributions (one label per clip): kl/mse train on one-hot targets")
         ids = np.asarray(store.ids)[rows]
+        class_names, fold_names = tuple(store.class_names), tuple(store.fold_names)
     return LoadedFeatures(store_path=str(store_path), ids=ids, votes=votes, folds=folds[rows], rows=rows,
-                          sets=sets, has_votes=has_votes, left_out=left_out)
+                          sets=sets, has_votes=has_votes, left_out=left_out, class_names=class_names,
+                          fold_names=fold_names)
 
 
 def features_for(features: LoadedFeatures, modalities: Sequence[str], specs: Mapping[str, str | None]) -> None:

@@ -38,7 +38,7 @@ class FoldResult:
     """war, uar, per_class_recall, confusion, n_test, best_epoch, epochs_run, seconds (RUN_FORMAT.md)."""
     ids: np.ndarray
     probs: np.ndarray
-    """(n_test, 7) float32 predicted probabilities of the selected state."""
+    """(n_test, C) float32 predicted probabilities of the selected state."""
     labels: np.ndarray
     """(n_test,) int64 true labels (argmax of votes)."""
     history: list[dict[str, float]] = field(default_factory=list)
@@ -73,11 +73,11 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
 
 @torch.no_grad()
 def predict(model: nn.Module, sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """(len(rows), 7) logits in eval mode, batched."""
+    """(len(rows), C) logits in eval mode, batched."""
     model.eval()
     bs = max(cfg.batch_size, 256)
     outs = [model(make_batch(sets, rows[i:i + bs], cfg)) for i in range(0, len(rows), bs)]
-    return torch.cat(outs) if outs else torch.zeros(0, 7, device=rows.device)
+    return torch.cat(outs) if outs else torch.zeros(0, model.head[-1].out_features, device=rows.device)
 
 
 CHECKPOINT_EVERY_S = 30.0
@@ -111,7 +111,9 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     fold = split.fold
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
-    model = FerModel(cfg, sets, layer4=backbone.layer4 if backbone is not None else None).to(device)
+    num_classes = features.num_classes
+    model = FerModel(cfg, sets, num_classes=num_classes,
+                     layer4=backbone.layer4 if backbone is not None else None).to(device)
     train_rows = torch.from_numpy(split.train).to(device)
     if cfg.normalize:
         model.fit_input_norm(sets, train_rows, cfg)
@@ -119,7 +121,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     sched = make_scheduler(cfg, opt)
     gen = torch.Generator().manual_seed(seed)
     labels_np = features.labels
-    loss_fn: LossFn = make_loss(cfg.loss, train_labels=labels_np[split.train])
+    loss_fn: LossFn = make_loss(cfg.loss, train_labels=labels_np[split.train], num_classes=num_classes, device=device)
     dist = torch.from_numpy(features.dist).to(device)
     labels = torch.from_numpy(labels_np).to(device)
     val_rows = torch.from_numpy(split.val).to(device)
@@ -238,8 +240,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
     y_pred = probs.argmax(1)
     seconds = elapsed_before + time.perf_counter() - t_start
     metrics = {"war": war(y_true, y_pred), "uar": uar(y_true, y_pred),
-               "per_class_recall": [float(x) for x in per_class_recall(y_true, y_pred)],
-               "confusion": confusion_matrix(y_true, y_pred).tolist(), "n_test": int(len(y_true)),
+               "per_class_recall": [float(x) for x in per_class_recall(y_true, y_pred, num_classes)],
+               "confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n_test": int(len(y_true)),
                "best_epoch": int(best_epoch), "epochs_run": int(epochs_run), "seconds": float(seconds)}
     final = {"fold": fold, "epoch": int(best_epoch), "epochs_run": int(epochs_run), "complete": True,
              "model": _cpu(model.state_dict()), "config": cfg.to_dict(), "history": history}

@@ -25,11 +25,13 @@ def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def make_loss(name: str, *, train_labels: np.ndarray | None = None, num_classes: int = 7) -> LossFn:
+def make_loss(name: str, *, train_labels: np.ndarray | None = None, num_classes: int,
+              device: torch.device | str = "cpu") -> LossFn:
     """Return loss(logits (B,C), dist (B,C) summing to 1, labels (B,) int64) -> scalar.
 
     kl: KLDivLoss(batchmean) between log-softmax(logits) and dist; mse: on softmax(logits) vs dist;
-    ce: cross-entropy on labels; wce: ce weighted by inverse train frequency (needs train_labels).
+    ce: cross-entropy on labels; wce: ce weighted by inverse train frequency (needs train_labels); its
+    weights are put on ``device`` once, not copied every step.
     """
     if name == "kl":
         return lambda logits, dist, labels: F.kl_div(F.log_softmax(logits, dim=-1), dist, reduction="batchmean")
@@ -40,10 +42,10 @@ def make_loss(name: str, *, train_labels: np.ndarray | None = None, num_classes:
     if name == "wce":
         if train_labels is None:
             raise ValueError("wce needs the training labels for its class weights")
-        w = class_weights(train_labels, num_classes)
+        w = class_weights(train_labels, num_classes).to(device)
 
         def wce(logits: torch.Tensor, dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(logits, labels, weight=w.to(logits.device))
+            return F.cross_entropy(logits, labels, weight=w)
 
         return wce
     raise FerError(f"unknown --loss {name}: choose from kl, mse, ce, wce")

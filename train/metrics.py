@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fer.cache.schema import NUM_CLASSES
 
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) int64 counts; rows = true class, columns = predicted class."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -24,7 +22,7 @@ def war(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(y_true == np.asarray(y_pred)))
 
 
-def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> np.ndarray:
+def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """(C,) float64 recall per class; NaN for classes absent from y_true."""
     cm = confusion_matrix(y_true, y_pred, num_classes)
     support = cm.sum(axis=1)
@@ -32,11 +30,14 @@ def per_class_recall(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
         return np.where(support > 0, np.diag(cm) / np.maximum(support, 1), np.nan)
 
 
-def uar(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = NUM_CLASSES) -> float:
+def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Unweighted average recall: the mean of per-class recall over the classes present in y_true.
 
     (The standard definition; the paper's Eq. 1 averages something else.)
     """
-    r = per_class_recall(y_true, y_pred, num_classes)
-    r = r[~np.isnan(r)]
-    return float(r.mean()) if r.size else float("nan")
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    present = np.unique(y_true)
+    if present.size == 0:
+        return float("nan")
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in present]))

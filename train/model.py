@@ -1,4 +1,4 @@
-"""The model: face tokens -> Transformer encoder -> flatten -> 2 FC layers -> 7 logits, with pose/audio fusion.
+"""The model: tokens -> Transformer encoder -> flatten -> 2 FC layers -> C logits, over any subset of modalities.
 
 Inputs come as a dict of batch tensors made by `make_batch` from in-memory feature tensors:
 face (B, T, D) or layer3 maps (B, T, C, H, W) with --finetune layer4; pose (B, K, 17, 2);
@@ -8,17 +8,18 @@ audio (B, 1024) (one wav2vec2 layer) or (B, T, 64) (a mel sequence); each with i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
 
 from fer.cache.errors import FerError
-from fer.cache.schema import NUM_CLASSES
 from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
 
 AUDIO_DIM = 128
+NO_FACE_DIM = 256
+"""Token width when the face is not among the modalities (pose/audio tokens are projected to it)."""
 
 
 def audio_is_sequence(md: ModalityData) -> bool:
@@ -42,17 +43,23 @@ def audio_layer_index(md: ModalityData, layer: int | None) -> int:
     return layer % n
 
 
-def make_batch(sets: Mapping[str, ModalityData], idx: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Index one batch out of the (device-resident) feature tensors, cast to float32."""
+def make_batch(sets: Mapping[str, ModalityData], idx: torch.Tensor, cfg: TrainConfig,
+               modalities: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Index one batch out of the (device-resident) feature tensors, cast to float32.
+
+    ``modalities`` (default: the config's) limits which modalities are gathered.
+    """
+    mods = cfg.modalities if modalities is None else modalities
     out: dict[str, torch.Tensor] = {}
-    face = sets["face"]
-    out["face"] = face.data[idx].float()
-    out["face_mask"] = face.mask[idx]
-    if "pose" in cfg.modalities:
+    if "face" in mods:
+        face = sets["face"]
+        out["face"] = face.data[idx].float()
+        out["face_mask"] = face.mask[idx]
+    if "pose" in mods:
         pose = sets["pose"]
         out["pose"] = pose.data[idx][..., :2].float()
         out["pose_mask"] = pose.mask[idx]
-    if "audio" in cfg.modalities:
+    if "audio" in mods:
         audio = sets["audio"]
         if audio_is_sequence(audio):
             out["audio"] = audio.data[idx].float()
@@ -78,8 +85,8 @@ class InputNorm(nn.Module):
         self.register_buffer("std", torch.ones(dim))
 
     @torch.no_grad()
-    def fit(self, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Statistics over the valid tokens of ``(x (n, [T,] D), mask (n, [T]))`` chunks."""
+    def fit(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Statistics over the valid tokens of ``(x (n, [T,] D), mask (n, [T]))`` chunks (consumed one at a time)."""
         total = torch.zeros((), dtype=torch.float64, device=self.mean.device)
         s1 = torch.zeros_like(self.mean, dtype=torch.float64)
         s2 = torch.zeros_like(s1)
@@ -125,36 +132,47 @@ def layer_audio(n_in: int, dropout: float) -> nn.Module:
 
 
 class FerModel(nn.Module):
-    """Face transformer with optional pose/audio fusion (none | fc | transformer) and a 2-layer decision network."""
+    """Tokens of the chosen modalities -> Transformer encoder -> a 2-layer decision network -> C logits.
 
-    def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, layer4: nn.Module | None = None):
+    fusion none: one modality, as tokens. transformer: every modality as tokens of one encoder. fc: the face
+    through the encoder, pose/audio concatenated before the decision network (without a face: the decision
+    network over the concatenated pose/audio alone).
+    """
+
+    def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, num_classes: int,
+                 layer4: nn.Module | None = None):
         super().__init__()
         self.fusion = cfg.fusion
-        self.modality_dropout = cfg.modality_dropout if cfg.fusion != "none" else 0.0
+        self.use_face = "face" in cfg.modalities
         self.use_pose = "pose" in cfg.modalities
         self.use_audio = "audio" in cfg.modalities
-        face = sets["face"]
-        self.maps = face_is_maps(face)
-        if self.maps:
-            if layer4 is None:
-                raise FerError(f"{face.spec} holds layer3 maps {tuple(face.data.shape[1:])}: train it with --finetune layer4")
-            self.layer4 = layer4
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            d = 512
-        else:
-            if layer4 is not None:
-                raise FerError(f"--finetune layer4 needs a face feature set of layer3 maps; {face.spec} holds pooled vectors")
-            self.layer4 = None
-            d = int(face.data.shape[-1])
-        self.face_norm = InputNorm(d) if not self.maps else None
-        if d % cfg.heads:
-            raise FerError(f"--heads {cfg.heads} does not divide the token width {d}: choose a divisor (e.g. 8)")
-        n_face = int(face.data.shape[1])
-        n_tokens, extra = n_face, 0
+        self.as_tokens = cfg.fusion in ("none", "transformer")
+        fused = self.use_face and len(cfg.modalities) > 1
+        self.modality_dropout = cfg.modality_dropout if fused else 0.0
+        self.maps = False
+        self.layer4, self.face_norm = None, None
+        d, n_tokens, extra = NO_FACE_DIM, 0, 0
+        if self.use_face:
+            face = sets["face"]
+            self.maps = face_is_maps(face)
+            if self.maps:
+                if layer4 is None:
+                    raise FerError(f"{face.spec} holds layer3 maps {tuple(face.data.shape[1:])}: train it with --finetune layer4")
+                self.layer4 = layer4
+                self.pool = nn.AdaptiveAvgPool2d(1)
+                d = 512
+            else:
+                if layer4 is not None:
+                    raise FerError(f"--finetune layer4 needs a face feature set of layer3 maps; {face.spec} holds pooled vectors")
+                d = int(face.data.shape[-1])
+                self.face_norm = InputNorm(d)
+            n_tokens += int(face.data.shape[1])
+        elif layer4 is not None:
+            raise FerError("--finetune layer4 trains the face backbone: add face to --modalities")
         if self.use_pose:
             k, j = int(sets["pose"].data.shape[1]), int(sets["pose"].data.shape[2])
             self.pose_proj = nn.Linear(j * 2, d)
-            if cfg.fusion == "transformer":
+            if self.as_tokens:
                 n_tokens += k
             else:
                 extra += k * d
@@ -164,73 +182,92 @@ class FerModel(nn.Module):
             self.audio_norm = InputNorm(int(audio.data.shape[-1]))
             self.audio_enc = (SequenceAudio(int(audio.data.shape[-1]), cfg.dropout) if self.audio_seq
                               else layer_audio(int(audio.data.shape[-1]), cfg.dropout))
-            if cfg.fusion == "transformer":
+            if self.as_tokens:
                 self.audio_tok = nn.Linear(AUDIO_DIM, d)
                 n_tokens += 1
             else:
                 extra += AUDIO_DIM
-        self.pos = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.encoder = None
+        if n_tokens:
+            if d % cfg.heads:
+                raise FerError(f"--heads {cfg.heads} does not divide the token width {d}: choose a divisor (e.g. 8)")
+            self.pos = nn.Parameter(torch.randn(1, n_tokens, d) * 0.02)
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, cfg.ff, cfg.dropout, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(
             nn.Linear(n_tokens * d + extra, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
-            nn.Linear(cfg.hidden, NUM_CLASSES),
+            nn.Linear(cfg.hidden, num_classes),
         )
 
     def fit_input_norm(self, sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig,
                        chunk: int = 1024) -> None:
-        """Set the face/audio standardisation from ``rows`` (the training split), chunk by chunk."""
-        batches = [make_batch(sets, rows[i:i + chunk], cfg) for i in range(0, len(rows), chunk)]
+        """Set the face/audio standardisation from ``rows`` (the training split), one chunk in memory at a time.
+
+        Only what is normalised is gathered: layer3 maps (no face_norm) are never touched here.
+        """
+        def chunks(m: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for i in range(0, len(rows), chunk):
+                b = make_batch(sets, rows[i:i + chunk], cfg, modalities=(m,))
+                yield b[m], b[f"{m}_mask"]
+
         if self.face_norm is not None:
-            self.face_norm.fit([(b["face"], b["face_mask"]) for b in batches])
+            self.face_norm.fit(chunks("face"))
         if self.use_audio:
-            self.audio_norm.fit([(b["audio"], b["audio_mask"]) for b in batches])
+            self.audio_norm.fit(chunks("audio"))
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Return (B, 7) logits (log-softmax is applied in the loss)."""
-        face, fmask = batch["face"], batch["face_mask"]
-        if self.maps:
-            b, t = face.shape[:2]
-            face = self.pool(self.layer4(face.flatten(0, 1))).flatten(1).view(b, t, -1)
-        else:
-            face = self.face_norm(face)
-        keep = fmask.unsqueeze(-1).to(face.dtype)
-        if self.training and self.modality_dropout > 0:
-            # blank the whole face of some training clips, so the fused model cannot lean on the face
-            # alone (it fits small training sets through the face in a few epochs and ignores the rest)
-            drop = torch.rand(face.shape[0], 1, 1, device=face.device) < self.modality_dropout
-            keep = keep * (~drop).to(face.dtype)
-        tokens = [face * keep]
-        pads = [torch.zeros(fmask.shape, dtype=torch.bool, device=face.device)]
+        """Return (B, C) logits (log-softmax is applied in the loss)."""
+        tokens: list[torch.Tensor] = []
+        pads: list[torch.Tensor] = []
         extras: list[torch.Tensor] = []
+        if self.use_face:
+            face, fmask = batch["face"], batch["face_mask"]
+            if self.maps:
+                b, t = face.shape[:2]
+                face = self.pool(self.layer4(face.flatten(0, 1))).flatten(1).view(b, t, -1)
+            else:
+                face = self.face_norm(face)
+            keep = fmask.unsqueeze(-1).to(face.dtype)
+            if self.training and self.modality_dropout > 0:
+                # blank the whole face of some training clips, so the fused model cannot lean on the face
+                # alone (it fits small training sets through the face in a few epochs and ignores the rest)
+                drop = torch.rand(face.shape[0], 1, 1, device=face.device) < self.modality_dropout
+                keep = keep * (~drop).to(face.dtype)
+            tokens.append(face * keep)
+            pads.append(torch.zeros(fmask.shape, dtype=torch.bool, device=face.device))
         if self.use_pose:
             pm = batch["pose_mask"]
-            p = self.pose_proj(batch["pose"].flatten(2)) * pm.unsqueeze(-1).to(face.dtype)
-            if self.fusion == "transformer":
+            p = self.pose_proj(batch["pose"].flatten(2)) * pm.unsqueeze(-1).to(batch["pose"].dtype)
+            if self.as_tokens:
                 tokens.append(p)
                 pads.append(~pm)
             else:
                 extras.append(p.flatten(1))
         if self.use_audio:
             am = batch["audio_mask"]
-            batch = {**batch, "audio": self.audio_norm(batch["audio"])}
+            x = self.audio_norm(batch["audio"])
             if self.audio_seq:
-                a = self.audio_enc(batch["audio"], am)
+                a = self.audio_enc(x, am)
                 am = am.any(dim=1)
             else:
-                a = self.audio_enc(batch["audio"])
+                a = self.audio_enc(x)
             a = a * am.unsqueeze(-1).to(a.dtype)
-            if self.fusion == "transformer":
+            if self.as_tokens:
                 tokens.append(self.audio_tok(a).unsqueeze(1))
                 pads.append(~am.unsqueeze(1))
             else:
                 extras.append(a)
-        h = torch.cat(tokens, dim=1) + self.pos
-        pad = torch.cat(pads, dim=1) if len(pads) > 1 else None
-        h = self.encoder(h, src_key_padding_mask=pad)
-        if pad is not None:
+        parts = extras
+        if self.encoder is not None:
+            h = torch.cat(tokens, dim=1) + self.pos
+            pad = torch.cat(pads, dim=1)
+            # a clip with every token absent (no person, no audio) attends to its empty tokens rather than to
+            # nothing, which would give NaN
+            pad = pad & ~pad.all(dim=1, keepdim=True)
+            h = self.encoder(h, src_key_padding_mask=pad if pad.any() else None)
             h = h.masked_fill(pad.unsqueeze(-1), 0.0)
-        return self.head(torch.cat([h.flatten(1), *extras], dim=1))
+            parts = [h.flatten(1), *extras]
+        return self.head(torch.cat(parts, dim=1))
 
 
 def _strip_prefix(key: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache.errors import FerError
-from fer.cache.schema import CLASS_NAMES
+from fer.cache.schema import DFEW_CLASSES
 
 _PRED_RE = re.compile(r"^predictions_fold(\d+)\.npz$")
 
@@ -65,7 +65,7 @@ def _pyplot():
 def _class_names(metrics: dict | None) -> list[str]:
     if metrics and metrics.get("class_names"):
         return list(metrics["class_names"])
-    return list(CLASS_NAMES)
+    return list(DFEW_CLASSES)  # runs written before stores named their classes were DFEW's
 
 
 def plot_confusion(confusion: np.ndarray, class_names: list[str], title: str, out: Path) -> Path:

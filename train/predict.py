@@ -27,6 +27,16 @@ def run_features(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return feats
 
 
+def run_classes(run_dir: str | Path) -> tuple[str, ...]:
+    """The class names a run was trained on, in the order of its outputs (DFEW's for runs before format 2)."""
+    from fer.cache.schema import DFEW_CLASSES
+
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise FerError(f"{run_dir} is not a run folder (no config.json): pass the folder `fer train --out` wrote")
+    return tuple(json.loads(cfg_path.read_text()).get("class_names") or DFEW_CLASSES)
+
+
 def _checkpoints(run_dir: Path, fold: int | None) -> list[Path]:
     paths = sorted(run_dir.glob("checkpoint_fold*.pt"))
     if fold is not None:
@@ -39,7 +49,7 @@ def _checkpoints(run_dir: Path, fold: int | None) -> list[Path]:
 
 def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                   *, fold: int | None = None) -> np.ndarray:
-    """(n, 7) class probabilities for clips whose features are ``inputs`` (modality -> (data, mask)).
+    """(n, C) class probabilities (the run's classes) for clips whose features are ``inputs`` (modality -> (data, mask)).
 
     Every finished fold model of the run votes (probabilities averaged), unless ``fold`` picks one.
     The inputs must come from the same feature specs as the run (``run_features``).
@@ -53,7 +63,8 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
         raise FerError(f"the run needs features for {', '.join(missing)}")
     sets = {m: ModalityData(feats[m]["spec"], inputs[m][0], inputs[m][1].bool(), feats[m].get("provenance", {}))
             for m in cfg.modalities}
-    n = int(sets["face"].data.shape[0])
+    classes = run_classes(run_dir)
+    n = int(next(iter(sets.values())).data.shape[0])
     rows = torch.arange(n)
     probs = []
     for path in _checkpoints(run_dir, fold):
@@ -65,8 +76,12 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
             from torchvision.models import resnet18
 
             layer4 = resnet18(weights=None).layer4
-        model = FerModel(cfg, sets, layer4=layer4)
-        model.load_state_dict(ck["model"])
+        model = FerModel(cfg, sets, num_classes=len(classes), layer4=layer4)
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise FerError(f"{path} does not fit the run's config ({len(classes)} classes, its feature widths): "
+                           f"the run folder was changed after training ({str(e).splitlines()[0][:120]})") from None
         with torch.inference_mode():
             probs.append(torch.softmax(predict(model, sets, rows, cfg).float(), dim=1).numpy())
     if not probs:
@@ -74,11 +89,10 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
     return np.mean(probs, axis=0)
 
 
-def format_prediction(clip_id: str, probs: np.ndarray) -> str:
+def format_prediction(clip_id: str, probs: np.ndarray, class_names: tuple[str, ...]) -> str:
     """Human-readable: the top class, then every class's probability, most likely first."""
-    from fer.cache.schema import CLASS_NAMES
-
     order = np.argsort(-probs)
-    lines = [f"{clip_id}: {CLASS_NAMES[order[0]]} ({100 * probs[order[0]]:.1f}%)"]
-    lines += [f"  {CLASS_NAMES[i]:<9} {100 * probs[i]:5.1f}%" for i in order]
+    width = max(9, max(len(c) for c in class_names))
+    lines = [f"{clip_id}: {class_names[order[0]]} ({100 * probs[order[0]]:.1f}%)"]
+    lines += [f"  {class_names[i]:<{width}} {100 * probs[i]:5.1f}%" for i in order]
     return "\n".join(lines)

@@ -15,8 +15,7 @@ import torch
 from fer import __version__
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
-from fer.cache.schema import CLASS_NAMES
-from fer.train.config import TrainConfig
+from fer.train.config import TrainConfig, resolve_folds
 from fer.train.features import LoadedFeatures, ModalityData, check_leakage, features_for, load_features
 from fer.train.fit import FoldResult, fit_fold, resolve_device
 from fer.train.splits import make_split
@@ -56,14 +55,16 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
     os.replace(tmp, path)
 
 
-def metrics_summary(fold_metrics: dict[str, dict[str, Any]], cfg: TrainConfig) -> dict[str, Any]:
+def metrics_summary(fold_metrics: dict[str, dict[str, Any]], cfg: TrainConfig,
+                    class_names: tuple[str, ...], fold_names: tuple[str, ...] = ()) -> dict[str, Any]:
     """metrics.json content: per-fold metrics plus mean and population std of WAR/UAR over folds."""
     wars = [m["war"] for m in fold_metrics.values()]
     uars = [m["uar"] for m in fold_metrics.values()]
     return {"folds": dict(sorted(fold_metrics.items(), key=lambda kv: int(kv[0]))),
             "mean": {"war": float(np.mean(wars)), "uar": float(np.mean(uars))},
             "std": {"war": float(np.std(wars)), "uar": float(np.std(uars))},
-            "class_names": list(CLASS_NAMES), "modalities": list(cfg.modalities), "fusion": cfg.fusion, "loss": cfg.loss}
+            "class_names": list(class_names), "fold_names": list(fold_names), "modalities": list(cfg.modalities),
+            "fusion": cfg.fusion, "loss": cfg.loss}
 
 
 def results_table(summary: dict[str, Any]) -> str:
@@ -77,8 +78,12 @@ def results_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _check_resume(out: Path, cfg: TrainConfig) -> None:
+def _check_resume(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> None:
     old = json.loads((out / "config.json").read_text())
+    was = old.get("class_names")
+    if was is not None and list(was) != list(class_names):
+        raise FerError(f"{out} was trained on the classes {', '.join(was)}, and this store has "
+                       f"{', '.join(class_names)}: resume it on its own store, or start a new run with another --out")
     diff = [f"{k} ({old.get(k)!r} -> {v!r})" for k, v in cfg.to_dict().items()
             if k not in RESUMABLE_CHANGES and k in old and old.get(k) != v]
     if diff:
@@ -86,16 +91,24 @@ def _check_resume(out: Path, cfg: TrainConfig) -> None:
                        "repeat the original options (only --epochs, --patience, --device may change)")
 
 
-def _prepare_out(out: Path, cfg: TrainConfig) -> None:
+def _prepare_out(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> None:
     started = (out / "config.json").is_file() or any(out.glob("checkpoint_fold*.pt"))
     if cfg.resume:
         if not started:
             raise FerError(f"nothing to resume in {out}: start the run without --resume")
         if (out / "config.json").is_file():
-            _check_resume(out, cfg)
+            _check_resume(out, cfg, class_names)
     elif started:
         raise FerError(f"{out} already holds a run: continue it with --resume, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
+
+
+def store_protocol(store_path: str | os.PathLike) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(class names, fold names) of a store, read from its index without loading any features."""
+    from fer.cache import open_store
+
+    with open_store(str(store_path), mode="r") as store:
+        return tuple(store.class_names), tuple(store.fold_names)
 
 
 def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
@@ -114,9 +127,14 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     reads a store once for many runs.
     """
     cfg.validate()
-    out = Path(cfg.out or cfg.default_out())
+    if features is None:
+        class_names, fold_names = store_protocol(store_path)
+    else:
+        class_names, fold_names = features.class_names, features.fold_names
+    cfg.folds = resolve_folds(cfg.folds, fold_names, str(store_path))
+    out = Path(cfg.out or cfg.default_out(len(fold_names)))
     cfg.out = str(out)
-    _prepare_out(out, cfg)
+    _prepare_out(out, cfg, class_names)
     specs = {"face": cfg.face, "pose": cfg.pose, "audio": cfg.audio}
     if features is None:
         features = load_features(str(store_path), cfg.modalities, specs=specs,
@@ -133,6 +151,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         "store": str(store_path), "fer_version": __version__,
         "created": now_iso(), "command": list(sys.argv), "folds": list(cfg.folds),
         "n_clips": int(features.n), "left_out": int(features.left_out), "has_votes": bool(features.has_votes),
+        "class_names": list(features.class_names), "fold_names": list(features.fold_names),
     })
     if not (cfg.resume and (out / "config.json").is_file()):
         _write_json(out / "config.json", config)
@@ -175,7 +194,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,
                      labels=res.labels)
             fold_metrics[str(fold)] = res.metrics
-            _write_json(partial, metrics_summary(fold_metrics, cfg))
+            _write_json(partial, metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names))
             log(f"fold {fold}: test WAR {100 * res.metrics['war']:.2f}  UAR {100 * res.metrics['uar']:.2f} "
                 f"(epoch {res.metrics['best_epoch']} of {res.metrics['epochs_run']})")
     except KeyboardInterrupt:
@@ -183,7 +202,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         raise
     finally:
         torch.use_deterministic_algorithms(det)
-    summary = metrics_summary(fold_metrics, cfg)
+    summary = metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names)
     _write_json(out / "metrics.json", summary)  # written last: its presence marks a finished run
     partial.unlink(missing_ok=True)
     log(results_table(summary))

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,20 +14,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fer.cache.schema import (
-    CLASS_NAMES,
-    FOLD_TEST,
-    FOLD_TRAIN,
-    FOLD_UNUSED,
-    NUM_ANNOTATORS,
-    NUM_FOLDS,
-    SINGLE_LABEL_MIN_VOTES,
-)
-from fer.extract.datasets import FACES16_DIR, FACES_ALL_DIR, VIDEO_DIR, _scan_media, load_dataset
+from fer.cache.schema import FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, FOLD_VAL, NUM_ANNOTATORS, SINGLE_LABEL_MIN_VOTES
+from fer.extract.datasets.common import IMAGE_EXTS, scan_media
+from fer.extract.datasets.detect import load_dataset
+from fer.extract.datasets.dfew import FACES16_DIR, FACES_ALL_DIR, VIDEO_DIR
 from fer.extract.datasets.probe import check_image, probe_video
 from fer.extract.datasets.records import ClipRecord, Dataset
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 FRAMES_16 = 16
 MAX_LISTED = 20
 
@@ -182,13 +175,18 @@ def _unlabeled_media(ds: Dataset) -> int:
     ids = set(ds.ids)
     found = set()
     for d, dirs in ((FACES16_DIR, True), (FACES_ALL_DIR, True), (VIDEO_DIR, False)):
-        found |= set(_scan_media(ds.root / d, want_dirs=dirs))
+        found |= set(scan_media(ds.root / d, want_dirs=dirs))
     return len(found - ids)
 
 
-def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_LISTED) -> str:
-    """A plain-text summary of a DFEW root or manifest CSV: classes, folds, media and problems."""
-    ds = load_dataset(Path(root))
+LAYOUT_TITLES = {"dfew": "DFEW layout", "mafw": "MAFW layout", "ferv39k": "FERV39k layout",
+                 "folders": "class folders", "videos": "a folder of videos", "manifest": "manifest CSV"}
+
+
+def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_LISTED, *,
+                   layout: str | None = None, classes: Sequence[str] | None = None) -> str:
+    """A plain-text summary of a dataset of any layout: classes, folds, media and problems."""
+    ds = load_dataset(Path(root), layout=layout, classes=classes)
     # a bar on stderr for big datasets, only on a terminal (tqdm's disable=None)
     with tqdm(total=len(ds.records), desc="checking media" if check_media else "listing media", unit="clip",
               disable=None, leave=False, file=sys.stderr) as bar:
@@ -196,35 +194,47 @@ def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_L
     _missing_expected(ds, media)
     n = len(ds.records)
     votes, folds = ds.votes(), ds.folds()
-    single = single_labeled(votes)
-    top = votes.argmax(1)
+    labeled = votes.sum(1) > 0 if votes.shape[1] else np.zeros(n, bool)
+    single = single_labeled(votes) & labeled if votes.shape[1] else labeled
+    top = votes.argmax(1) if votes.shape[1] else np.zeros(n, np.int64)
 
     lines = []
-    layout = "DFEW layout" if ds.kind == "dfew" else "manifest CSV"
-    lines.append(f"dataset          {ds.root} ({layout})")
-    source = "vote counts" if ds.has_votes else "one-hot from labels (no annotation votes)"
+    lines.append(f"dataset          {ds.root} ({LAYOUT_TITLES.get(ds.kind, ds.kind)})")
+    source = "vote counts" if ds.has_votes else ("one-hot from labels (no annotation votes)" if ds.class_names
+                                                  else "none (unlabeled)")
     lines.append(f"clips            {_fmt(n)}   labels: {source}")
-    lines.append(f"single-labeled   {_fmt(int(single.sum()))}   (one class with >= {SINGLE_LABEL_MIN_VOTES} of "
-                 f"{NUM_ANNOTATORS} votes)")
+    if ds.class_names:
+        lines.append(f"single-labeled   {_fmt(int(single.sum()))}   (one class with >= {SINGLE_LABEL_MIN_VOTES} of "
+                     f"{NUM_ANNOTATORS} votes)")
+    if ds.protocol:
+        lines.append(f"protocol         {ds.protocol}")
     unlabeled = _unlabeled_media(ds)
     if unlabeled:
         lines.append(f"unlabeled media  {_fmt(unlabeled)} clip folders/videos in no split file or annotation (ignored)")
 
-    lines.append("")
-    lines.append("class            all  single-labeled   (by majority vote)")
-    for c, name in enumerate(CLASS_NAMES):
-        lines.append(f"  {name:<10} {_fmt(int((top == c).sum())):>7} {_fmt(int(((top == c) & single).sum())):>16}")
+    if ds.class_names:
+        lines.append("")
+        width = max(10, max(len(c) for c in ds.class_names))
+        lines.append(f"class{' ' * (width - 3)}{'all':>7} {'single-labeled':>16}   (by majority vote)")
+        for c, name in enumerate(ds.class_names):
+            lines.append(f"  {name:<{width}} {_fmt(int(((top == c) & labeled).sum())):>7}"
+                         f" {_fmt(int(((top == c) & single).sum())):>16}")
 
     lines.append("")
-    if (folds != FOLD_UNUSED).any():
-        lines.append("fold           train     test   unused")
-        for k in range(NUM_FOLDS):
+    if ds.fold_names and (folds != FOLD_UNUSED).any():
+        has_val = bool((folds == FOLD_VAL).any())
+        width = max(9, max(len(f) for f in ds.fold_names))
+        lines.append(f"fold{' ' * (width - 2)}{'train':>8} {'test':>8}" + (f" {'val':>8}" if has_val else "") + f" {'unused':>8}")
+        for k, name in enumerate(ds.fold_names):
             col = folds[:, k]
-            lines.append(f"  {k + 1:<9} {_fmt(int((col == FOLD_TRAIN).sum())):>8} {_fmt(int((col == FOLD_TEST).sum())):>8}"
-                         f" {_fmt(int((col == FOLD_UNUSED).sum())):>8}")
+            row = f"  {name:<{width}} {_fmt(int((col == FOLD_TRAIN).sum())):>8} {_fmt(int((col == FOLD_TEST).sum())):>8}"
+            if has_val:
+                row += f" {_fmt(int((col == FOLD_VAL).sum())):>8}"
+            lines.append(row + f" {_fmt(int((col == FOLD_UNUSED).sum())):>8}")
     else:
         lines.append("folds            none (no split files / fold columns)")
-
+    for w in ds.warnings:
+        lines.append(f"warning: {w}")
     lines.append("")
     lines.append("media            clips")
     lines.append(f"  16 face frames {_fmt(sum(m.faces16 > 0 for m in media)):>8}")

@@ -52,6 +52,9 @@ class Dataset:
     """One line on how the folds are meant to be used (which split is evaluated, where selection happens)."""
     warnings: list[str] = field(default_factory=list)
     """Dataset-level notes that do not stop anything (e.g. a class in test but never in train)."""
+    face_preprocessing: dict | None = None
+    """How the face frames were made when fer made them (`fer data faces`: detector, template, size);
+    copied into a face feature set's provenance."""
 
     @property
     def ids(self) -> list[str]:

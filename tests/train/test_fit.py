@@ -157,7 +157,7 @@ def test_incomplete_rows(tmp_path):
 
 def test_store_without_folds(tmp_path):
     s = make_store(tmp_path / "nofold.zarr", no_folds=True)
-    with pytest.raises(FerError, match="no official fold columns"):
+    with pytest.raises(FerError, match="has no fold columns"):
         train_run(TrainConfig(out=str(tmp_path / "r"), **TINY), s, log=quiet)
 
 

@@ -39,7 +39,7 @@ def _cfg(**kw):
 def test_output_shapes(fusion, mods, audio):
     cfg = _cfg(modalities=mods, fusion=fusion)
     sets = _sets(audio=audio)
-    model = FerModel(cfg, sets)
+    model = FerModel(cfg, sets, num_classes=7)
     batch = make_batch(sets, torch.arange(5), cfg)
     assert batch["face"].dtype == torch.float32
     out = model(batch)
@@ -60,7 +60,7 @@ def test_audio_layer_choice_and_range():
 def test_absent_pose_tokens_do_not_matter():
     cfg = _cfg(modalities=("face", "pose"), fusion="transformer")
     sets = _sets()
-    model = FerModel(cfg, sets).eval()
+    model = FerModel(cfg, sets, num_classes=7).eval()
     batch = make_batch(sets, torch.arange(3), cfg)
     a = model(batch)
     batch["pose"][:, 1] += 100.0  # frame 1 is masked out in every clip
@@ -69,7 +69,7 @@ def test_absent_pose_tokens_do_not_matter():
 
 def test_heads_must_divide_width():
     with pytest.raises(FerError, match="does not divide"):
-        FerModel(TrainConfig(layers=1, heads=5, ff=32), _sets())
+        FerModel(TrainConfig(layers=1, heads=5, ff=32), _sets(), num_classes=7)
 
 
 def test_layer4_finetune_on_layer3_maps():
@@ -78,13 +78,13 @@ def test_layer4_finetune_on_layer3_maps():
     backbone = build_backbone({"weights": {"id": "random, seed 3", "sha256": None}}, log=lambda s: None)
     again = build_backbone({"weights": {"id": "random, seed 3", "sha256": None}}, log=lambda s: None)
     assert all(torch.equal(a, b) for a, b in zip(backbone.state_dict().values(), again.state_dict().values()))
-    model = FerModel(cfg, sets, layer4=backbone.layer4)
+    model = FerModel(cfg, sets, num_classes=7, layer4=backbone.layer4)
     out = model(make_batch(sets, torch.arange(2), cfg))
     assert out.shape == (2, 7)
     out.sum().backward()
     assert backbone.layer4[0].conv1.weight.grad is not None  # layer4 trains with the rest
     with pytest.raises(FerError, match="--finetune layer4"):
-        FerModel(_cfg(), sets)
+        FerModel(_cfg(), sets, num_classes=7)
 
 
 def test_backbone_from_weights_file(tmp_path):
@@ -123,7 +123,7 @@ def test_modality_dropout_blanks_whole_faces_in_training_only():
     sets = _sets()
     cfg = TrainConfig(modalities=("face", "audio"), fusion="fc", layers=1, heads=2, ff=16, hidden=16, dropout=0.0,
                       modality_dropout=0.9)
-    model = FerModel(cfg, sets)
+    model = FerModel(cfg, sets, num_classes=7)
     batch = make_batch(sets, torch.arange(6), cfg)
     seen = []
     model.encoder.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
@@ -137,4 +137,4 @@ def test_modality_dropout_blanks_whole_faces_in_training_only():
     assert blank.any() and not partial.any()
     assert not (eval_faces[:, :16].abs().sum((1, 2)) == 0).any()  # never at evaluation
     none = TrainConfig(modalities=("face",), fusion="none", modality_dropout=0.9)
-    assert FerModel(none, {"face": sets["face"]}).modality_dropout == 0.0  # face-only never drops its only input
+    assert FerModel(none, {"face": sets["face"]}, num_classes=7).modality_dropout == 0.0  # face-only never drops its only input

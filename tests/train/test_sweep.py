@@ -35,7 +35,7 @@ def test_parse_grid():
                              "layers": "1,2", "audio_layer": "12,last", "loss": None})
     assert grid == {"fusion": ["none", "fc"], "modalities": [("face",), ("face", "audio")], "layers": [1, 2],
                     "audio_layer": [12, None]}
-    assert base == {"folds": (1, 2, 3, 4, 5), "lr": 1e-4}
+    assert base == {"folds": (), "lr": 1e-4}  # () = every fold of the store
     with pytest.raises(FerError, match="--layers 'x' is not an integer"):
         parse_grid({"layers": "1,x"})
 

@@ -96,9 +96,9 @@ def test_report_counts_and_problems(tree: Path):
     for name in ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear"):
         assert any(line.split()[:3] == [name, "1", "1"] for line in report.splitlines())
     # 7 clips over 5 folds: folds 1 and 2 test two clips, the others one
-    fold_rows = [line.split() for line in report.splitlines() if line.startswith("  ") and line.split()[0] in "12345"]
-    assert [r[:4] for r in fold_rows] == [["1", "5", "2", "0"], ["2", "5", "2", "0"], ["3", "6", "1", "0"],
-                                          ["4", "6", "1", "0"], ["5", "6", "1", "0"]]
+    fold_rows = [line.split() for line in report.splitlines() if line.startswith("  set_")]
+    assert [r[:4] for r in fold_rows] == [["set_1", "5", "2", "0"], ["set_2", "5", "2", "0"], ["set_3", "6", "1", "0"],
+                                          ["set_4", "6", "1", "0"], ["set_5", "6", "1", "0"]]
     assert "16 face frames        5" in report
     assert "all face frames       1" in report
     assert "video                 5" in report  # 00003 is truncated, 00007 has none
