@@ -43,15 +43,17 @@ def _root(
 # ---------------------------------------------------------------- data
 @data_app.command("synth")
 def data_synth(
-    out: Path = typer.Argument(..., help="Folder to write the dataset into (DFEW layout)."),
+    out: Path = typer.Argument(..., help="Folder to write the dataset into."),
     clips: int = typer.Option(200, "--clips", "-n", min=1, help="Number of clips."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed writes the same dataset."),
     corrupt: int = typer.Option(0, "--corrupt", min=0, help="Add this many broken clips of several kinds."),
+    layout: str = typer.Option("dfew", "--layout", help="dfew (7 classes, votes, 5 folds) | mafw (11 classes, 5 folds) "
+                               "| ferv39k (7 classes, one split, no audio) | folders (train/val/test class folders)."),
 ) -> None:
-    """Write a synthetic dataset in the real DFEW layout (faces, video, audio, votes, 5 folds)."""
+    """Write a synthetic dataset in a real layout (faces, video, audio, labels, the layout's protocol)."""
     from fer.extract.synth import synthesize
 
-    summary = synthesize(out, clips=clips, seed=seed, corrupt=corrupt)
+    summary = synthesize(out, clips=clips, seed=seed, corrupt=corrupt, layout=layout)
     typer.echo(summary)
 
 

@@ -27,6 +27,11 @@ AUDIO_APEX = np.array(
         [1.55, 9.0, 3.0, 0.00, 2.8, 0.70, 0.08, 0.60],  # surprise: steep rise
         [0.78, -1.0, 1.0, 0.00, 1.5, 0.45, 0.60, 0.30],  # disgust: low, slow, noisy "ugh"
         [1.60, 0.0, 1.5, 1.20, 6.5, 0.30, 0.45, 0.30],  # fear: high, trembling, fast, breathy
+        # MAFW's four more (rows 7..10)
+        [0.85, -2.0, 4.0, 0.00, 2.2, 0.55, 0.25, 0.80],  # contempt: low, drawn-out, sneering
+        [1.30, 1.5, 1.0, 0.70, 5.5, 0.35, 0.30, 0.40],  # anxiety: high-ish, quick, shaky
+        [0.90, -6.0, 0.6, 0.30, 1.2, 0.20, 0.50, 0.20],  # helplessness: sighing fall, breathy
+        [0.85, -3.0, 1.2, 0.00, 2.4, 0.30, 0.10, 0.30],  # disappointment: flat falling
     ],
     np.float32,
 )

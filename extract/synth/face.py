@@ -17,7 +17,7 @@ from PIL import Image
 FACE_PARAMS = ("curve", "open", "width", "brow", "tilt", "eye", "wrinkle", "teeth", "flush")
 NEUTRAL_FACE = np.array([0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0], np.float32)
 
-# Apex expression per class (rows: happy, sad, neutral, angry, surprise, disgust, fear).
+# Apex expression per style row (rows 0..6: DFEW's happy, sad, neutral, angry, surprise, disgust, fear; 7..10 below).
 # curve: +smile/-frown (smiles also raise the cheeks: blush and crow's feet); open: mouth opening
 # 0..1; width: mouth width factor; brow: +raised (forehead wrinkles) / -lowered; tilt: +inner ends
 # up (sad, fear) / -inner ends down (anger's V, with vertical furrows between the brows); eye:
@@ -35,6 +35,11 @@ FACE_APEX = np.array(
         [0.00, 1.00, 0.80, 1.00, 0.10, 1.60, 0.00, 0.00, 0.00],  # surprise
         [-0.60, 0.20, 1.00, -0.75, -0.65, 0.60, 1.00, 0.60, 0.50],  # disgust
         [-0.30, 0.85, 1.15, 0.90, 0.50, 1.55, 0.00, 0.20, -0.70],  # fear
+        # MAFW's four more (rows 7..10): contempt, anxiety, helplessness, disappointment
+        [0.35, 0.05, 1.20, -0.35, -0.40, 0.75, 0.35, 0.00, 0.30],  # contempt: smirk, narrowed eyes
+        [-0.25, 0.25, 0.80, 0.60, 0.80, 1.35, 0.00, 0.45, -0.45],  # anxiety: tight mouth, worried brow
+        [-0.70, 0.40, 0.95, 0.55, 1.00, 0.65, 0.00, 0.00, -0.15],  # helplessness: open drooping mouth
+        [-0.55, 0.00, 0.95, -0.20, 0.40, 0.70, 0.25, 0.00, 0.10],  # disappointment: pressed frown
     ],
     np.float32,
 )

@@ -1,4 +1,4 @@
-"""What the synthetic dataset holds, decided before any pixel is drawn: classes, votes, folds.
+"""What the synthetic dataset holds, decided before any pixel is drawn: classes, votes, folds or splits.
 
 The plan is made in one process from the seed, so it never depends on how many workers
 render the clips.
@@ -49,9 +49,11 @@ class ClipPlan:
     intensity: float
     """Expression strength 0..1; weak clips are harder."""
     test_fold: int
-    """1..5: the fold whose test set holds this clip; 0 when not single-labeled."""
+    """1..5: the fold whose test set holds this clip; 0 when not single-labeled (or the layout has splits)."""
     corrupt: str = ""
     """Kind of damage for the extra broken clips, else empty."""
+    split: str = ""
+    """train / val / test for layouts with one official split (FERV39k, class folders); empty for 5-fold ones."""
 
     @property
     def clip_id(self) -> str:
@@ -59,7 +61,7 @@ class ClipPlan:
 
     @property
     def label(self) -> int:
-        """DFEW label 1..7 for single-labeled clips, else 0."""
+        """1-based class label for single-labeled clips (DFEW's 1..7), else 0."""
         top = int(np.argmax(self.votes))
         return top + 1 if self.votes[top] >= SINGLE_LABEL_MIN_VOTES else 0
 
@@ -94,12 +96,68 @@ def single_votes(rng: np.random.Generator, c: int) -> np.ndarray:
     return votes
 
 
-def plan_dataset(n: int, seed: int, corrupt_kinds: list[str]) -> list[ClipPlan]:
-    """Plan ``n`` clips (about 29% ambiguous, DFEW's class shares) plus one extra per corrupt kind.
+def plan_dataset(n: int, seed: int, corrupt_kinds: list[str], *, class_totals: np.ndarray | None = None,
+                 annotators: bool = True, splits: dict[str, float] | None = None) -> list[ClipPlan]:
+    """Plan ``n`` clips plus one extra per corrupt kind.
 
-    Every class gets at least 5 single-labeled clips when there are enough clips (one per fold's
-    test set), even the rare ones. Extra broken clips come last and are single-labeled.
+    DFEW (``annotators``): about 29% ambiguous clips, 10 simulated annotators' votes, DFEW's class shares,
+    5 stratified folds over the single-labeled clips. Otherwise (MAFW, FERV39k, class folders) every clip has
+    one label (10 votes for its class) and ``class_totals`` gives the class shares; with ``splits`` (name ->
+    share, e.g. train 0.7 / val 0.1 / test 0.2) each clip gets a stratified split, else a test fold 1..5.
+    Every class gets a few clips when there are enough (at least one per fold's test set). Extra broken clips
+    come last and are single-labeled.
     """
+    if annotators:
+        return _plan_annotated(n, seed, corrupt_kinds)
+    totals = np.asarray(class_totals, np.float64)
+    c_n = len(totals)
+    rng = np.random.default_rng([seed, 0x5EED, c_n])
+    parts = list(splits) if splits else []
+    minimum = max(1, min(len(parts) or NUM_FOLDS, n // c_n // 3)) if n >= 2 * c_n else 0
+    counts = _allocate(n, totals, minimum)
+    plans: list[ClipPlan] = []
+    for c, k in enumerate(counts):
+        for _ in range(k):
+            votes = np.zeros(c_n, int)
+            votes[c] = NUM_ANNOTATORS
+            plans.append(ClipPlan(0, votes, c, c, 1.0, float(rng.uniform(0.45, 1.0)), 0))
+    order = rng.permutation(len(plans))
+    plans = [plans[i] for i in order]
+    for i, p in enumerate(plans):
+        p.index = i + 1
+    turn = 0
+    for c in range(c_n):
+        members = [p for p in plans if p.primary == c]
+        for rank, j in enumerate(rng.permutation(len(members))):
+            if splits:
+                members[j].split = _split_of(rank, len(members), splits)
+            else:
+                members[j].test_fold = turn % NUM_FOLDS + 1
+                turn += 1
+    for j, kind in enumerate(corrupt_kinds):
+        c = int(rng.choice(c_n, p=totals / totals.sum()))
+        votes = np.zeros(c_n, int)
+        votes[c] = NUM_ANNOTATORS
+        plans.append(ClipPlan(n + j + 1, votes, c, c, 1.0, float(rng.uniform(0.5, 1.0)),
+                              0 if splits else turn % NUM_FOLDS + 1, corrupt=kind, split="train" if splits else ""))
+        turn += 1
+    return plans
+
+
+def _split_of(rank: int, total: int, splits: dict[str, float]) -> str:
+    """The split of the ``rank``-th of ``total`` shuffled clips of one class: test and val first, so small
+    classes still reach them, the rest to train."""
+    names = sorted(splits, key=lambda s: s == "train")  # train last
+    bounds, acc = [], 0
+    for name in names:
+        k = total if name == "train" else max(1 if total >= len(names) else 0, int(round(splits[name] * total)))
+        acc += k
+        bounds.append((acc, name))
+    return next((name for b, name in bounds if rank < b), "train")
+
+
+def _plan_annotated(n: int, seed: int, corrupt_kinds: list[str]) -> list[ClipPlan]:
+    """DFEW: ambiguous and single-labeled clips from 10 simulated annotators, 5 stratified folds."""
     rng = np.random.default_rng([seed, 0x5EED])
     n_amb = int(round(n * AMBIGUOUS_SHARE)) if n >= 4 else 0
     n_single = n - n_amb

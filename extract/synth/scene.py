@@ -32,6 +32,11 @@ BODY_APEX = np.array(
         [1.90, 1.30, 1.90, 1.30, -0.15, 0.00, -0.12, 0.00],  # surprise: hands up by the head
         [1.50, 0.20, 0.20, 0.10, 0.05, 0.45, -0.20, 0.00],  # disgust: one arm pushes away, head turned
         [0.60, 2.60, 0.60, 2.60, 0.25, -0.10, -0.15, 0.45],  # fear: arms guard the chest, cower
+        # MAFW's four more (rows 7..10)
+        [0.30, 1.60, 0.05, 0.00, -0.10, 0.25, -0.20, 0.00],  # contempt: one arm crossed, head back and tilted
+        [0.70, 2.90, 0.70, 2.90, 0.15, 0.00, 0.10, 0.20],  # anxiety: hands at the mouth, hunched
+        [1.40, -0.60, 1.40, -0.60, 0.30, 0.00, 0.00, 0.10],  # helplessness: arms out, palms open, head low
+        [0.20, 0.00, 0.20, 0.00, 0.55, -0.15, 0.15, 0.05],  # disappointment: head hangs, shoulders slump
     ],
     np.float32,
 )

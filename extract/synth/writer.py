@@ -1,7 +1,7 @@
-"""``fer data synth``: a synthetic dataset in the real DFEW layout whose faces, voices and bodies
-carry class signal (strong enough for frozen random-init backbones), for demos, tests, benchmarks.
+"""``fer data synth``: a synthetic dataset in a real layout whose faces, voices and bodies carry class
+signal (strong enough for frozen random-init backbones), for demos, tests, benchmarks.
 
-Layout written under ``out``::
+The DFEW layout (the default) written under ``out``::
 
     Clip/clip_224x224/<id5>/00001.jpg ...      every face frame of the clip
     Clip/clip_224x224_16f/<id5>/00001..16.jpg  16 frames sampled uniformly from those
@@ -10,11 +10,12 @@ Layout written under ``out``::
     EmoLabel_DataSplit/{train,test}(single-labeled)/set_<k>.csv
     corrupt.json                               broken clips (--corrupt) and how they are broken
     synth.json                                 how the dataset was made (marks the folder as ours)
+
+MAFW, FERV39k and class folders (``--layout``) are written as their releases are: see layouts.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing as mp
 import os
@@ -28,9 +29,9 @@ import numpy as np
 from PIL import Image
 
 from fer.cache.errors import FerError
-from fer.cache.schema import CLASS_NAMES, NUM_FOLDS
 from fer.extract.synth.audio import AUDIO_APEX, NEUTRAL_AUDIO, synth_voice
 from fer.extract.synth.face import FACE_APEX, NEUTRAL_FACE, FaceRenderer, random_identity
+from fer.extract.synth.layouts import ANNOTATION_HEADER, LAYOUTS, class_table
 from fer.extract.synth.plan import ClipPlan, plan_dataset
 from fer.extract.synth.scene import BODY_APEX, NEUTRAL_BODY, random_scene, render_frame, video_codec, write_mp4
 
@@ -42,12 +43,11 @@ CORRUPT_KINDS: dict[str, str] = {
     "no_audio": "the mp4 has a video stream only",
     "empty_mp4": "the mp4 is a 0-byte file",
 }
-ANNOTATION_HEADER = ["order", "1happy", "2sad", "3neutral", "4angry", "5surprise", "6disgust", "7fear"]
 FACE_SIZE = 224
 FRAMES_16 = 16
 JPEG_QUALITY = 90
 MARKER = "synth.json"
-GENERATED = ("Clip", "Annotation", "EmoLabel_DataSplit", "corrupt.json", MARKER)
+GENERATED = tuple(dict.fromkeys([n for lay in LAYOUTS.values() for n in lay.top] + ["corrupt.json", MARKER]))
 
 
 @dataclass
@@ -65,10 +65,11 @@ class SynthSummary:
     seconds: float = 0.0
     workers: int = 1
     codec: str = "libx264"
+    layout: str = "dfew"
 
     def __str__(self) -> str:
         lines = [
-            f"wrote {self.clips} clips to {self.out} in {self.seconds:.1f} s "
+            f"wrote {self.clips} clips ({self.layout} layout) to {self.out} in {self.seconds:.1f} s "
             f"({self.workers} worker{'s' if self.workers != 1 else ''}, video {self.codec} + aac)",
             f"  single-labeled: {self.single_labeled}  ambiguous: {self.clips - self.single_labeled}",
             "  per class: " + ", ".join(f"{k} {v}" for k, v in self.per_class.items()),
@@ -100,15 +101,16 @@ def _jpeg(frame: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def render_clip(job: tuple[Path, int, ClipPlan]) -> str:
-    """Render and write one clip's faces, video and audio; returns its id. Runs in a worker.
+def render_clip(job: tuple[Path, int, ClipPlan, str]) -> str:
+    """Render and write one clip's faces, video and audio where its layout puts them; returns its id.
+    Runs in a worker.
 
     All randomness comes from ``(seed, clip number)``, so the bytes do not depend on the
     number of workers or the order they run in.
     """
-    out, seed, plan = job
+    out, seed, plan, layout = job
+    lay = LAYOUTS[layout]
     rng = np.random.default_rng([seed, plan.index])
-    cid = plan.clip_id
     fps = int(rng.choice([10, 12]))
     n_frames = int(round(rng.uniform(2.0, 2.8) * fps))
     width, height = ((320, 240), (256, 192))[int(rng.integers(2))]
@@ -120,9 +122,9 @@ def render_clip(job: tuple[Path, int, ClipPlan]) -> str:
     def strength() -> float:
         return float(np.clip(plan.intensity * rng.uniform(0.7, 1.3), 0.15, 1.0))
 
-    face_apex = _apex(FACE_APEX, NEUTRAL_FACE, plan, strength(), rng, 0.06)
-    body_apex = _apex(BODY_APEX, NEUTRAL_BODY, plan, strength(), rng, 0.06)
-    voice = _apex(AUDIO_APEX, NEUTRAL_AUDIO, plan, strength(), rng, 0.04)
+    face_apex = _apex(class_table(FACE_APEX, lay), NEUTRAL_FACE, plan, strength(), rng, 0.06)
+    body_apex = _apex(class_table(BODY_APEX, lay), NEUTRAL_BODY, plan, strength(), rng, 0.06)
+    voice = _apex(class_table(AUDIO_APEX, lay), NEUTRAL_AUDIO, plan, strength(), rng, 0.04)
 
     # onset -> apex (-> slight offset) over the clip
     t = np.arange(n_frames) / max(n_frames - 1, 1)
@@ -143,37 +145,39 @@ def render_clip(job: tuple[Path, int, ClipPlan]) -> str:
         faces.append(face)
         bp = NEUTRAL_BODY + ramp[i] * (body_apex - NEUTRAL_BODY)
         shake = tuple(int(x) for x in rng.integers(-2, 3, 2))
-        frames.append(render_frame(scene, bp, face, width, height, shake))
+        if lay.video:
+            frames.append(render_frame(scene, bp, face, width, height, shake))
 
     wave = synth_voice(voice, n_frames / fps, sr, rng)
     audio = wave[None] if channels == 1 else np.stack([wave, wave * rng.uniform(0.6, 1.0)])
 
-    clip_dir = out / "Clip"
+    paths = lay.paths(out, plan, lay)
     if plan.corrupt != "missing_faces":
-        all_dir = clip_dir / "clip_224x224" / cid
-        f16_dir = clip_dir / "clip_224x224_16f" / cid
-        all_dir.mkdir(parents=True, exist_ok=True)
-        f16_dir.mkdir(parents=True, exist_ok=True)
         jpgs = [_jpeg(f) for f in faces]
         picks = np.linspace(0, n_frames - 1, FRAMES_16).round().astype(int)
         if plan.corrupt == "garbage_jpg":
             bad = int(picks[FRAMES_16 // 2])
             jpgs[bad] = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
-        for i, data in enumerate(jpgs):
-            (all_dir / f"{i + 1:05d}.jpg").write_bytes(data)
-        for j, i in enumerate(picks):
-            (f16_dir / f"{j + 1:05d}.jpg").write_bytes(jpgs[int(i)])
+        if paths.faces_all is not None:
+            paths.faces_all.mkdir(parents=True, exist_ok=True)
+            for i, data in enumerate(jpgs):
+                (paths.faces_all / f"{i + 1:05d}.jpg").write_bytes(data)
+        if paths.faces16 is not None:
+            paths.faces16.mkdir(parents=True, exist_ok=True)
+            for j, i in enumerate(picks):
+                (paths.faces16 / f"{j + 1:05d}.jpg").write_bytes(jpgs[int(i)])
 
-    video = clip_dir / "original" / f"{cid}.mp4"
-    video.parent.mkdir(parents=True, exist_ok=True)
-    if plan.corrupt == "empty_mp4":
-        video.write_bytes(b"")
-    else:
-        write_mp4(video, frames, fps, None if plan.corrupt == "no_audio" else audio, sr)
-        if plan.corrupt == "truncated_mp4":
-            data = video.read_bytes()
-            video.write_bytes(data[: int(len(data) * 0.4)])
-    return cid
+    if paths.video is not None:
+        video = paths.video
+        video.parent.mkdir(parents=True, exist_ok=True)
+        if plan.corrupt == "empty_mp4":
+            video.write_bytes(b"")
+        else:
+            write_mp4(video, frames, fps, None if plan.corrupt == "no_audio" else audio, sr)
+            if plan.corrupt == "truncated_mp4":
+                data = video.read_bytes()
+                video.write_bytes(data[: int(len(data) * 0.4)])
+    return lay.clip_id(plan)
 
 
 def _prepare(out: Path) -> None:
@@ -193,40 +197,10 @@ def _prepare(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _write_tables(out: Path, plans: list[ClipPlan]) -> None:
-    """Annotation (csv + xlsx) and the 5-fold split files over the single-labeled clips."""
-    import openpyxl  # only needed here
-
-    ann = out / "Annotation"
-    ann.mkdir(parents=True, exist_ok=True)
-    rows = [[p.index, *(int(v) for v in p.votes)] for p in plans]
-    with open(ann / "annotation.csv", "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(ANNOTATION_HEADER)
-        w.writerows(rows)
-    wb = openpyxl.Workbook()
-    ws = wb.active
-    ws.title = "Sheet1"
-    ws.append(ANNOTATION_HEADER)
-    for r in rows:
-        ws.append(r)
-    wb.save(ann / "annotation.xlsx")
-
-    single = [p for p in plans if p.label]
-    for k in range(1, NUM_FOLDS + 1):
-        for part, members in (("train", [p for p in single if p.test_fold != k]),
-                              ("test", [p for p in single if p.test_fold == k])):
-            d = out / "EmoLabel_DataSplit" / f"{part}(single-labeled)"
-            d.mkdir(parents=True, exist_ok=True)
-            with open(d / f"set_{k}.csv", "w", newline="") as f:
-                w = csv.writer(f, lineterminator="\n")
-                w.writerow(["video_name", "label"])
-                w.writerows([p.index, p.label] for p in members)
-
-
 def synthesize(out: Path, clips: int = 200, seed: int = 0, corrupt: int = 0,
-               workers: int | None = None) -> SynthSummary:
-    """Write ``clips`` synthetic clips (plus ``corrupt`` broken ones) in the DFEW layout under ``out``.
+               workers: int | None = None, layout: str = "dfew") -> SynthSummary:
+    """Write ``clips`` synthetic clips (plus ``corrupt`` broken ones) in ``layout`` (dfew, mafw, ferv39k,
+    folders) under ``out``.
 
     The same ``seed`` writes the same jpgs and tables byte for byte, whatever ``workers`` is
     (default: all CPUs).
@@ -235,13 +209,19 @@ def synthesize(out: Path, clips: int = 200, seed: int = 0, corrupt: int = 0,
         raise FerError("--clips must be at least 1")
     if corrupt < 0:
         raise FerError("--corrupt must be 0 or more")
+    if layout not in LAYOUTS:
+        raise FerError(f"unknown --layout {layout!r}; choose from {', '.join(LAYOUTS)}")
+    lay = LAYOUTS[layout]
     start = time.perf_counter()
     out = Path(out)
     _prepare(out)
-    kinds = list(CORRUPT_KINDS)
-    plans = plan_dataset(clips, seed, [kinds[i % len(kinds)] for i in range(corrupt)])
+    # a layout without videos cannot have its video broken
+    kinds = [k for k in CORRUPT_KINDS if lay.video or k in ("garbage_jpg", "missing_faces")]
+    plans = plan_dataset(clips, seed, [kinds[i % len(kinds)] for i in range(corrupt)],
+                         class_totals=np.asarray(lay.totals, np.float64), annotators=lay.annotators,
+                         splits=lay.splits)
 
-    jobs = [(out, seed, p) for p in plans]
+    jobs = [(out, seed, p, layout) for p in plans]
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     if n_workers == 1:
         for j in jobs:
@@ -251,21 +231,21 @@ def synthesize(out: Path, clips: int = 200, seed: int = 0, corrupt: int = 0,
             for _ in pool.imap_unordered(render_clip, jobs, chunksize=2):
                 pass
 
-    _write_tables(out, plans)
-    broken = {p.clip_id: {"kind": p.corrupt, "what": CORRUPT_KINDS[p.corrupt]} for p in plans if p.corrupt}
+    lay.tables(out, plans, lay)
+    broken = {lay.clip_id(p): {"kind": p.corrupt, "what": CORRUPT_KINDS[p.corrupt]} for p in plans if p.corrupt}
     (out / "corrupt.json").write_text(json.dumps(broken, indent=1, sort_keys=True) + "\n")
     (out / MARKER).write_text(json.dumps(
-        {"generator": "fer data synth", "clips": clips, "seed": seed, "corrupt": corrupt,
+        {"generator": "fer data synth", "layout": layout, "clips": clips, "seed": seed, "corrupt": corrupt,
          "video_codec": video_codec()}, indent=1) + "\n")
 
-    per_class = {name: 0 for name in CLASS_NAMES}
+    per_class = {name: 0 for name in lay.class_names}
     for p in plans:
         if p.label:
-            per_class[CLASS_NAMES[p.label - 1]] += 1
+            per_class[lay.class_names[p.label - 1]] += 1
     counts: dict[str, int] = {}
     for p in plans:
         if p.corrupt:
             counts[p.corrupt] = counts.get(p.corrupt, 0) + 1
     return SynthSummary(out=out, clips=len(plans), single_labeled=sum(per_class.values()), per_class=per_class,
                         corrupt=counts, seconds=time.perf_counter() - start, workers=n_workers,
-                        codec=video_codec())
+                        codec=video_codec(), layout=layout)

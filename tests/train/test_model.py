@@ -138,3 +138,33 @@ def test_modality_dropout_blanks_whole_faces_in_training_only():
     assert not (eval_faces[:, :16].abs().sum((1, 2)) == 0).any()  # never at evaluation
     none = TrainConfig(modalities=("face",), fusion="none", modality_dropout=0.9)
     assert FerModel(none, {"face": sets["face"]}, num_classes=7).modality_dropout == 0.0  # face-only never drops its only input
+
+
+@pytest.mark.parametrize("fusion,mods", [("none", ("audio",)), ("none", ("pose",)), ("fc", ("pose", "audio")),
+                                         ("transformer", ("pose", "audio")), ("fc", ("face", "pose"))])
+@pytest.mark.parametrize("audio", ["w2v", "mel"])
+def test_any_subset_of_modalities(fusion, mods, audio):
+    """Audio alone is the standard audio-only baseline; any subset trains with any class count."""
+    cfg = _cfg(modalities=mods, fusion=fusion)
+    sets = {m: md for m, md in _sets(audio=audio).items() if m in mods}
+    model = FerModel(cfg, sets, num_classes=11)
+    batch = make_batch(sets, torch.arange(5), cfg)
+    assert set(batch) == {k for m in mods for k in (m, f"{m}_mask")}
+    out = model(batch)
+    assert out.shape == (5, 11) and torch.isfinite(out).all()
+    out.sum().backward()
+    # fc without a face: the decision network sees the concatenated pose/audio, no encoder
+    assert (model.encoder is None) == (fusion == "fc" and "face" not in mods)
+
+
+def test_a_clip_with_every_token_absent_stays_finite():
+    cfg = _cfg(modalities=("pose",), fusion="none")
+    sets = _sets()
+    sets["pose"].mask[:] = False  # nobody found in any frame of any clip
+    out = FerModel(cfg, {"pose": sets["pose"]}, num_classes=7)(make_batch(sets, torch.arange(4), cfg))
+    assert torch.isfinite(out).all()
+
+
+def test_fusion_none_takes_one_modality():
+    with pytest.raises(FerError, match="needs --fusion fc or transformer"):
+        _cfg(modalities=("pose", "audio"), fusion="none").validate()

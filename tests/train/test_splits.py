@@ -61,3 +61,17 @@ def test_bad_fold_and_no_fold_columns():
         make_split(folds, labels, 6, val_fraction=0.1, seed=0)
     with pytest.raises(FerError, match="fold columns"):
         make_split(np.zeros_like(folds), labels, 1, val_fraction=0.1, seed=0)
+
+
+def test_the_protocols_own_validation_clips_select_the_model():
+    """Class folders with train/val/test (CAER): val (code 3) is the validation set, never trained on."""
+    n = 60
+    folds = np.ones((n, 1), np.int8)
+    folds[40:50, 0] = 3
+    folds[50:, 0] = 2
+    labels = np.arange(n) % 7
+    s = make_split(folds, labels, 1, val_fraction=0.2, seed=0)
+    assert s.val.tolist() == list(range(40, 50)) and s.test.tolist() == list(range(50, 60))
+    assert s.train.tolist() == list(range(40))  # no clip of train is carved off
+    with pytest.raises(FerError, match="fold 2 does not exist: this store has fold"):
+        make_split(folds, labels, 2, val_fraction=0.2, seed=0)
