@@ -84,6 +84,22 @@ def test_kill_9_mid_run_then_rerun_gives_complete_output(src, tmp_path):
     assert len((out / MANIFEST).read_text().splitlines()) == 7
 
 
+def test_sigterm_stops_cleanly_with_exit_130_and_a_manifest_of_what_is_done(src, tmp_path):
+    out = tmp_path / "faces"
+    args = [sys.executable, "-m", "fer.cli", "data", "faces", src / "faces.csv", out, "--size", 64, "--no-progress"]
+    proc = subprocess.Popen(list(map(str, args)), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and not (out / "c0" / MARKER).exists():
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stdout + stderr
+    assert "rerun the same command to resume" in stderr
+    finished = [f"c{i}" for i in range(6) if (out / f"c{i}" / MARKER).exists()]
+    rows = (out / MANIFEST).read_text().splitlines()[1:]
+    assert [r.split(",")[0] for r in rows] == finished and finished
+
+
 def test_bad_options_are_one_line(src, tmp_path):
     p = fer("data", "faces", src / "faces.csv", tmp_path / "o", "--frames", "some", check=2)
     assert "neither 'all' nor a positive number" in p.stderr

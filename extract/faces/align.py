@@ -75,25 +75,38 @@ def warp(frames: torch.Tensor | np.ndarray, m: np.ndarray, size: int, *, device:
 
 
 def _warp(frames: torch.Tensor, m: np.ndarray, size: int) -> torch.Tensor:
-    x = frames.permute(0, 3, 1, 2).float()
-    h, w = x.shape[2:]
-    # inverse map: crop pixel -> frame pixel (a similarity inverts in closed form)
-    a = m[:, 0, 0] + 1j * m[:, 1, 0]
-    t = m[:, 0, 2] + 1j * m[:, 1, 2]
-    inv_a, inv_t = 1 / a, -t / a
-    shrink = float(np.median(np.abs(inv_a)))  # frame pixels per crop pixel
-    sx = sy = 1.0
+    h, w = frames.shape[1:3]
+    inv = _invert(m)  # crop pixel -> frame pixel
+    # only the part of the frames the crops read is converted to float: a face is a fraction of a frame
+    edge = np.array([[-0.5, -0.5], [size - 0.5, -0.5], [-0.5, size - 0.5], [size - 0.5, size - 0.5]])
+    corners = apply(inv, np.broadcast_to(edge, (len(m), 4, 2)))
+    x0, y0 = np.clip(np.floor(corners.min((0, 1))) - 1, 0, [w, h]).astype(int)
+    x1, y1 = np.clip(np.ceil(corners.max((0, 1))) + 2, 0, [w, h]).astype(int)
+    if x1 - x0 < 2 or y1 - y0 < 2:  # the crops lie outside the frames
+        return frames.new_zeros((len(frames), size, size, 3))
+    x = frames[:, y0:y1, x0:x1].permute(0, 3, 1, 2).float().contiguous()
+    sub_h, sub_w = y1 - y0, x1 - x0
+    # frame pixel -> pixel of the (possibly downscaled) region, as a 3x3 map
+    to_sub = np.array([[1.0, 0, -x0], [0, 1.0, -y0], [0, 0, 1]])
+    shrink = float(np.median(np.hypot(inv[:, 0, 0], inv[:, 1, 0])))  # frame pixels per crop pixel
     if shrink > ANTIALIAS_ABOVE:
-        nh, nw = max(1, round(h / shrink)), max(1, round(w / shrink))
+        nh, nw = max(2, round(sub_h / shrink)), max(2, round(sub_w / shrink))
         x = F.interpolate(x, size=(nh, nw), mode="area")
-        sy, sx = nh / h, nw / w
-        h, w = nh, nw
-    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
-                            indexing="ij")
-    z = torch.complex(xs, ys)[None]  # (1, S, S)
-    src = torch.from_numpy(inv_a)[:, None, None] * z + torch.from_numpy(inv_t)[:, None, None]
-    px = (src.real + 0.5) * sx - 0.5
-    py = (src.imag + 0.5) * sy - 0.5
-    grid = torch.stack([(2 * px + 1) / w - 1, (2 * py + 1) / h - 1], -1).to(x.device, torch.float32)
+        sx, sy = nw / sub_w, nh / sub_h
+        to_sub = np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]]) @ to_sub
+        sub_h, sub_w = nh, nw
+    # grid_sample's normalised coordinates (align_corners=False): pixel p <-> (2p + 1) / n - 1
+    from_norm_out = np.array([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]])
+    to_norm_in = np.array([[2 / sub_w, 0, 1 / sub_w - 1], [0, 2 / sub_h, 1 / sub_h - 1], [0, 0, 1]])
+    inv3 = np.concatenate([inv, np.broadcast_to([0.0, 0, 1], (len(m), 1, 3))], 1)
+    theta = (to_norm_in @ to_sub @ inv3 @ from_norm_out)[:, :2]
+    grid = F.affine_grid(torch.as_tensor(theta, dtype=torch.float32, device=x.device),
+                         [len(m), 3, size, size], align_corners=False)
     y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return y.permute(0, 2, 3, 1).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _invert(m: np.ndarray) -> np.ndarray:
+    """Inverse of affine maps (B, 2, 3)."""
+    a_inv = np.linalg.inv(m[:, :, :2])
+    return np.concatenate([a_inv, -a_inv @ m[:, :, 2:]], 2)

@@ -57,7 +57,8 @@ def default_batch(device: torch.device) -> int:
 
 
 def cpu_threads(workers: int) -> int:
-    """Torch threads for detection on the CPU: the cores the decoding workers leave (at least one).
+    """Torch threads for detection on the CPU: the cores the decoding workers leave (at least one), and
+    never more than torch is already set to use (OMP_NUM_THREADS, ``torch.set_num_threads``).
 
     MTCNN is many small operations; threads that must wait for a core a decoding worker holds stall
     every one of them (on 2 shared cores, 2 threads ran several times slower than 1)."""
@@ -65,7 +66,7 @@ def cpu_threads(workers: int) -> int:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, cores - workers)
+    return max(1, min(torch.get_num_threads(), cores - workers))
 
 
 @contextlib.contextmanager
