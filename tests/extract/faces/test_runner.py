@@ -103,8 +103,9 @@ def test_manifest_carries_labels_votes_folds_and_counts(done, src):
     assert two["faces"] == "group/two" and (out / two["faces"]).is_dir()
     assert two["video"] == str(src.records[2].video.resolve())
     assert two["label"] == "fear" and two["vote_fear"] == "1" and two["vote_happy"] == "0"
-    assert (two["fold_set_1"], two["fold_set_2"], two["fold_set_3"]) == ("train", "", "")
-    assert (rows[1]["fold_set_1"], rows[1]["fold_set_2"]) == ("test", "train")
+    f1, f2, *rest = [f"fold_{name}" for name in src.fold_names]  # the source's own fold names
+    assert (two[f1], two[f2]) == ("train", "") and all(two[f] == "" for f in rest)
+    assert (rows[1][f1], rows[1][f2]) == ("test", "train")
     assert (rows[1]["faces_found"], rows[1]["faces_borrowed"]) == ("9", "3")
 
 
