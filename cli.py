@@ -77,6 +77,48 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media, layout=layout, classes=parse_classes(classes)))
 
 
+@data_app.command("faces")
+def data_faces(
+    src: Path = typer.Argument(..., help="The clips: any dataset fer reads (DFEW root, manifest CSV, ...)."),
+    out: Path = typer.Argument(..., help="Folder for the aligned face frames, manifest.csv and faces.json."),
+    size: int = typer.Option(224, "--size", min=32, max=1024, help="Side of the aligned face crops in pixels."),
+    frames: str = typer.Option("all", "--frames", help="all | N: every frame, or N frames sampled uniformly."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="k/n, 1-based: this process does the clips i with i % n == k-1."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes. [default: CPUs - 1]"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Frames per detector pass. [default: 8 on CPU, 32 on GPU]"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Detect, follow and align the main face of every video into DFEW-style frame folders (OUT/<clip id>/00001.jpg).
+
+    Writes OUT/manifest.csv (feed it to `fer extract`) and OUT/faces.json (detector, template, per-clip counts).
+    Rerunning resumes: finished clips are skipped. Exit status 1 when a clip failed (e.g. no face), 130 when
+    interrupted.
+    """
+    from fer.extract.datasets import load_dataset
+    from fer.extract.faces.runner import run_faces
+    from fer.extract.runner import default_workers, parse_shard, shard_from_env
+
+    n_frames = _parse_frames(frames)
+    shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
+    dataset = load_dataset(src)
+    summary = run_faces(dataset, out, size=size, frames=n_frames, device=device, shard=shard_kn,
+                        workers=default_workers() if workers is None else workers, batch=batch, progress=progress)
+    _finish(summary, "clips")
+
+
+def _parse_frames(text: str) -> Optional[int]:
+    if text.strip().lower() == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise typer.BadParameter(f"{text!r} is neither 'all' nor a positive number of frames", param_hint="--frames")
+    return n
+
+
 # ---------------------------------------------------------------- extract
 @app.command("extract")
 def extract_cmd(
@@ -155,9 +197,14 @@ def extract_cmd(
         progress=progress,
         chunk_bytes=int(chunk_mb * 1e6) if chunk_mb else None,
     )
+    _finish(summary, "rows")
+
+
+def _finish(summary, saved: str) -> None:
+    """Print a run's summary; exit 130 when it was interrupted, 1 when a clip failed."""
     typer.echo(str(summary))
     if summary.interrupted:
-        typer.secho("interrupted: finished rows are saved; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted: finished {saved} are saved; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
@@ -382,8 +429,8 @@ def cache_rm(
 # ---------------------------------------------------------------- predict
 @app.command("predict")
 def predict_cmd(
-    clip: str = typer.Argument(..., help="A video file (with --faces, or showing one centred face), a folder of face "
-                               "frames, or a clip id of the dataset given with --root."),
+    clip: str = typer.Argument(..., help="A video file (its main face is found and aligned, or give --faces), a folder "
+                               "of face frames, or a clip id of the dataset given with --root."),
     run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
     root: Optional[Path] = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
     faces: Optional[Path] = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
@@ -400,7 +447,7 @@ def predict_cmd(
 
     features = run_features(run)
     with tempfile.TemporaryDirectory(prefix="fer-predict-") as tmp:
-        record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp))
+        record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp), device=device)
         inputs = clip_features(record, features, device=device)
     probs = predict_probs(run, inputs, fold=fold)[0]
     classes = run_classes(run)

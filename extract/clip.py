@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from PIL import Image
 
 from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError
@@ -16,27 +15,29 @@ FACE_SIZE = 224
 FACE_FRAMES = 16
 
 
-def _centred_faces(video: Path, out_dir: Path) -> Path:
-    """Write 16 centre-square crops of ``video`` as jpgs, for a video that shows one centred face."""
-    from fer.extract.media import read_video_frames
+def _aligned_faces(video: Path, out_dir: Path, device: str = "auto") -> Path:
+    """Detect, follow and align the main face of ``video`` in 16 frames, as `fer data faces` does, into jpgs."""
+    from fer.extract.backbones.registry import resolve_device
+    from fer.extract.faces.pipeline import NoFaceError, aligned_faces, save_frames
 
-    frames = read_video_frames(video, FACE_FRAMES)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for i, f in enumerate(frames, 1):
-        h, w = f.shape[:2]
-        s = min(h, w)
-        y, x = (h - s) // 2, (w - s) // 2
-        img = Image.fromarray(f[y:y + s, x:x + s]).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-        img.save(out_dir / f"{i:05d}.jpg", quality=95)
+    try:
+        clip = aligned_faces(video, FACE_FRAMES, FACE_SIZE, device=resolve_device(device))
+    except NoFaceError as e:
+        raise FerError(f"{video}: no face found ({e}); pass --faces with a folder of the video's aligned "
+                       "face frames") from None
+    except ClipError as e:
+        raise FerError(f"{video}: {e}") from None
+    save_frames(out_dir, clip.crops)
     return out_dir
 
 
 def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = None,
-                workdir: Path | None = None) -> ClipRecord:
+                workdir: Path | None = None, device: str = "auto") -> ClipRecord:
     """The record for ``clip``: a clip id of the dataset at ``root``, or a video path.
 
     A video comes with its face frames (``faces``: a folder of aligned face crops) or, without them,
-    is taken to show one centred face: 16 centre-square crops are cut from it into ``workdir``.
+    its main face is detected, followed and aligned in 16 frames (``fer.extract.faces``, on ``device``)
+    into ``workdir``; FerError when no frame shows a face.
     """
     if root is not None:
         from fer.extract.datasets import load_dataset, normalize_dfew_id
@@ -62,10 +63,7 @@ def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = Non
         return ClipRecord(clip_id=path.stem, faces_all=faces, video=path)
     if workdir is None:
         raise FerError("internal: a working folder is needed to cut face frames from the video")
-    try:
-        face_dir = _centred_faces(path, workdir / "faces")
-    except ClipError as e:
-        raise FerError(f"{path}: {e}") from None
+    face_dir = _aligned_faces(path, workdir / "faces", device)
     return ClipRecord(clip_id=path.stem, faces16=face_dir, video=path)
 
 

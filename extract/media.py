@@ -77,25 +77,23 @@ def _count_packets(path: Path) -> int:
             return 0
 
 
-def read_video_frames(path: str | Path, k: int, max_side: int | None = None) -> np.ndarray:
+def read_video_frames(path: str | Path, k: int, max_side: int | None = None, *,
+                      info: dict | None = None) -> np.ndarray:
     """Decode k frames sampled uniformly over the clip: uint8 ``(k, H, W, 3)`` RGB.
 
     Frames whose long side exceeds ``max_side`` (and always beyond 4096 px) are downscaled
     keeping the aspect ratio. The frame count comes from the container, else from counting
     packets, so missing duration metadata is fine. Short clips are decoded front to back up
     to the last needed frame; long ones (over ``SEEK_MIN_FRAMES``) by seeking.
+    ``info``, when given, receives ``source_frames`` (the clip's frame count the sample was
+    drawn from) and ``indices`` (the sampled frame numbers, (k,) int).
     """
     path = Path(path)
     if k < 1:
         raise ValueError("k must be >= 1")
-    with _open(path) as c:
-        if not c.streams.video:
-            raise ClipError(f"no video stream in {path.name}")
-        s = c.streams.video[0]
-        declared = int(s.frames or 0)
-    n = declared or _count_packets(path)
-    if n <= 0:
-        raise ClipError(f"no video frames in {path.name}")
+    info = {} if info is None else info
+    n = _frame_count(path)
+    info["source_frames"], info["indices"] = n, uniform_indices(n, k)
     if n > SEEK_MIN_FRAMES:
         frames = _read_by_seek(path, n, k, max_side)
         if frames is not None:
@@ -109,7 +107,59 @@ def read_video_frames(path: str | Path, k: int, max_side: int | None = None) -> 
     frames, _ = _read_sequential(path, uniform_indices(decoded, k), max_side)
     if frames is None:
         raise ClipError(f"video decoding is not repeatable in {path.name}")
+    info["source_frames"], info["indices"] = decoded, uniform_indices(decoded, k)
     return frames
+
+
+def _frame_count(path: Path) -> int:
+    """Video frames of a clip: the container's count, else counted packets; ClipError when none."""
+    with _open(path) as c:
+        if not c.streams.video:
+            raise ClipError(f"no video stream in {path.name}")
+        declared = int(c.streams.video[0].frames or 0)
+    n = declared or _count_packets(path)
+    if n <= 0:
+        raise ClipError(f"no video frames in {path.name}")
+    return n
+
+
+def read_all_video_frames(path: str | Path, max_side: int | None = None, max_bytes: int | None = None) -> np.ndarray:
+    """Decode every frame of the clip front to back: uint8 ``(n, H, W, 3)`` RGB.
+
+    ``max_side`` caps the long side as in ``read_video_frames``; ``max_bytes`` caps the whole clip in
+    memory: frames are downscaled further so the clip fits, and a clip that cannot fit even at
+    160 px (a very long video) is a ClipError that says to sample frames instead.
+    """
+    path = Path(path)
+    n = _frame_count(path)
+    out: list[np.ndarray] = []
+    size = None
+    total = 0
+    with _open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            for frame in c.decode(s):
+                if size is None:
+                    size = _target_size(frame.width, frame.height, max_side)
+                    if max_bytes:
+                        fit = (max_bytes / (3 * n * size[0] * size[1])) ** 0.5
+                        if fit < 1 and max(size) * fit < 160:
+                            raise ClipError(f"{n} frames of {path.name} do not fit in {max_bytes / 2**30:.1f} GiB; "
+                                            "sample fewer frames (e.g. --frames 64)")
+                        if fit < 1:
+                            size = _target_size(frame.width, frame.height, int(max(size) * fit))
+                img = _to_rgb(frame, size)
+                total += img.nbytes
+                if max_bytes and total > max_bytes:
+                    raise ClipError(f"{path.name} holds more frames than it declares ({n}) and does not fit in "
+                                    f"{max_bytes / 2**30:.1f} GiB; sample fewer frames (e.g. --frames 64)")
+                out.append(img)
+        except (av.error.FFmpegError, EOFError):
+            pass  # a broken packet ends the usable stream; judged below
+    if len(out) < max(1, TRUNCATED_FRACTION * n):
+        raise ClipError(f"truncated or undecodable video: {len(out)} of {n} frames decode in {path.name}")
+    return np.stack(out)
 
 
 def _read_sequential(path: Path, idx: np.ndarray, max_side: int | None) -> tuple[np.ndarray | None, int]:

@@ -151,13 +151,18 @@ class ExtractSummary:
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
                 f"decoding {self.load_s:.1f} s in workers, writing {self.write_s:.1f} s in background"
             )
-        for cid, reason in list(self.failed.items())[:5]:
-            lines.append(f"  failed {cid}: {reason}")
-        if len(self.failed) > 5:
-            lines.append(f"  ... and {len(self.failed) - 5} more (all reasons are in the store: `fer cache info`)")
-        if self.failed:
-            lines.append("rerun the same command to retry the failed clips only")
+        lines += failure_lines(self.failed, "in the store: `fer cache info`")
         return "\n".join(lines)
+
+
+def failure_lines(failed: dict[str, str], where: str, shown: int = 5) -> list[str]:
+    """The closing lines on failed clips: the first few reasons, where the rest are, how to retry."""
+    lines = [f"  failed {cid}: {reason}" for cid, reason in list(failed.items())[:shown]]
+    if len(failed) > shown:
+        lines.append(f"  ... and {len(failed) - shown} more (all reasons are {where})")
+    if failed:
+        lines.append("rerun the same command to retry the failed clips only")
+    return lines
 
 
 # ---------------------------------------------------------------- loading in workers

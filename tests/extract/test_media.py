@@ -81,6 +81,25 @@ def test_missing_frame_count_metadata(tmp_path):
     assert np.all(np.abs(got - 8 * uniform_indices(20, 2)) <= 3)
 
 
+def test_sampling_info_and_every_frame(tmp_path):
+    clip = make_clip(tmp_path / "a.mkv", n=20, audio_sr=None)  # no declared frame count: counted
+    info: dict = {}
+    read_video_frames(clip, 4, info=info)
+    assert info["source_frames"] == 20 and info["indices"].tolist() == uniform_indices(20, 4).tolist()
+    every = media.read_all_video_frames(clip)
+    assert every.shape == (20, 64, 96, 3)
+    grey = every.mean(axis=(1, 2, 3))  # frame i is grey 8 * i, give or take the codec's rounding
+    assert np.all(np.diff(grey) > 0) and np.all(np.abs(grey - 8 * np.arange(20)) <= 6)  # every frame, in order
+
+
+def test_every_frame_fits_the_memory_cap_or_fails_in_one_line(tmp_path):
+    clip = make_clip(tmp_path / "a.mp4", n=20, size=(320, 240), audio_sr=None)
+    small = media.read_all_video_frames(clip, max_bytes=20 * 160 * 120 * 3)  # half the side fits
+    assert len(small) == 20 and small.nbytes <= 20 * 160 * 120 * 3 and small.shape[2] >= 150
+    with pytest.raises(ClipError, match="sample fewer frames"):
+        media.read_all_video_frames(clip, max_bytes=20 * 100 * 75 * 3)
+
+
 def test_seek_path_matches_sequential(tmp_path, monkeypatch):
     clip = make_clip(tmp_path / "a.mp4", n=40, audio_sr=None)
     seq = read_video_frames(clip, 3)

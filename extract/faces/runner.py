@@ -1,0 +1,447 @@
+"""``fer data faces``: every clip's main face, detected, followed and aligned into DFEW-style frame folders.
+
+Decoding runs in DataLoader workers while the main process runs the detector and the warp on the
+device, and a writer thread encodes the jpgs. Each clip is written into ``OUT/.partial/`` and renamed
+to ``OUT/<clip id>/`` only when complete, together with its record (``.fer-faces.json``), so a killed
+run never leaves a folder that looks finished; a rerun skips finished clips and retries the rest.
+``OUT/manifest.csv`` and ``OUT/faces.json`` are rebuilt from the finished folders at the end of
+every run (also an interrupted one), under a lock, so shards can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+from urllib.parse import quote
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from fer.cache.errors import FerError
+from fer.cache.provenance import now_iso
+from fer.cache.schema import FOLD_CODE_NAMES, FOLD_UNUSED
+from fer.extract.datasets.records import ClipRecord, Dataset
+from fer.extract.extractor import ClipError
+from fer.extract.faces.align import TEMPLATE, template_points
+from fer.extract.faces.detect import MTCNN, detector_identity
+from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
+from fer.extract.runner import _sigterm_as_interrupt, failure_lines, one_line
+
+MARKER = ".fer-faces.json"
+"""A finished clip folder holds its record under this name (written before the folder is renamed into place)."""
+PARTIAL = ".partial"
+"""Clips being written live here until complete."""
+MANIFEST = "manifest.csv"
+FACES_JSON = "faces.json"
+MAX_PENDING_WRITES = 2
+"""Clips queued behind the jpg writer before the main loop waits (bounds memory)."""
+
+
+def default_batch(device: torch.device) -> int:
+    """Frames per detector pass: small on the CPU (larger batches fall out of the caches and run slower,
+    benchmarks/bench_faces.py), larger on a GPU."""
+    return 32 if device.type == "cuda" else 8
+
+
+def cpu_threads(workers: int) -> int:
+    """Torch threads for detection on the CPU: the cores the decoding workers leave (at least one), and
+    never more than torch is already set to use (OMP_NUM_THREADS, ``torch.set_num_threads``).
+
+    MTCNN is many small operations; threads that must wait for a core a decoding worker holds stall
+    every one of them (on 2 shared cores, 2 threads ran several times slower than 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(torch.get_num_threads(), cores - workers))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- summary
+@dataclass
+class FacesSummary:
+    """What one run did; ``str()`` gives the closing lines the CLI prints."""
+
+    out: Path
+    shard: tuple[int, int] = (0, 1)
+    owned: int = 0
+    """Clips this shard owns."""
+    skipped: int = 0
+    """Clips already finished before this run."""
+    todo: int = 0
+    done: int = 0
+    frames: int = 0
+    """Face frames written by this run."""
+    borrowed: int = 0
+    """Of those, frames aligned with a neighbour's landmarks (the face was missed there)."""
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    wait_s: float = 0.0
+    """Time the main loop waited for decoded clips."""
+    model_s: float = 0.0
+    """Time in detection, tracking and alignment."""
+    interrupted: bool = False
+
+    @property
+    def clips_per_s(self) -> float:
+        return (self.done + len(self.failed)) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def frames_per_s(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        k, n = self.shard
+        lines = [
+            f"face frames in {self.out}" + (f" (shard {k + 1}/{n})" if n > 1 else ""),
+            f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
+            f"left {max(self.owned - self.skipped - self.done, 0)}"
+            + (f"; {self.clips_per_s:.2f} clips/s, {self.frames_per_s:.1f} frames/s over {self.seconds:.1f} s"
+               if self.todo else ""),
+        ]
+        if self.frames:
+            lines.append(f"frames: {self.frames} written, {self.borrowed} borrowed the alignment of a neighbour "
+                         "(face missed there)")
+        if self.todo and self.seconds > 0:
+            lines.append(f"time: detect+align {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s")
+        lines += failure_lines(self.failed, f"in {self.out / FACES_JSON}")
+        lines.append(f"manifest: {self.out / MANIFEST}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- clip folders
+def clip_dir(out: Path, clip_id: str) -> Path:
+    """``OUT/<clip id>`` (ids with '/' nest); ClipError for an id that would leave OUT or hide the folder."""
+    p = PurePosixPath(clip_id)
+    if p.is_absolute() or not p.parts or any(part in ("", ".", "..") or part.startswith(".") for part in p.parts):
+        raise ClipError(f"clip id {clip_id!r} cannot name a folder inside the output folder")
+    return out.joinpath(*p.parts)
+
+
+def is_finished(out: Path, clip_id: str) -> bool:
+    try:
+        return (clip_dir(out, clip_id) / MARKER).is_file()
+    except ClipError:
+        return False
+
+
+def write_clip(out: Path, clip_id: str, clip: AlignedClip) -> None:
+    """Write the crops as ``00001.jpg ...`` plus the record into a temporary folder, then rename it into place."""
+    final = clip_dir(out, clip_id)
+    tmp = partial_dir(out, clip_id)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+    save_frames(tmp, clip.crops)
+    (tmp / MARKER).write_text(json.dumps(clip.record()))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(tmp, final)
+
+
+def partial_dir(out: Path, clip_id: str) -> Path:
+    """Where a clip is written until it is complete."""
+    return out / PARTIAL / quote(clip_id, safe="")
+
+
+def _check_free(out: Path, clip_id: str) -> None:
+    d = clip_dir(out, clip_id)
+    if d.exists() and not (d / MARKER).is_file():
+        raise ClipError(f"{d} exists and was not written by fer data faces; move it away or choose another OUT")
+
+
+# ---------------------------------------------------------------- decoding in workers
+@dataclass
+class _Decoded:
+    index: int
+    clip_id: str
+    clip: ClipFrames | None = None
+    reason: str | None = None
+
+    def pin_memory(self) -> "_Decoded":
+        if self.clip is not None:
+            self.clip.frames = self.clip.frames.pin_memory()
+        return self
+
+
+class _ClipDecodes(TorchDataset):
+    def __init__(self, records: list[ClipRecord], todo: list[int], out: Path, frames: int | None):
+        self.records, self.todo, self.out, self.frames = records, todo, out, frames
+
+    def __len__(self) -> int:
+        return len(self.todo)
+
+    def __getitem__(self, i: int) -> _Decoded:
+        idx = self.todo[i]
+        rec = self.records[idx]
+        try:
+            _check_free(self.out, rec.clip_id)
+            if rec.video is None:
+                raise ClipError("no video to find the face in (the record has no video file)")
+            return _Decoded(idx, rec.clip_id, decode_clip(rec.video, self.frames))
+        except ClipError as e:
+            return _Decoded(idx, rec.clip_id, reason=one_line(e))
+        except Exception as e:  # one bad clip must not stop the run
+            return _Decoded(idx, rec.clip_id, reason=one_line(f"{type(e).__name__}: {e}"))
+
+
+def _first(batch: list[_Decoded]) -> _Decoded:
+    return batch[0]
+
+
+# ---------------------------------------------------------------- the run
+def run_faces(
+    dataset: Dataset,
+    out: str | Path,
+    *,
+    size: int = 224,
+    frames: int | None = None,
+    device: str | torch.device = "auto",
+    shard: tuple[int, int] = (0, 1),
+    workers: int = 1,
+    batch: int | None = None,
+    progress: bool = True,
+    detector: MTCNN | None = None,
+    threads: int | None = None,
+) -> FacesSummary:
+    """Detect, follow and align the main face of every clip this shard owns that is not finished yet.
+
+    ``frames``: frames per clip sampled uniformly, or None for every frame. ``shard`` is 0-based
+    ``(k, n)``: this process owns the clips ``i`` with ``i % n == k``. ``batch``: frames per detector
+    pass (default: ``default_batch``). ``threads``: torch threads on the CPU (default: ``cpu_threads``).
+    Failed clips (unreadable, no face) are listed in the summary and in ``faces.json``.
+    """
+    from fer.extract.backbones.registry import resolve_device
+
+    if not 32 <= size <= 1024:
+        raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
+    if frames is not None and frames < 1:
+        raise FerError(f"--frames must be 'all' or >= 1, got {frames}")
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
+    if not dataset.records:
+        raise FerError(f"{dataset.root} lists no clips; nothing to align")
+    out = Path(out)
+    if detector is None:
+        detector = MTCNN(resolve_device(device) if isinstance(device, str) else device)
+    batch = batch or default_batch(detector.device)
+    settings = _settings(size, frames)
+    out.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        _check_settings(out, settings)
+
+    owned = [i for i in range(len(dataset.records)) if i % n == k]
+    todo = [i for i in owned if not is_finished(out, dataset.records[i].clip_id)]
+    summary = FacesSummary(out=out, shard=(k, n), owned=len(owned), skipped=len(owned) - len(todo), todo=len(todo))
+    try:
+        if todo:
+            cpu = detector.device.type == "cpu"
+            with _sigterm_as_interrupt(), _torch_threads((threads or cpu_threads(workers)) if cpu else None):
+                _run_loop(dataset, out, todo, detector, size, frames, workers, batch, progress, summary)
+    finally:
+        with _locked(out):
+            write_index(dataset, out, settings, summary.failed)
+        _tidy_partial(out)
+    return summary
+
+
+def _run_loop(dataset, out, todo, detector, size, frames, workers, batch, progress, summary) -> None:
+    loader = DataLoader(
+        _ClipDecodes(dataset.records, todo, out, frames),
+        batch_size=1, shuffle=False, num_workers=workers, collate_fn=_first,
+        pin_memory=detector.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
+    )
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-faces-writer")
+    pending: list[tuple[Future, str, AlignedClip]] = []
+
+    def settle(limit: int) -> None:
+        while pending and (pending[0][0].done() or len(pending) > limit):
+            fut, cid, aligned = pending.pop(0)
+            try:
+                fut.result()
+            except OSError as e:  # disk full, permissions: this clip fails, the next may fit
+                summary.failed[cid] = one_line(f"cannot write its frames: {e}")
+                shutil.rmtree(partial_dir(out, cid), ignore_errors=True)
+                continue
+            summary.done += 1
+            summary.frames += len(aligned.crops)
+            summary.borrowed += aligned.borrowed
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), unit="clip", desc="faces", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
+    t_start = time.perf_counter()
+    first = True
+    try:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item: _Decoded = next(it)
+            except StopIteration:
+                break
+            summary.wait_s += time.perf_counter() - t0
+            if item.reason is None:
+                t1 = time.perf_counter()
+                try:
+                    aligned = align_clip(item.clip, detector, size, batch=batch)
+                except ClipError as e:
+                    item.reason = one_line(e)
+                except Exception as e:
+                    if first:  # the very first clip breaking the model is a bug or a broken install
+                        raise
+                    item.reason = one_line(f"face alignment failed: {type(e).__name__}: {e}")
+                summary.model_s += time.perf_counter() - t1
+            first = False
+            if item.reason is None:
+                pending.append((pool.submit(write_clip, out, item.clip_id, aligned), item.clip_id, aligned))
+                settle(MAX_PENDING_WRITES)
+            else:
+                summary.failed[item.clip_id] = item.reason
+                shutil.rmtree(partial_dir(out, item.clip_id), ignore_errors=True)  # a killed run's leftovers
+            if bar is not None:
+                bar.update(1)
+                elapsed = time.perf_counter() - t_start
+                written = summary.frames + sum(len(a.crops) for _, _, a in pending)
+                post = {"frames/s": f"{written / max(elapsed, 1e-9):.1f}"}
+                if summary.failed:
+                    post["failed"] = len(summary.failed)
+                bar.set_postfix(post, refresh=False)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        try:
+            settle(0)
+        finally:
+            pool.shutdown(wait=True)
+            summary.seconds = time.perf_counter() - t_start
+            if bar is not None:
+                bar.close()
+
+
+# ---------------------------------------------------------------- settings, manifest, faces.json
+def _settings(size: int, frames: int | None) -> dict[str, Any]:
+    return {
+        "detector": detector_identity(),
+        "template": {"size": size, "points": np.round(template_points(size), 3).tolist(),
+                     "fractions": TEMPLATE.tolist(),
+                     "order": ["left eye", "right eye", "nose", "left mouth corner", "right mouth corner"]},
+        "size": size,
+        "frames": "all" if frames is None else frames,
+    }
+
+
+def _check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """A second run into the same OUT must make the same kind of frames; the first run records them."""
+    path = out / FACES_JSON
+    old = _read_json(path)
+    if old is None:
+        _write_atomic(path, json.dumps({**settings, "created": now_iso(), "clips": {}, "failed": {}}, indent=1))
+        return
+    for key, what in (("size", "--size"), ("frames", "--frames")):
+        if old.get(key) != settings[key]:
+            raise FerError(f"{out} holds faces made with {what} {old.get(key)}, not {settings[key]}; "
+                           "use the same settings to resume, or another output folder")
+    if (old.get("detector") or {}).get("sha256") != settings["detector"]["sha256"]:
+        raise FerError(f"{out} holds faces made by another face detector (weights differ); use another output folder")
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise FerError(f"cannot read {path}: {e}; delete it to rebuild it from the finished clip folders") from None
+
+
+def write_index(dataset: Dataset, out: Path, settings: dict[str, Any], failed_now: dict[str, str]) -> None:
+    """Rebuild ``OUT/manifest.csv`` and ``OUT/faces.json`` from the finished clip folders (all shards')."""
+    old = _read_json(out / FACES_JSON) or {}
+    failed = {**(old.get("failed") or {}), **failed_now}
+    clips: dict[str, dict] = {}
+    rows: list[tuple[ClipRecord, dict]] = []
+    for rec in dataset.records:
+        if not is_finished(out, rec.clip_id):
+            continue
+        try:
+            info = json.loads((clip_dir(out, rec.clip_id) / MARKER).read_text())
+        except (OSError, ValueError):
+            continue  # unreadable record: the clip is redone by the next run
+        clips[rec.clip_id] = info
+        rows.append((rec, info))
+        failed.pop(rec.clip_id, None)
+    _write_atomic(out / MANIFEST, _manifest_text(dataset, out, rows))
+    doc = {**settings, "created": old.get("created", now_iso()), "updated": now_iso(),
+           "source": {"root": str(dataset.root), "kind": dataset.kind, "clips": len(dataset.records)},
+           "clips": clips, "failed": failed}
+    _write_atomic(out / FACES_JSON, json.dumps(doc, indent=1))
+
+
+def _manifest_text(dataset: Dataset, out: Path, rows: list[tuple[ClipRecord, dict]]) -> str:
+    with_audio = any(r.audio is not None for r in dataset.records)
+    header = ["clip_id", "video", "faces"] + (["audio"] if with_audio else []) + ["label"]
+    header += [f"vote_{c}" for c in dataset.class_names] + [f"fold_{f}" for f in dataset.fold_names]
+    header += ["faces_found", "faces_borrowed"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for rec, info in rows:
+        votes = np.asarray(rec.votes, np.float64)
+        label = dataset.class_names[int(votes.argmax())] if votes.sum() > 0 else ""
+        row = [rec.clip_id, str(Path(rec.video).resolve()) if rec.video else "",
+               clip_dir(out, rec.clip_id).relative_to(out).as_posix()]
+        if with_audio:
+            row.append(str(Path(rec.audio).resolve()) if rec.audio else "")
+        row.append(label)
+        row += [f"{v:g}" for v in votes]
+        row += [FOLD_CODE_NAMES[int(c)] if int(c) != FOLD_UNUSED else "" for c in rec.folds]
+        row += [info.get("found", ""), info.get("borrowed", "")]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One process at a time reads and rewrites OUT's index files (shards finish at different times)."""
+    fd = os.open(out / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):  # some network filesystems refuse locks
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _tidy_partial(out: Path) -> None:
+    with contextlib.suppress(OSError):
+        (out / PARTIAL).rmdir()  # only when empty: another shard may be writing into it
