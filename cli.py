@@ -98,11 +98,11 @@ def extract_cmd(
         help="face: input size in pixels [the model's own, 224 for resnet18]; pose: the detector's short side [512] "
         "(long side x1.67).",
     ),
-    precision: str = typer.Option(
-        "auto", "--precision",
+    precision: Optional[str] = typer.Option(
+        None, "--precision",
         help="fp32 | bf16 | fp16 | auto: bf16 autocast on GPUs with native bf16 (else fp16), and on CPUs with "
         "native bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 "
-        "to the spec.",
+        "to the spec. [default: $FER_PRECISION, else auto]",
     ),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (face: 16, pose: 3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),

@@ -39,36 +39,29 @@ def parse_audio_layer(text: str | int | None) -> int | str | None:
 
 
 class LayerMix(nn.Module):
-    """``(B, L, D)`` per-layer pooled states -> ``(B, D)``: per-layer standardisation, then a softmax-weighted sum."""
+    """``(B, L, D)`` per-layer pooled states -> ``(B, D)``: per-layer standardisation, then a softmax-weighted sum.
 
-    def __init__(self, layers: int, dim: int):
+    ``norm`` is the trainer's per-feature standardisation over the flattened ``L * D`` features
+    (fer.train.model.InputNorm), so each layer gets its own statistics.
+    """
+
+    def __init__(self, layers: int, dim: int, norm: nn.Module):
         super().__init__()
+        self.layers, self.dim = layers, dim
         self.logits = nn.Parameter(torch.zeros(layers))  # uniform mix at the start, as in SUPERB
-        self.register_buffer("mean", torch.zeros(layers, dim))
-        self.register_buffer("std", torch.ones(layers, dim))
+        self.norm = norm
 
     @torch.no_grad()
     def fit(self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Per-layer statistics over the clips with audio of ``(x (n, L, D), mask (n,))`` chunks."""
-        total = torch.zeros((), dtype=torch.float64, device=self.mean.device)
-        s1 = torch.zeros_like(self.mean, dtype=torch.float64)
-        s2 = torch.zeros_like(s1)
-        for x, mask in chunks:
-            x = x.double()[mask.reshape(len(x), -1).any(1)]
-            total += x.shape[0]
-            s1 += x.sum(0)
-            s2 += (x * x).sum(0)
-        if total > 0:
-            mean = s1 / total
-            self.mean.copy_(mean.float())
-            self.std.copy_((s2 / total - mean * mean).clamp_min(0).sqrt().float().clamp_min(1e-3))
+        self.norm.fit((x.reshape(len(x), -1), mask.reshape(len(x), -1).any(1)) for x, mask in chunks)
 
     def weights(self) -> torch.Tensor:
         """The mixing weights (softmax of the logits), summing to 1."""
         return torch.softmax(self.logits, dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) / self.std
+        z = self.norm(x.reshape(len(x), -1)).view(len(x), self.layers, self.dim)
         return torch.einsum("l,bld->bd", self.weights(), z)
 
 

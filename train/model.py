@@ -166,7 +166,8 @@ class FerModel(nn.Module):
             self.audio_seq = audio_is_sequence(audio)
             if cfg.audio_layer == WEIGHTED:  # the learned layer mix standardises each layer itself
                 check_weighted(audio.spec, audio.data, self.audio_seq)
-                self.audio_norm = LayerMix(int(audio.data.shape[1]), int(audio.data.shape[-1]))
+                n_layers, width = int(audio.data.shape[1]), int(audio.data.shape[-1])
+                self.audio_norm = LayerMix(n_layers, width, InputNorm(n_layers * width))
             else:
                 self.audio_norm = InputNorm(int(audio.data.shape[-1]))
             self.audio_enc = (SequenceAudio(int(audio.data.shape[-1]), cfg.dropout) if self.audio_seq

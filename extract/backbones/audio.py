@@ -96,7 +96,7 @@ class SpeechAudio(_AudioBase):
     """
 
     def __init__(self, backbone: str = "wav2vec2", weights: str | None = None, device: torch.device | str = "cpu",
-                 model: str | None = None, max_seconds: float = 30.0, seed: int = 0, precision: str = "fp32"):
+                 model: str | None = None, max_seconds: float = 30.0, seed: int = 0, precision: str | None = None):
         """
         ``backbone``: ``wav2vec2`` (``weights`` None = the ``model`` checkpoint, default DEFAULT_WAV2VEC2, a hub
         id, a local folder saved with ``save_pretrained``, or ``none``: random init, seeded, from ``model``'s
@@ -145,7 +145,8 @@ class SpeechAudio(_AudioBase):
 
     def to(self, device: torch.device | str) -> "SpeechAudio":
         self.device = torch.device(device)
-        self.precision = prec.resolve_precision(self.requested_precision, self.device, "hf-speech")
+        family = "hf-whisper" if self.whisper else "hf-speech"  # measured apart (benchmarks/results/precision.md)
+        self.precision = prec.resolve_precision(self.requested_precision, self.device, family)
         prec.prepare_device(self.device, self.precision)
         self.model.to(self.device)
         return self
@@ -384,7 +385,7 @@ def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, 
         if weights not in (None, "none"):
             raise FerError("the mel audio backend has no weights; leave --weights out")
         kw.pop("seed", None)
-        if kw.pop("precision", "fp32") not in ("fp32", "auto"):
+        if (kw.pop("precision", None) or "auto") not in ("fp32", "auto"):
             raise FerError("the mel audio backend runs in fp32 only; leave --precision out")
         return MelAudio(device=device, **kw)
     raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "

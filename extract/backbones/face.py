@@ -68,11 +68,11 @@ class FaceExtractor(Extractor):
         device: torch.device | str = "cpu",
         seed: int = 0,
         backbone: str = "resnet18",
-        precision: str = "fp32",
+        precision: str | None = None,
         encoder: ImageEncoder | None = None,
     ):
         """``backbone`` + ``weights``/``layer``/``size``/``seed`` build the encoder (or pass ``encoder``);
-        ``precision``: fp32 | bf16 | fp16 | auto (fer.extract.backbones.precision)."""
+        ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision)."""
         if layer is not None and backbone == "resnet18" and layer not in LAYERS:
             raise FerError(f"unknown --layer {layer!r} for the face backbone; choose from {', '.join(LAYERS)}")
         if frames < 1:

@@ -17,6 +17,7 @@ clip in the precision training saw.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 import torch
@@ -24,14 +25,20 @@ import torch
 from fer.cache.errors import FerError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENV = "FER_PRECISION"
+"""Environment variable with the precision used when none is asked for (default: auto), e.g. fp32 on a
+cluster that must give the same numbers on every node; fer's tests set it to fp32."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-CPU_BF16_FAMILIES: frozenset[str] = frozenset()
+CPU_BF16_FAMILIES: frozenset[str] = frozenset({"resnet18", "torchvision", "hf-vision", "timm", "hf-speech"})
 """Backbone families that run in bf16 by default on CPUs with native bf16 (``auto``).
 
-Filled from benchmarks/results/precision.md (bench_precision.py on this project's 2-core AVX512-BF16
-machine): a family is listed only when bf16 autocast was at least 1.5x faster than fp32 and every
-pooled feature stayed within cosine 0.999 of fp32."""
+From benchmarks/results/precision.md (bench_precision.py on this project's 2-core AVX512-BF16 machine,
+random weights of the real architectures): a family is listed only when bf16 autocast was at least
+1.5x faster than fp32 and every pooled feature stayed within cosine 0.999 of fp32. Measured: ResNet-18
+1.67x, ConvNeXt-T 2.18x, torchvision ViT-B/16 2.40x, CLIP ViT-B/16 2.36x, DINOv2-B 2.14x, timm ViT-B/16
+1.96x, wav2vec2-large 1.92x, HuBERT-base 2.32x, WavLM-base+ 1.57x (``hf-speech``: the wav2vec2-style
+encoders), every cosine >= 0.99996. Whisper's encoder (``hf-whisper``) was slower in bf16 (0.78x): fp32."""
 
 
 def cpu_bf16_native() -> bool:
@@ -49,12 +56,12 @@ def cuda_bf16_native(device: torch.device) -> bool:
 
 
 def resolve_precision(requested: str | None, device: torch.device | str, family: str) -> str:
-    """``auto`` | ``fp32`` | ``bf16`` | ``fp16`` -> the precision to run (never ``auto``).
+    """``auto`` | ``fp32`` | ``bf16`` | ``fp16`` -> the precision to run (never ``auto``); None: $FER_PRECISION or auto.
 
     ``family`` (``resnet18``, ``torchvision``, ``hf-vision``, ``timm``, ``hf-speech``, ...) picks
     the CPU default from CPU_BF16_FAMILIES. A precision the device cannot run is a FerError.
     """
-    p = (requested or "auto").strip().lower()
+    p = (requested or os.environ.get(ENV) or "auto").strip().lower()
     if p not in PRECISIONS:
         raise FerError(f"unknown --precision {requested!r}; choose from {', '.join(PRECISIONS)}")
     dev = torch.device(device)

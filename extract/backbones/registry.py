@@ -16,7 +16,7 @@ DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2ve
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-          size: int | None = None, frames: int | None = None, seed: int = 0, precision: str = "auto",
+          size: int | None = None, frames: int | None = None, seed: int = 0, precision: str | None = None,
           **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
@@ -38,7 +38,7 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
         kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
     if backend != "keypointrcnn":
         kw.pop("seed", None)  # only the torchvision model has a random init
-    if kw.pop("precision", "auto") not in ("auto", "fp32"):
+    if (kw.pop("precision", None) or "auto") not in ("auto", "fp32"):
         raise FerError("the pose backends run in fp32 only; leave --precision out")
     return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
 
@@ -106,8 +106,8 @@ def make_extractor(
 
     ``backbone``: face ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio
     ``wav2vec2`` | ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``.
-    Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: auto by default) go to the
-    modality's factory.
+    Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: $FER_PRECISION or auto by
+    default) go to the modality's factory.
     """
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")

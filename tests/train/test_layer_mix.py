@@ -7,7 +7,7 @@ from fer.cache.errors import FerError
 from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
 from fer.train.layer_mix import LayerMix, parse_audio_layer
-from fer.train.model import FerModel, make_batch
+from fer.train.model import FerModel, InputNorm, make_batch
 from fer.train.sweep import parse_grid
 
 
@@ -27,15 +27,16 @@ def test_mix_standardises_each_layer_then_weighs():
     x = torch.randn(50, 4, 6, generator=g) * torch.tensor([1.0, 10.0, 100.0, 0.1]).view(1, 4, 1) + 5
     mask = torch.ones(50, dtype=torch.bool)
     mask[:5] = False  # clips without audio do not count
-    mix = LayerMix(4, 6)
+    mix = LayerMix(4, 6, InputNorm(24))
     mix.fit([(x[:20], mask[:20]), (x[20:], mask[20:])])
     ref = x[5:].double()
-    torch.testing.assert_close(mix.mean, ref.mean(0).float())
-    torch.testing.assert_close(mix.std, ref.std(0, unbiased=False).float(), rtol=1e-4, atol=1e-5)
+    mean, std = mix.norm.mean.view(4, 6), mix.norm.std.view(4, 6)
+    torch.testing.assert_close(mean, ref.mean(0).float())
+    torch.testing.assert_close(std, ref.std(0, unbiased=False).float(), rtol=1e-4, atol=1e-5)
     assert torch.allclose(mix.weights(), torch.full((4,), 0.25))
     with torch.no_grad():
         mix.logits.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))  # all weight on layer 2
-    torch.testing.assert_close(mix(x[:3]), ((x[:3, 2] - mix.mean[2]) / mix.std[2]), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(mix(x[:3]), ((x[:3, 2] - mean[2]) / std[2]), rtol=1e-4, atol=1e-4)
 
 
 def test_model_learns_the_layer_weights():

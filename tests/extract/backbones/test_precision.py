@@ -14,6 +14,7 @@ from fer.tests.extract.backbones import tiny_models as tm
 
 
 def test_resolution_on_cpu(monkeypatch):
+    monkeypatch.delenv("FER_PRECISION", raising=False)
     with pytest.raises(FerError, match="unknown --precision 'fp64'"):
         prec.resolve_precision("fp64", "cpu", "torchvision")
     assert prec.resolve_precision("fp32", "cpu", "x") == "fp32"
@@ -24,6 +25,10 @@ def test_resolution_on_cpu(monkeypatch):
     assert prec.resolve_precision("auto", "cpu", "hf-vision") == "fp32"  # not measured faster: fp32
     monkeypatch.setattr(prec, "cpu_bf16_native", lambda: False)
     assert prec.resolve_precision(None, "cpu", "torchvision") == "fp32"  # no native bf16 kernels
+    monkeypatch.setattr(prec, "cpu_bf16_native", lambda: True)
+    monkeypatch.setenv("FER_PRECISION", "fp32")
+    assert prec.resolve_precision(None, "cpu", "torchvision") == "fp32"  # the site default wins over auto
+    assert prec.resolve_precision("auto", "cpu", "torchvision") == "bf16"  # an explicit option wins over it
 
 
 def test_cuda_asks_the_extractors_own_device_without_emulation(monkeypatch):
