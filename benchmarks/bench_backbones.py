@@ -1,6 +1,6 @@
 """Extraction throughput per backbone family: `fer extract` (run_extraction) against the bare model.
 
-    python benchmarks/bench_backbones.py [--families resnet,clip] [--clips 8] [--frames 16] [--workers 1]
+    python benchmarks/bench_backbones.py [--families resnet,clip] [--clips 16] [--frames 16] [--workers 1]
                                          [--precision auto] [--with-precision-table]
 
 For each family (benchmarks/backbone_families.py: ResNet-18, torchvision ConvNeXt-T and ViT-B/16, HF CLIP
@@ -88,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", help="comma list of name parts (resnet,convnext,clip,...); default all")
     ap.add_argument("--data", type=Path, help="a DFEW-layout root; default: synthesize --clips clips")
-    ap.add_argument("--clips", type=int, default=8)
+    ap.add_argument("--clips", type=int, default=16, help="at least ~16: with fewer, worker start-up dominates")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
@@ -106,6 +106,7 @@ def main() -> None:
         for fam in pick(args.families):
             r = bench_family(fam, ds, work, args.frames, args.batch_size, args.workers, args.precision)
             print(f"{r['family']:<40} {r['precision']:<5} bare {r['bare']:7.3f} clips/s  pipeline {r['pipeline']:7.3f}  "
+                  f"(model {r['model_s']:.1f} s, bare {r['clips'] / r['bare']:.1f} s)  "
                   f"ratio {r['ratio']:.2f}", flush=True)
             rows.append(r)
     md = to_markdown(rows, args)
