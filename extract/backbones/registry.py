@@ -64,6 +64,16 @@ FACE_BACKBONES = ("resnet18", "<any torchvision classification model>", "hf:<mod
 AUDIO_BACKBONES = ("wav2vec2", "mel", "hf:<speech model id or folder>")
 
 
+def _absolute(value: str | None) -> str | None:
+    """A path that exists, made absolute (so `fer predict` finds it from any folder); anything else as is."""
+    from pathlib import Path
+
+    if not value or value.lower() in ("none", "auto", "imagenet", "coco"):
+        return value
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value
+
+
 def normalize_backbone(backbone: str) -> str:
     """Lower-case a backbone name, but keep what follows ``hf:``/``timm:`` as written (paths, hub ids)."""
     b = backbone.strip()
@@ -112,6 +122,11 @@ def make_extractor(
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
     backend = normalize_backbone(backbone or DEFAULT_BACKBONE[modality])
+    if backend.startswith("hf:"):
+        backend = "hf:" + str(_absolute(backend[3:]))
+    weights = _absolute(weights)
+    if kw.get("model"):
+        kw["model"] = _absolute(kw["model"])
     if modality == "pose" and backend.startswith(("hf:", "timm:")):
         raise FerError(f"--backbone {backend} is not a pose backend; choose keypointrcnn or openpifpaf")
     if modality == "audio" and backend.startswith("timm:"):

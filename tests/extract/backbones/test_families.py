@@ -256,3 +256,12 @@ def test_old_provenance_without_precision_rebuilds_fp32(models):
     args = {k: v for k, v in ex.build_args.items() if k != "precision"}
     again = extractor_from_provenance({"extractor": args}, "cpu")
     assert again.precision == "fp32" and again.spec == ex.spec
+
+
+def test_relative_paths_are_recorded_absolute(models, monkeypatch):
+    """`fer predict` runs from any folder: a model folder or weights file given relative is recorded absolute."""
+    monkeypatch.chdir(models["clip"].parent)
+    ex = make_extractor("face", "hf:tiny-clip", None, "cpu", frames=2)
+    assert ex.build_args["backbone"] == f"hf:{models['clip'].resolve()}"
+    ex = make_extractor("face", "timm:vit_tiny_patch16_224", models["mae"].name, "cpu", size=32, frames=2)
+    assert ex.build_args["weights"] == str(models["mae"].resolve()) and ex.provenance()["weights"]["id"] == ex.build_args["weights"]
