@@ -147,7 +147,7 @@ class SpeechAudio(_AudioBase):
         self.device = torch.device(device)
         family = "hf-whisper" if self.whisper else "hf-speech"  # measured apart (benchmarks/results/precision.md)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, family)
-        prec.prepare_device(self.device, self.precision)
+        prec.prepare_device(self.device, self.precision, fixed_shapes=self.whisper)
         self.model.to(self.device)
         return self
 

@@ -101,15 +101,17 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def prepare_device(device: torch.device, precision: str) -> None:
+def prepare_device(device: torch.device, precision: str, fixed_shapes: bool = True) -> None:
     """Process-wide settings for extraction on ``device``.
 
-    CUDA: cuDNN autotuning (face batches have one fixed shape); fp32 means fp32, so TF32 convolutions
-    and matmuls are turned off for it (they would change the numbers under the fp32 name).
+    CUDA: cuDNN autotuning when every batch has the same shape (face frames; not variable-length audio,
+    which would re-tune on every new length); fp32 means fp32, so TF32 convolutions and matmuls are
+    turned off for it (they would change the numbers under the fp32 name).
     """
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = True
+    if fixed_shapes:
+        torch.backends.cudnn.benchmark = True
     if precision == "fp32":
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False

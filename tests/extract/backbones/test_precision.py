@@ -62,6 +62,9 @@ def test_cuda_settings_for_fixed_size_batches():
         prec.prepare_device(torch.device("cuda"), "fp32")
         assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
         assert not torch.backends.cuda.matmul.allow_tf32  # fp32 features stay fp32 under their fp32 name
+        torch.backends.cudnn.benchmark = False
+        prec.prepare_device(torch.device("cuda"), "bf16", fixed_shapes=False)  # audio of every length: no autotuning
+        assert not torch.backends.cudnn.benchmark
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
