@@ -133,7 +133,10 @@ def extract_cmd(
     ),
     fmt: Optional[str] = typer.Option(None, "--format", help="zarr | h5, for the default store name. [default: zarr]"),
     backbone: Optional[str] = typer.Option(
-        None, "--backbone", "-b", help="face: resnet18; pose: keypointrcnn | openpifpaf; audio: wav2vec2 | mel."
+        None, "--backbone", "-b",
+        help="face: resnet18 (default) | any torchvision classification model (convnext_tiny, vit_b_16 ...) | "
+        "hf:<model id or folder> (CLIP, DINOv2, ViT) | timm:<model name>; pose: keypointrcnn | openpifpaf; "
+        "audio: wav2vec2 (default) | mel | hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...).",
     ),
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w",
@@ -141,10 +144,20 @@ def extract_cmd(
         "auto (pretrained when in the local cache, else random, with a warning) | "
         "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
     ),
-    layer: Optional[str] = typer.Option(None, "--layer", help="face: pool (512-d, default) | layer3 | layer2 (feature maps)."),
+    layer: Optional[str] = typer.Option(
+        None, "--layer", help="face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | "
+        "layer3 | layer2 (resnet18 feature maps).",
+    ),
     size: Optional[int] = typer.Option(
         None, "--size", min=32, max=1024,
-        help="face: input size in pixels [224]; pose: the detector's short side [512] (long side x1.67).",
+        help="face: input size in pixels [the model's own, 224 for resnet18]; pose: the detector's short side [512] "
+        "(long side x1.67).",
+    ),
+    precision: Optional[str] = typer.Option(
+        None, "--precision",
+        help="fp32 | bf16 | fp16 | auto: bf16 autocast on GPUs with native bf16 (else fp16), and on CPUs with "
+        "native bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 "
+        "to the spec. [default: $FER_PRECISION, else auto]",
     ),
     frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (face: 16, pose: 3)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
@@ -187,7 +200,8 @@ def extract_cmd(
     store_path = store if store else str(default_store_path(root, fmt))
     check_store_format(store_path, fmt)
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
-    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=frames, seed=seed)
+    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=frames, seed=seed,
+                               precision=precision)
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,
@@ -216,6 +230,11 @@ def weights_fetch(
     modality: Optional[str] = typer.Option(
         None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
     ),
+    backbone: Optional[list[str]] = typer.Option(
+        None, "--backbone", "-b",
+        help="Fetch this backbone instead of the defaults (repeatable): resnet18, any torchvision model name, "
+        "hf:<model id>, timm:<model name>, wav2vec2, keypointrcnn.",
+    ),
 ) -> None:
     """Download every default backbone weight into its normal cache (TORCH_HOME, HF cache), for offline use.
 
@@ -224,7 +243,7 @@ def weights_fetch(
     from fer.extract.backbones.weights import fetch_all
 
     mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
-    fetch_all(mods, echo=typer.echo)
+    fetch_all(mods, echo=typer.echo, backbones=[b for b in backbone or [] if b.strip()] or None)
 
 
 # ---------------------------------------------------------------- train
@@ -251,7 +270,11 @@ def train_cmd(
         help="With fusion: share of training clips whose face is blanked per step, so pose/audio get used.",
     ),
     normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Standardise face/audio features with the training split's statistics."),
-    audio_layer: Optional[int] = typer.Option(None, "--audio-layer", help="wav2vec2 hidden state to use (default: last)."),
+    audio_layer: Optional[str] = typer.Option(
+        None, "--audio-layer",
+        help="Audio hidden state to use: an index (default: the last), or weighted (a learned softmax-weighted sum "
+        "of every stored layer, SUPERB-style; the weights are saved in the run folder).",
+    ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training fold held out for validation."),
     select: str = typer.Option("best", "--select", help="best (by validation) | last epoch."),
     monitor: str = typer.Option("uar", "--monitor", help="Validation score for selection/early stopping: uar | loss."),
@@ -269,6 +292,7 @@ def train_cmd(
 ) -> None:
     """Train the face Transformer (+ pose/audio fusion) on cached features over the official folds."""
     from fer.train.config import TrainConfig, parse_folds, parse_modalities
+    from fer.train.layer_mix import parse_audio_layer
     from fer.train.run import train_run
 
     cfg = TrainConfig(
@@ -276,7 +300,7 @@ def train_cmd(
         folds=parse_folds(fold), epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
         optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
         modality_dropout=modality_dropout, normalize=normalize,
-        audio_layer=audio_layer, val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
+        audio_layer=parse_audio_layer(audio_layer), val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
         seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
         finetune=finetune, resume=resume, plots=plots,
     )
@@ -330,7 +354,7 @@ def sweep_cmd(
     hidden: Optional[str] = typer.Option(None, "--hidden", help=_LIST),
     dropout: Optional[str] = typer.Option(None, "--dropout", help=_LIST),
     modality_dropout: Optional[str] = typer.Option(None, "--modality-dropout", help=_LIST),
-    audio_layer: Optional[str] = typer.Option(None, "--audio-layer", help=f"wav2vec2 hidden state (last: the last). {_LIST}"),
+    audio_layer: Optional[str] = typer.Option(None, "--audio-layer", help=f"audio hidden state (last: the last; weighted: learned mix). {_LIST}"),
     val_fraction: Optional[str] = typer.Option(None, "--val-fraction", help=_LIST),
     select: Optional[str] = typer.Option(None, "--select", help=f"best | last. {_LIST}"),
     monitor: Optional[str] = typer.Option(None, "--monitor", help=f"uar | loss. {_LIST}"),

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 # Libraries whose versions can change the numbers in a feature set (or the bytes on disk).
-_TRACKED = ("fer-cache", "numpy", "torch", "torchvision", "transformers", "zarr", "h5py", "numcodecs", "av")
+_TRACKED = ("fer-cache", "numpy", "torch", "torchvision", "transformers", "timm", "zarr", "h5py", "numcodecs", "av")
 
 
 def library_versions() -> dict[str, str]:

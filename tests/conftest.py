@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# `--precision auto` gives bf16 on CPUs with native bf16 and fp32 elsewhere; tests compare names and numbers
+# that must not depend on the machine, so they run in fp32 unless a test asks for a precision itself
+os.environ.setdefault("FER_PRECISION", "fp32")
 
 import pytest
 import torch

@@ -67,8 +67,9 @@ class TrainConfig:
     normalize: bool = True
     """Standardise face and audio features per dimension with the training split's mean and std
     (per fold; the statistics travel in the checkpoint)."""
-    audio_layer: int | None = None
-    """wav2vec2 hidden-state index to use (0 = CNN features, L = last layer); None: the last one."""
+    audio_layer: int | str | None = None
+    """Audio hidden-state index to use (0 = the input embedding, L = last layer); None: the last one;
+    ``weighted``: a learned softmax-weighted sum of every layer (fer.train.layer_mix)."""
     val_fraction: float = 0.1
     """Share of each class of the training fold held out for validation (model selection);
     0 disables validation (then select=last and no early stopping)."""
@@ -127,6 +128,8 @@ class TrainConfig:
             raise FerError(f"--modality-dropout must be in [0, 1) (got {self.modality_dropout})")
         if not 0.0 <= self.val_fraction < 1.0:
             raise FerError(f"val_fraction must be in [0, 1) (got {self.val_fraction})")
+        if isinstance(self.audio_layer, str) and self.audio_layer != "weighted":
+            raise FerError(f"--audio-layer {self.audio_layer!r}: give a layer index, last, or weighted")
         if self.lr <= 0:
             raise FerError(f"--lr must be positive (got {self.lr})")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -16,6 +16,7 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
+from fer.train.layer_mix import WEIGHTED, LayerMix, audio_rows, check_weighted
 
 AUDIO_DIM = 128
 NO_FACE_DIM = 256
@@ -64,6 +65,8 @@ def make_batch(sets: Mapping[str, ModalityData], idx: torch.Tensor, cfg: TrainCo
         if audio_is_sequence(audio):
             out["audio"] = audio.data[idx].float()
             out["audio_mask"] = audio.mask[idx]
+        elif cfg.audio_layer == WEIGHTED:
+            out["audio"], out["audio_mask"] = audio_rows(audio.data, audio.mask, idx)
         else:
             k = audio_layer_index(audio, cfg.audio_layer)
             out["audio"] = audio.data[idx, k].float()
@@ -179,7 +182,12 @@ class FerModel(nn.Module):
         if self.use_audio:
             audio = sets["audio"]
             self.audio_seq = audio_is_sequence(audio)
-            self.audio_norm = InputNorm(int(audio.data.shape[-1]))
+            if cfg.audio_layer == WEIGHTED:  # the learned layer mix standardises each layer itself
+                check_weighted(audio.spec, audio.data, self.audio_seq)
+                n_layers, width = int(audio.data.shape[1]), int(audio.data.shape[-1])
+                self.audio_norm = LayerMix(n_layers, width, InputNorm(n_layers * width))
+            else:
+                self.audio_norm = InputNorm(int(audio.data.shape[-1]))
             self.audio_enc = (SequenceAudio(int(audio.data.shape[-1]), cfg.dropout) if self.audio_seq
                               else layer_audio(int(audio.data.shape[-1]), cfg.dropout))
             if self.as_tokens:

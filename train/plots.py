@@ -182,11 +182,32 @@ def plot_curves(history: dict[int, dict[str, np.ndarray]], title: str, out: Path
     return out
 
 
+def plot_layer_weights(weights: dict[int, list[float]], title: str, out: Path) -> Path:
+    """The learned audio layer weights (``--audio-layer weighted``): one group of bars per layer, one bar per fold."""
+    plt = _pyplot()
+    n = max(len(w) for w in weights.values())
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 2), 3.6))
+    width = 0.8 / max(len(weights), 1)
+    for i, (fold, w) in enumerate(sorted(weights.items())):
+        ax.bar(np.arange(len(w)) + (i - (len(weights) - 1) / 2) * width, w, width, label=f"fold {fold}", color=f"C{i % 10}")
+    ax.axhline(1.0 / n, color="gray", lw=0.8, ls="--", label="uniform")
+    ax.set_xlabel("layer (0 = input embedding)")
+    ax.set_ylabel("weight")
+    ax.set_xticks(range(n))
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def write_plots(run_dir: Path) -> list[Path]:
     """Draw every figure the run folder's files allow into run_dir/plots/; returns the PNG paths.
 
     confusion_fold<k>.png from metrics.json, pr_fold<k>.png from predictions_fold<k>.npz,
-    curves.png from history.csv. A folder with none of these files is not a run -> FerError.
+    curves.png from history.csv, layer_weights.png from layer_weights_fold<k>.json. A folder with none of these files is not a run -> FerError.
     """
     run_dir = Path(run_dir)
     metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.csv"
@@ -223,4 +244,10 @@ def write_plots(run_dir: Path) -> list[Path]:
         history = read_history(history_path)
         if history:
             written.append(plot_curves(history, f"{name}: training curves", plots / "curves.png"))
+    layer_weights = {}
+    for p in sorted(run_dir.glob("layer_weights_fold*.json")):
+        doc = json.loads(p.read_text())
+        layer_weights[int(doc["fold"])] = [float(x) for x in doc["weights"]]
+    if layer_weights:
+        written.append(plot_layer_weights(layer_weights, f"{name}: learned audio layer weights", plots / "layer_weights.png"))
     return written

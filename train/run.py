@@ -194,6 +194,10 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,
                      labels=res.labels)
             fold_metrics[str(fold)] = res.metrics
+            if cfg.audio_layer == "weighted":
+                from fer.train.layer_mix import write_layer_weights
+
+                write_layer_weights(out, fold, sets["audio"].spec if "audio" in sets else None)
             _write_json(partial, metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names))
             log(f"fold {fold}: test WAR {100 * res.metrics['war']:.2f}  UAR {100 * res.metrics['uar']:.2f} "
                 f"(epoch {res.metrics['best_epoch']} of {res.metrics['epochs_run']})")

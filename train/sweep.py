@@ -104,7 +104,9 @@ def _parse_one(key: str, kind: str, text: str) -> Any:
         if kind == "folds":
             return parse_folds(text)
         if kind == "int?":
-            return None if text.lower() in ("none", "last") else int(text)
+            from fer.train.layer_mix import parse_audio_layer
+
+            return parse_audio_layer(text)
         if kind == "int":
             return int(text)
         if kind == "float":

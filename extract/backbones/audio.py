@@ -1,8 +1,9 @@
-"""Audio modality: the clip's soundtrack (16 kHz mono) through wav2vec2 or a log-mel front end.
+"""Audio modality: the clip's soundtrack (16 kHz mono) through a speech encoder or a log-mel front end.
 
-- ``wav2vec2``: every layer's hidden states mean-pooled over the clip's valid frames, row
-  ``(L+1, D)`` (the CNN+projection output then each Transformer layer), so the layer is chosen at
-  training time. Mask ``(L+1,)``: all True, or all False when the clip has no audio.
+- ``wav2vec2`` (default) and ``hf:<id or folder>`` (HuBERT, WavLM, data2vec-audio, Whisper's encoder,
+  any wav2vec2): every layer's hidden states mean-pooled over the clip's valid frames, row ``(L+1, D)``
+  (the input embedding then each Transformer layer), so the layer is chosen at training time.
+  Mask ``(L+1,)``: all True, or all False when the clip has no audio.
 - ``mel``: log-mel spectrogram, 64 bands, 25 ms window, 10 ms hop, fixed length (3 s -> 300
   frames), row ``(300, 64)``, mask over the frames the audio actually covers.
 
@@ -13,8 +14,6 @@ mask all False, and a note in the feature set's ``row_info``.
 from __future__ import annotations
 
 import math
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,12 @@ import numpy as np
 import torch
 
 from fer.cache.errors import FerError
-from fer.cache.provenance import sha256_file
+from fer.extract.backbones import precision as prec
+from fer.extract.backbones.hf import SPEECH_HINT
+from fer.extract.backbones.image import slug
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_audio
 from fer.extract.datasets.records import ClipRecord
-from fer.extract.backbones.weights import offline, random_init
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
@@ -74,7 +74,7 @@ class _AudioBase(Extractor):
         return item[-1]
 
 
-# ---------------------------------------------------------------- wav2vec2
+# ---------------------------------------------------------------- Hugging Face speech encoders
 def default_wav2vec2_config() -> Any:
     """The architecture of DEFAULT_WAV2VEC2 (XLSR-53 / wav2vec2-large-lv60): built offline for
     ``--weights none`` so random-init runs have the real shapes (24 layers, 1024 wide)."""
@@ -87,128 +87,69 @@ def default_wav2vec2_config() -> Any:
     )
 
 
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-").lower()[:60] or "model"
+class SpeechAudio(_AudioBase):
+    """Mean-pooled hidden states of every layer of a Hugging Face speech encoder, ``(L+1, D)`` per clip.
 
+    wav2vec2-style encoders (wav2vec2, HuBERT, WavLM, data2vec-audio) take the waveform through their own
+    feature extractor; Whisper's encoder takes its log-mel features, padded to its fixed window (30 s),
+    and is pooled over the frames the audio covers.
+    """
 
-def _weights_file(folder_or_id: str, revision_hint: str | None = None) -> Path | None:
-    """The weights file behind a local folder or a cached hub id, if it can be found."""
-    names = ("model.safetensors", "pytorch_model.bin")
-    p = Path(folder_or_id).expanduser()
-    if p.is_dir():
-        for n in names:
-            if (p / n).is_file():
-                return p / n
-        return None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        for n in names:
-            f = try_to_load_from_cache(folder_or_id, n, revision=revision_hint)
-            if isinstance(f, str) and os.path.isfile(f):
-                return Path(f)
-    except Exception:
-        return None
-    return None
-
-
-def _missing_model(model: str, e: BaseException) -> FerError:
-    hf_home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    first = (str(e).splitlines() or [type(e).__name__])[0][:160]
-    return FerError(
-        f"wav2vec2 model {model!r} could not be loaded ({type(e).__name__}: {first}); it is not in the Hugging Face "
-        f"cache ({hf_home}) or not reachable offline: run `fer weights fetch` on a machine with internet (then copy "
-        f"its HF_HOME here and set HF_HOME), or pass --weights /path/to/folder saved with save_pretrained, "
-        f"or --weights none for random init"
-    )
-
-
-def load_wav2vec2(source: str) -> tuple[Any, Any]:
-    """``(Wav2Vec2Model, Wav2Vec2FeatureExtractor)`` from a hub id or a local folder via the real
-    ``from_pretrained`` (HF cache, HF_HUB_OFFLINE honoured, never remote code)."""
-    from transformers import Wav2Vec2FeatureExtractor, Wav2Vec2Model
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the extraction runner draws the only progress bar
-    p = Path(source).expanduser()
-    local = p.exists()
-    if local and not (p / "config.json").is_file():
-        raise FerError(f"{p} is not a wav2vec2 model folder (no config.json); save one with save_pretrained")
-    src = str(p) if local else source
-    try:
-        # FER_OFFLINE too means cache only (HF_HUB_OFFLINE is honoured by huggingface_hub itself)
-        model = Wav2Vec2Model.from_pretrained(src, trust_remote_code=False, local_files_only=local or offline())
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise _missing_model(source, e) from None
-    try:
-        fe = Wav2Vec2FeatureExtractor.from_pretrained(src, local_files_only=local or offline())
-    except (OSError, ValueError):
-        fe = None  # some checkpoints ship no preprocessor config: derive it from the model config
-    return model, fe
-
-
-def _feature_extractor_for(config: Any) -> Any:
-    from transformers import Wav2Vec2FeatureExtractor
-
-    # As the hub's large (layer-norm) checkpoints say: normalise, and pass an attention mask.
-    layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0,
-                                    do_normalize=True, return_attention_mask=layer_norm)
-
-
-class Wav2Vec2Audio(_AudioBase):
-    """Mean-pooled hidden states of every wav2vec2 layer, ``(L+1, D)`` per clip."""
-
-    def __init__(self, weights: str | None = None, device: torch.device | str = "cpu", model: str | None = None,
-                 max_seconds: float = 30.0, seed: int = 0):
+    def __init__(self, backbone: str = "wav2vec2", weights: str | None = None, device: torch.device | str = "cpu",
+                 model: str | None = None, max_seconds: float = 30.0, seed: int = 0, precision: str | None = None):
         """
-        ``weights``: None (the ``model`` checkpoint, default DEFAULT_WAV2VEC2), a hub id or a local
-        folder saved with ``save_pretrained``, or ``none`` (random init, seeded, from ``model``'s
-        config when it is a local folder, else the default architecture).
-        ``max_seconds``: longer clips are cut to their first ``max_seconds`` (attention is quadratic).
+        ``backbone``: ``wav2vec2`` (``weights`` None = the ``model`` checkpoint, default DEFAULT_WAV2VEC2, a hub
+        id, a local folder saved with ``save_pretrained``, or ``none``: random init, seeded, from ``model``'s
+        config when it is a local folder, else the default architecture), or ``hf:<id or folder>`` (any speech
+        encoder; ``weights`` None or ``none``).
+        ``max_seconds``: longer clips are cut to their first ``max_seconds`` (attention is quadratic;
+        Whisper's window caps it too).
         """
+        from fer.extract.backbones.hf import hf_speech_encoder, local_folder
+
         if not 0.5 <= max_seconds <= 600:
             raise FerError(f"audio max_seconds must be in [0.5, 600], got {max_seconds}")
-        self.max_seconds, self.seed = float(max_seconds), seed
-        source = model or DEFAULT_WAV2VEC2
-        if weights is not None and str(weights).lower() == "none":
-            self.model, self.fe, self.weights, self.slug = self._random(source, seed)
+        self.seed = seed
+        if backbone == "wav2vec2":
+            none = weights is not None and str(weights).lower() == "none"
+            source = (model or DEFAULT_WAV2VEC2) if none or weights is None else str(weights)
+            config = default_wav2vec2_config() if none and local_folder(source) is None else None
+            enc = hf_speech_encoder(source, "none" if none else None, seed, backbone_arg="wav2vec2", config=config)
+            self.family = "wav2vec2"  # fer's name for its default: the spec stays what it always was
+        elif backbone.startswith("hf:"):
+            if model is not None:
+                raise FerError("--model applies to the wav2vec2 backbone; with hf: the model is the part after hf:")
+            enc = hf_speech_encoder(backbone[3:], weights, seed)
+            self.family = slug(enc.model_type)
         else:
-            source = weights or source
-            self.model, fe = load_wav2vec2(source)
-            self.fe = fe or _feature_extractor_for(self.model.config)
-            self.weights, self.slug = self._identity(source)
-        self.model = self.model.float().eval()
+            raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
+                           f"(e.g. {SPEECH_HINT})")
+        self.backbone, self.encoder = backbone, enc
+        self.model, self.fe, self.weights, self.slug = enc.model, enc.feature_extractor, enc.weights, enc.tag
+        self.layers, self.width = enc.layers, enc.width
         cfg = self.model.config
-        self.layers, self.width = int(cfg.num_hidden_layers) + 1, int(cfg.hidden_size)
-        # Group-norm feature encoders (wav2vec2-base) normalise over time, padding included, so they
-        # must see each clip unpadded; layer-norm ones (large) take an attention mask and batch.
-        self.batch_padded = getattr(cfg, "feat_extract_norm", "group") == "layer"
-        self.min_samples = self._receptive_field()
+        self.whisper = enc.kind == "whisper"
+        if self.whisper:
+            self.window_s = float(self.fe.n_samples) / SAMPLE_RATE
+            max_seconds = min(float(max_seconds), self.window_s)
+            self.batch_padded, self.min_samples = True, 1
+        else:
+            # Group-norm feature encoders (wav2vec2-base) normalise over time, padding included, so they
+            # must see each clip unpadded; layer-norm ones (large) take an attention mask and batch.
+            self.batch_padded = getattr(cfg, "feat_extract_norm", "group") == "layer"
+            self.min_samples = self._receptive_field()
+        self.max_seconds = float(max_seconds)
+        self.requested_precision = precision
         self.device = torch.device("cpu")
         self.to(device)
 
-    def _random(self, source: str, seed: int) -> tuple[Any, Any, dict[str, Any], str]:
-        from transformers import Wav2Vec2Config, Wav2Vec2Model
-
-        p = Path(source).expanduser()
-        if p.is_dir() and (p / "config.json").is_file():
-            cfg, name = Wav2Vec2Config.from_pretrained(str(p)), p.name
-        else:
-            cfg, name = default_wav2vec2_config(), source.rsplit("/", 1)[-1]
-        model = random_init(lambda: Wav2Vec2Model(cfg), seed)
-        ident = {"id": f"random, seed {seed}", "sha256": None, "architecture": name}
-        return model, _feature_extractor_for(cfg), ident, f"{_slug(name)}-none-s{seed}"
-
-    def _identity(self, source: str) -> tuple[dict[str, Any], str]:
-        p = Path(source).expanduser()
-        commit = getattr(self.model.config, "_commit_hash", None)
-        f = _weights_file(str(p) if p.is_dir() else source, commit)
-        sha = sha256_file(f) if f else None
-        if p.is_dir():
-            ident = {"id": str(p.resolve()), "sha256": sha}
-            return ident, f"{_slug(p.name)}-{sha[:8]}" if sha else _slug(p.name)
-        return {"id": f"hf:{source}", "sha256": sha, "revision": commit}, _slug(source.rsplit("/", 1)[-1])
+    def to(self, device: torch.device | str) -> "SpeechAudio":
+        self.device = torch.device(device)
+        family = "hf-whisper" if self.whisper else "hf-speech"  # measured apart (benchmarks/results/precision.md)
+        self.precision = prec.resolve_precision(self.requested_precision, self.device, family)
+        prec.prepare_device(self.device, self.precision, fixed_shapes=self.whisper)
+        self.model.to(self.device)
+        return self
 
     def _receptive_field(self) -> int:
         n = 1
@@ -225,37 +166,51 @@ class Wav2Vec2Audio(_AudioBase):
 
     @property
     def spec(self) -> str:
-        s = f"audio.wav2vec2.{self.slug}.mean.16k"
-        return s if self.max_seconds == 30.0 else f"{s}.max{self.max_seconds:g}s"
+        s = f"audio.{self.family}.{self.slug}.mean.16k"
+        s = s if self.max_seconds == 30.0 else f"{s}.max{self.max_seconds:g}s"
+        return s + prec.spec_suffix(self.precision)
 
     @property
     def row_shape(self) -> tuple[int, ...]:
         return (self.layers, self.width)
 
     def provenance(self) -> dict[str, Any]:
+        if self.whisper:
+            fe = self.fe
+            how = (f"{type(fe).__name__}: {fe.feature_size} log-mel bands, hop {fe.hop_length}, padded to the "
+                   f"model's {self.window_s:g} s window; encoder frames past the audio are left out of the mean")
+        else:
+            how = f"zero-mean unit-variance per clip ({type(self.fe).__name__})"
         return {
             "modality": "audio",
-            "backbone": "wav2vec2",
+            "backbone": self.backbone,
+            "model_type": self.encoder.model_type,
             "weights": self.weights,
-            "layer": "all (row index 0 = feature projection, i = transformer layer i)",
+            "layer": "all (row index 0 = the input embedding, i = transformer layer i)",
+            "width": self.width,
             "sample_rate": SAMPLE_RATE,
             "max_seconds": self.max_seconds,
+            **prec.provenance(self.precision, self.device),
             "preprocessing": (
                 "audio demuxed with PyAV (or read with soundfile), downmixed to mono and resampled to 16 kHz by "
-                f"libswresample, cut to the first {self.max_seconds:g} s, zero-mean unit-variance per clip "
-                "(Wav2Vec2FeatureExtractor)"
+                f"libswresample, cut to the first {self.max_seconds:g} s, {how}"
             ),
             "output": "hidden states of every layer, mean over the clip's valid frames; mask False = no usable audio",
             "silence_peak": SILENCE_PEAK,
         }
 
-    def load(self, record: ClipRecord) -> tuple[np.ndarray | None, str | None]:
+    def load(self, record: ClipRecord) -> tuple[Any, str | None]:
         x, note = self._read(record)
-        if x is not None and x.size < self.min_samples:
-            return None, f"audio shorter than one wav2vec2 frame ({x.size} samples)"
-        if x is not None:
-            x = np.asarray(self.fe(x, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0], np.float32)
-        return x, note
+        if x is None:
+            return None, note
+        if self.whisper:
+            out = self.fe(x, sampling_rate=SAMPLE_RATE, return_tensors="np", return_attention_mask=True)
+            mel_frames = int(out.attention_mask[0].sum())
+            # Whisper's second convolution halves the frame rate (stride 2, padding 1): ceil(frames / 2)
+            return (np.asarray(out.input_features[0], np.float32), (mel_frames + 1) // 2), note
+        if x.size < self.min_samples:
+            return None, f"audio shorter than one {self.family} frame ({x.size} samples)"
+        return np.asarray(self.fe(x, sampling_rate=SAMPLE_RATE, return_tensors="np").input_values[0], np.float32), note
 
     @torch.inference_mode()
     def embed(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,9 +226,19 @@ class Wav2Vec2Audio(_AudioBase):
                 by_len.setdefault(len(items[i][0]), []).append(i)
             groups = list(by_len.values())
         for g in groups:
-            data[g] = self._pooled([items[i][0] for i in g])
+            data[g] = self._whisper([items[i][0] for i in g]) if self.whisper else self._pooled([items[i][0] for i in g])
             mask[g] = True
         return data, mask
+
+    def _mean_over_frames(self, hidden_states: Any, frames: torch.Tensor) -> torch.Tensor:
+        dev = self.device
+        if len(hidden_states) != self.layers:
+            raise RuntimeError(f"the model returned {len(hidden_states)} hidden states, expected {self.layers}")
+        frames = frames.to(dev)
+        fm = (torch.arange(hidden_states[0].shape[1], device=dev)[None] < frames[:, None]).float()  # (B, T)
+        denom = fm.sum(1, keepdim=True).clamp(min=1)
+        pooled = [(h.float() * fm[..., None]).sum(1) / denom for h in hidden_states]  # each (B, D)
+        return torch.stack(pooled, 1).cpu()
 
     def _pooled(self, waves: list[np.ndarray]) -> torch.Tensor:
         dev = self.device
@@ -284,18 +249,19 @@ class Wav2Vec2Audio(_AudioBase):
         am = (torch.arange(x.shape[1])[None] < lengths[:, None]).long()
         x = x.to(dev)
         kwargs = {"attention_mask": am.to(dev)} if self.batch_padded else {}
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            with torch.autocast("cuda", dtype=dtype):
-                out = self.model(x, output_hidden_states=True, **kwargs)
-        else:
+        with prec.autocast(dev, self.precision):
             out = self.model(x, output_hidden_states=True, **kwargs)
-        hs = out.hidden_states
-        frames = self.frame_lengths(lengths).to(dev)
-        fm = (torch.arange(hs[0].shape[1], device=dev)[None] < frames[:, None]).float()  # (B, T)
-        denom = fm.sum(1, keepdim=True).clamp(min=1)
-        pooled = [(h.float() * fm[..., None]).sum(1) / denom for h in hs]  # each (B, D)
-        return torch.stack(pooled, 1).cpu()
+        return self._mean_over_frames(out.hidden_states, self.frame_lengths(lengths))
+
+    def _whisper(self, items: list[tuple[np.ndarray, int]]) -> torch.Tensor:
+        x = torch.from_numpy(np.stack([f for f, _ in items])).to(self.device)
+        with prec.autocast(self.device, self.precision):
+            out = self.model(x, output_hidden_states=True)
+        return self._mean_over_frames(out.hidden_states, torch.tensor([n for _, n in items]))
+
+
+Wav2Vec2Audio = SpeechAudio
+"""The name this extractor had when it ran wav2vec2 only."""
 
 
 # ---------------------------------------------------------------- log-mel
@@ -409,14 +375,18 @@ def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, 
     """The audio extractor for ``backend``.
 
     wav2vec2: ``weights`` None (DEFAULT_WAV2VEC2) | hub id | local folder | ``none``; ``model``,
-    ``max_seconds``, ``seed`` in ``kw``. mel: ``weights`` must be None/``none``; ``n_mels``, ``win_ms``,
-    ``hop_ms``, ``seconds``, ``fmin``, ``fmax`` in ``kw``.
+    ``max_seconds``, ``seed``, ``precision`` in ``kw``. ``hf:<id or folder>``: any speech encoder, ``weights``
+    None or ``none``. mel: ``weights`` must be None/``none``; ``n_mels``, ``win_ms``, ``hop_ms``, ``seconds``,
+    ``fmin``, ``fmax`` in ``kw``.
     """
-    if backend == "wav2vec2":
-        return Wav2Vec2Audio(weights=weights, device=device, **kw)
+    if backend == "wav2vec2" or backend.startswith("hf:"):
+        return SpeechAudio(backend, weights=weights, device=device, **kw)
     if backend == "mel":
         if weights not in (None, "none"):
             raise FerError("the mel audio backend has no weights; leave --weights out")
         kw.pop("seed", None)
+        if (kw.pop("precision", None) or "auto") not in ("fp32", "auto"):
+            raise FerError("the mel audio backend runs in fp32 only; leave --precision out")
         return MelAudio(device=device, **kw)
-    raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
+                   f"(e.g. {SPEECH_HINT})")

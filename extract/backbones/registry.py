@@ -16,11 +16,12 @@ DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2ve
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-          size: int | None = None, frames: int | None = None, seed: int = 0, **_: Any) -> Extractor:
+          size: int | None = None, frames: int | None = None, seed: int = 0, precision: str | None = None,
+          **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
-    return FaceExtractor(weights=weights or "imagenet", layer=layer or "pool", size=size or 224, frames=frames or 16,
-                         device=device, seed=seed)
+    return FaceExtractor(weights=weights, layer=layer, size=size, frames=frames or 16, device=device, seed=seed,
+                         backbone=backend, precision=precision)
 
 
 def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
@@ -37,6 +38,8 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
         kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
     if backend != "keypointrcnn":
         kw.pop("seed", None)  # only the torchvision model has a random init
+    if (kw.pop("precision", None) or "auto") not in ("auto", "fp32"):
+        raise FerError("the pose backends run in fp32 only; leave --precision out")
     return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
 
 
@@ -49,14 +52,37 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
     except ImportError as e:
         raise FerError(f"the audio backends are not available ({e})") from None
     kw.pop("size", None)
-    if backend != "wav2vec2":
+    if backend == "mel":
         kw.pop("seed", None)  # mel has no weights
     return make_audio_extractor(backend, weights, device, **kw)
 
 
 FACTORIES: dict[str, Callable[..., Extractor]] = {"face": _face, "pose": _pose, "audio": _audio}
 
-FACE_BACKBONES = ("resnet18",)
+FACE_BACKBONES = ("resnet18", "<any torchvision classification model>", "hf:<model id or folder>", "timm:<model name>")
+"""What ``--backbone`` takes for the face (the torchvision names: ``torchvision.models.list_models``)."""
+AUDIO_BACKBONES = ("wav2vec2", "mel", "hf:<speech model id or folder>")
+
+
+def _absolute(value: str | None) -> str | None:
+    """A path that exists, made absolute (so `fer predict` finds it from any folder); anything else as is."""
+    from pathlib import Path
+
+    if not value or value.lower() in ("none", "auto", "imagenet", "coco"):
+        return value
+    p = Path(value).expanduser()
+    return str(p.resolve()) if p.exists() else value
+
+
+def normalize_backbone(backbone: str) -> str:
+    """Lower-case a backbone name, but keep what follows ``hf:``/``timm:`` as written (paths, hub ids)."""
+    b = backbone.strip()
+    prefix, sep, rest = b.partition(":")
+    if sep and prefix.lower() in ("hf", "timm"):
+        if not rest.strip():
+            raise FerError(f"--backbone {backbone!r} names no model after {prefix.lower()}:")
+        return f"{prefix.lower()}:{rest.strip()}"
+    return b.lower()
 
 
 def resolve_device(device: str) -> torch.device:
@@ -88,19 +114,32 @@ def make_extractor(
 ) -> Extractor:
     """Build the extractor for ``modality`` (face|pose|audio) and ``backbone`` (default per modality).
 
-    Extra keywords (``layer``, ``size``, ``frames``, ``seed``) go to the modality's factory.
+    ``backbone``: face ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio
+    ``wav2vec2`` | ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``.
+    Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: $FER_PRECISION or auto by
+    default) go to the modality's factory.
     """
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
-    backend = (backbone or DEFAULT_BACKBONE[modality]).lower()
-    if modality == "face" and backend not in FACE_BACKBONES:
-        raise FerError(f"unknown face backbone {backend!r}; choose from {', '.join(FACE_BACKBONES)}")
+    backend = normalize_backbone(backbone or DEFAULT_BACKBONE[modality])
+    if backend.startswith("hf:"):
+        backend = "hf:" + str(_absolute(backend[3:]))
+    weights = _absolute(weights)
+    if kw.get("model"):
+        kw["model"] = _absolute(kw["model"])
+    if modality == "pose" and backend.startswith(("hf:", "timm:")):
+        raise FerError(f"--backbone {backend} is not a pose backend; choose keypointrcnn or openpifpaf")
+    if modality == "audio" and backend.startswith("timm:"):
+        raise FerError(f"--backbone {backend} is an image model; audio takes {', '.join(AUDIO_BACKBONES)}")
     dev = resolve_device(device) if isinstance(device, str) else device
     kw = {k: v for k, v in kw.items() if v is not None}
     weights = resolve_auto_weights(modality, backend, weights)
     extractor = FACTORIES[modality](backend, weights, dev, **kw)
-    # recorded in the feature set's provenance, so `fer predict` can rebuild exactly this extractor
+    # recorded in the feature set's provenance, so `fer predict` can rebuild exactly this extractor;
+    # the precision as resolved (never auto), so the rebuilt one computes in the precision training saw
     extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
+    if getattr(extractor, "precision", None):
+        extractor.build_args["precision"] = extractor.precision
     return extractor
 
 
@@ -110,6 +149,8 @@ def extractor_from_provenance(provenance: dict[str, Any], device: str | torch.de
     if not isinstance(args, dict) or "modality" not in args:
         spec = provenance.get("spec", "this feature set")
         raise FerError(f"{spec} does not record how it was extracted (made by an older fer): re-extract it")
+    args = dict(args)
+    args.setdefault("precision", "fp32")  # sets made before fer recorded a precision were fp32 on the CPU
     return make_extractor(device=device, **args)
 
 

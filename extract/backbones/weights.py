@@ -60,7 +60,7 @@ def torchvision_file(weights_enum: Any) -> Path:
     return hub_checkpoint_dir() / os.path.basename(weights_enum.url)
 
 
-def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True) -> Path:
+def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True, fetch_cmd: str = "fer weights fetch") -> Path:
     """Return the cached file of a torchvision weights enum, downloading it when allowed.
 
     Offline (or the download fails) and not cached: FerError saying which file to put where.
@@ -70,7 +70,7 @@ def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True) ->
         return path
     how = (
         f"put {path.name} (from {weights_enum.url}) into {path.parent}/ "
-        f"(TORCH_HOME/hub/checkpoints), or run `fer weights fetch` on a machine with internet and copy "
+        f"(TORCH_HOME/hub/checkpoints), or run `{fetch_cmd}` on a machine with internet and copy "
         f"its TORCH_HOME here, or pass --weights PATH|none"
     )
     if not download or offline():
@@ -121,6 +121,28 @@ def random_init(build: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Mod
         return build()
 
 
+def load_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str,
+                 optional_missing: tuple[str, ...] = (), discard: tuple[str, ...] = ()) -> None:
+    """Load ``state`` into ``model`` strictly, except for the keys the caller expects to differ.
+
+    ``optional_missing``: key prefixes the state may lack (e.g. ``fc.`` of a backbone saved without its head);
+    ``discard``: key prefixes of parts the caller removes afterwards (a classifier head): never loaded,
+    never required. Anything else that does not fit is a one-line FerError naming a key.
+    """
+    state = {k: v for k, v in state.items() if not k.startswith(discard)} if discard else state
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != tuple(shapes[k])]
+    if wrong:
+        raise FerError(f"{source} does not fit {what}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
+                       f"expected {tuple(shapes[wrong[0]])}")
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(optional_missing + discard)]
+    if missing or result.unexpected_keys:
+        bad = (missing or result.unexpected_keys)[:3]
+        kind = "lacks" if missing else "has unexpected"
+        raise FerError(f"{source} does not fit {what}: it {kind} keys such as {', '.join(bad)}")
+
+
 def resolve_torchvision(
     weights: str,
     *,
@@ -131,12 +153,16 @@ def resolve_torchvision(
     seed: int = 0,
     optional_missing: tuple[str, ...] = (),
     strip: tuple[str, ...] = ("module.", "backbone."),
+    discard: Callable[[torch.nn.Module], tuple[str, ...]] | None = None,
+    fetch_cmd: str = "fer weights fetch",
 ) -> tuple[torch.nn.Module, WeightsIdentity]:
     """Build a torchvision model from ``--weights`` (``imagenet``-style alias, enum name, ``none``, PATH).
 
     ``build(weights_enum_or_None)`` makes the model; ``weights_cls`` is its torchvision weights enum;
     ``default`` the alias (``imagenet``, ``coco``) meaning ``weights_cls.DEFAULT``;
-    ``optional_missing`` key prefixes a loaded state dict may lack (e.g. ``fc.`` for a fine-tuned backbone).
+    ``optional_missing`` key prefixes a loaded state dict may lack (e.g. ``fc.`` for a fine-tuned backbone);
+    ``discard(model)`` the key prefixes of the built model that the caller removes (its classifier head);
+    ``fetch_cmd`` the command named when the weights are not cached.
     """
     w = (weights or default).strip()
     if w.lower() == "none":
@@ -148,14 +174,14 @@ def resolve_torchvision(
     elif w in getattr(weights_cls, "__members__", {}):
         enum = weights_cls[w]
     if enum is not None:
-        file = fetch_torchvision(enum, what=what)
+        file = fetch_torchvision(enum, what=what, fetch_cmd=fetch_cmd)
         model = random_init(lambda: build(None), seed)
         try:
             state = torch.load(file, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
         except Exception as e:
             raise FerError(f"{what} weights file {file} is unreadable or truncated ({type(e).__name__}); "
-                           f"delete it and run `fer weights fetch`, or copy it again from {enum.url}") from None
+                           f"delete it and run `{fetch_cmd}`, or copy it again from {enum.url}") from None
+        load_checked(model, state, source=str(file), what=what, discard=discard(model) if discard else ())
         tag = default.lower() if enum == weights_cls.DEFAULT else w.lower()
         return model, WeightsIdentity(f"torchvision:{weights_cls.__name__}.{enum.name}", sha256_file(file), tag)
     path = Path(w).expanduser()
@@ -166,17 +192,8 @@ def resolve_torchvision(
         raise FerError(f"--weights {path} is a folder; give the state dict or checkpoint file inside it")
     state = read_state_dict(path, strip)
     model = random_init(lambda: build(None), seed)
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    wrong = [k for k, v in state.items() if k in shapes and tuple(v.shape) != tuple(shapes[k])]
-    if wrong:
-        raise FerError(f"{path} does not fit {what}: {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
-                       f"expected {tuple(shapes[wrong[0]])}")
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.startswith(optional_missing)]
-    if missing or result.unexpected_keys:
-        bad = (missing or result.unexpected_keys)[:3]
-        kind = "lacks" if missing else "has unexpected"
-        raise FerError(f"{path} does not fit {what}: it {kind} keys such as {', '.join(bad)}")
+    load_checked(model, state, source=str(path), what=what, optional_missing=optional_missing,
+                 discard=discard(model) if discard else ())
     sha = sha256_file(path)
     return model, WeightsIdentity(str(path.resolve()), sha, f"{_safe_stem(path)}-{sha[:8]}")
 
@@ -203,22 +220,40 @@ def _tv(name: str, enum_path: str, what: str) -> WeightSource:
     return WeightSource(name, fetch)
 
 
-def _hf(name: str) -> WeightSource:
+def _hf(name: str, model_id: Callable[[], str]) -> WeightSource:
     def fetch() -> str:
-        model_id = default_wav2vec2_id()
+        mid = model_id()
         if offline():
-            raise FerError(f"cannot fetch {model_id}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine with internet")
+            raise FerError(f"cannot fetch {mid}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine with internet")
         try:
-            from transformers import AutoFeatureExtractor, Wav2Vec2Model
+            from huggingface_hub import snapshot_download
 
-            Wav2Vec2Model.from_pretrained(model_id)
-            AutoFeatureExtractor.from_pretrained(model_id)
+            # configs (model, image processor, feature extractor) and the weights in one format
+            folder = snapshot_download(mid, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+            if not any(Path(folder).glob("*.safetensors")):
+                folder = snapshot_download(mid, allow_patterns=["*.json", "*.bin", "*.txt"])
         except Exception as e:
-            raise FerError(f"could not download {model_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            raise FerError(f"could not download {mid} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                            "check the network, or copy an HF cache (HF_HOME) from a machine that has it") from None
-        return f"{model_id} (HF cache)"
+        return f"{mid} (HF cache {folder})"
 
     return WeightSource(name, fetch)
+
+
+def _timm(name: str) -> WeightSource:
+    def fetch() -> str:
+        if offline():
+            raise FerError(f"cannot fetch timm:{name}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine with internet")
+        import timm
+
+        try:
+            timm.create_model(name, pretrained=True, num_classes=0)
+        except Exception as e:
+            raise FerError(f"could not download timm:{name} weights ({type(e).__name__}: "
+                           f"{(str(e).splitlines() or [''])[0][:200]}); check the network and the model name") from None
+        return f"timm:{name} (HF cache / TORCH_HOME)"
+
+    return WeightSource(f"face.timm:{name}", fetch)
 
 
 def default_wav2vec2_id() -> str:
@@ -228,20 +263,66 @@ def default_wav2vec2_id() -> str:
     return DEFAULT_WAV2VEC2
 
 
+def _torchvision_default(name: str) -> Any:
+    """The DEFAULT weights enum of a torchvision classification model (FerError for an unknown name)."""
+    from fer.extract.backbones.torchvision_models import classification_models
+
+    if name not in classification_models():
+        raise FerError(f"unknown backbone {name!r}: not a torchvision classification model, nor hf:<id> or timm:<name>")
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name).DEFAULT
+
+
+def backbone_source(backbone: str, modality: str | None = None) -> WeightSource:
+    """What `fer weights fetch --backbone NAME` downloads: ``resnet18`` or any torchvision classification
+    model, ``hf:<id>`` (config, processor and weights into the HF cache), ``timm:<name>``, ``wav2vec2``,
+    ``keypointrcnn``."""
+    from fer.extract.backbones.registry import normalize_backbone
+
+    b = normalize_backbone(backbone)
+    if b.startswith("hf:"):
+        if Path(b[3:]).expanduser().exists():
+            raise FerError(f"{b[3:]} is a local folder: nothing to fetch")
+        return _hf(f"{modality or 'model'}.{b}", lambda: b[3:])
+    if b.startswith("timm:"):
+        return _timm(b[5:])
+    if b == "wav2vec2":
+        return SOURCES["audio"][0]
+    if b == "keypointrcnn":
+        return SOURCES["pose"][0]
+    if b in ("mel", "openpifpaf"):
+        raise FerError(f"{b} has no weights to fetch")
+    enum = _torchvision_default(b)
+    return WeightSource(f"face.{b}", lambda: str(fetch_torchvision(enum, what=f"torchvision {b}",
+                                                                   fetch_cmd=f"fer weights fetch --backbone {b}")))
+
+
 def pretrained_available(modality: str, backend: str) -> tuple[bool, str]:
     """Whether ``backend``'s default pretrained weights are in the local cache (no download), and how to get them."""
-    how = ("Get them with `fer weights fetch` on a machine with internet and copy its TORCH_HOME "
+    how = (f"Get them with `fer weights fetch --backbone {backend}` on a machine with internet and copy its TORCH_HOME "
            "(~/.cache/torch) and HF_HOME (~/.cache/huggingface) here.")
     if backend in ("mel", "openpifpaf"):
         return True, ""  # mel needs no weights; openpifpaf manages its own
-    if modality == "audio":
+    if backend.startswith("hf:") or (modality == "audio" and backend == "wav2vec2"):
         from huggingface_hub import try_to_load_from_cache
 
-        return isinstance(try_to_load_from_cache(default_wav2vec2_id(), "config.json"), str), how
-    if modality == "face":
-        from torchvision.models import ResNet18_Weights as enum_cls
+        source = backend[3:] if backend.startswith("hf:") else default_wav2vec2_id()
+        if Path(source).expanduser().is_dir():
+            return True, how
+        return isinstance(try_to_load_from_cache(source, "config.json"), str), how
+    if backend.startswith("timm:"):
+        import timm
 
-        enum = enum_cls.IMAGENET1K_V1
+        from fer.extract.backbones.timm_models import _cached_pretrained
+
+        try:
+            cfg = timm.models.get_pretrained_cfg(backend[5:])
+        except Exception:
+            cfg = None
+        return cfg is not None and _cached_pretrained(cfg) is not None, how
+    if modality == "face":
+        enum = _torchvision_default(backend)
     else:
         from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights as enum_cls
 
@@ -258,13 +339,15 @@ SOURCES: dict[str, list[WeightSource]] = {
             "Keypoint R-CNN COCO",
         )
     ],
-    "audio": [_hf("audio.wav2vec2")],
+    "audio": [_hf("audio.wav2vec2", default_wav2vec2_id)],
 }
 """Default weights per modality, in the order `fer weights fetch` gets them."""
 
 
-def fetch_all(modalities: list[str] | None = None, echo: Callable[[str], None] = print) -> dict[str, str]:
-    """Download every default weight set (or those of ``modalities``); returns name -> where or error.
+def fetch_all(modalities: list[str] | None = None, echo: Callable[[str], None] = print,
+              backbones: list[str] | None = None) -> dict[str, str]:
+    """Download every default weight set (or those of ``modalities``, or the named ``backbones``);
+    returns name -> where or error.
 
     Keeps going after a failure so one unreachable host does not block the others; raises FerError at
     the end when any failed.
@@ -273,17 +356,20 @@ def fetch_all(modalities: list[str] | None = None, echo: Callable[[str], None] =
     unknown = [m for m in mods if m not in SOURCES]
     if unknown:
         raise FerError(f"unknown modality {unknown[0]!r}; choose from {', '.join(SOURCES)}")
+    if backbones:
+        todo = [backbone_source(b, modalities[0] if modalities and len(modalities) == 1 else None) for b in backbones]
+    else:
+        todo = [src for m in mods for src in SOURCES[m]]
     results: dict[str, str] = {}
     failed = []
-    for m in mods:
-        for src in SOURCES[m]:
-            try:
-                results[src.name] = src.fetch()
-                echo(f"ok      {src.name}: {results[src.name]}")
-            except FerError as e:
-                results[src.name] = f"error: {e}"
-                failed.append(src.name)
-                echo(f"failed  {src.name}: {e}")
+    for src in todo:
+        try:
+            results[src.name] = src.fetch()
+            echo(f"ok      {src.name}: {results[src.name]}")
+        except FerError as e:
+            results[src.name] = f"error: {e}"
+            failed.append(src.name)
+            echo(f"failed  {src.name}: {e}")
     if failed:
         raise FerError(f"{len(failed)} weight set(s) not fetched ({', '.join(failed)}); see the lines above")
     return results

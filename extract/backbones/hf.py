@@ -1,0 +1,357 @@
+"""Hugging Face encoders: vision (CLIP's vision tower, DINOv2, ViT, ...) and speech (wav2vec2, HuBERT,
+WavLM, data2vec-audio, Whisper's encoder), from a hub id or a local folder saved with ``save_pretrained``.
+
+Loading goes through transformers' own ``from_pretrained`` (the HF cache; ``HF_HUB_OFFLINE`` and
+``FER_OFFLINE`` mean cache only; never remote code). Preprocessing is the model's own: its image
+processor (run on the extractor's device) or its feature extractor. ``--weights none`` builds the
+architecture from the model's config with seeded random weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from fer.cache.errors import FerError
+from fer.cache.provenance import sha256_file
+from fer.extract.backbones.image import ImageEncoder, check_layer, slug
+from fer.extract.backbones.weights import offline, random_init
+
+
+# ---------------------------------------------------------------- shared: sources, identity, errors
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """No progress bars or load reports from transformers (the runner draws the only progress bar)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def local_folder(source: str) -> Path | None:
+    """The folder ``source`` names, or None for a hub id; FerError for a folder without config.json."""
+    p = Path(source).expanduser()
+    if not p.exists():
+        return None
+    if not (p / "config.json").is_file():
+        raise FerError(f"{p} is not a Hugging Face model folder (no config.json); save one with save_pretrained")
+    return p
+
+
+def missing_model(source: str, e: BaseException, backbone: str) -> FerError:
+    """The one-line error for a model that is neither a local folder nor in the HF cache (offline)."""
+    hf_home = os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    first = (str(e).splitlines() or [type(e).__name__])[0][:160]
+    return FerError(
+        f"model {source!r} could not be loaded ({type(e).__name__}: {first}); it is not in the Hugging Face "
+        f"cache ({hf_home}) or not reachable offline: run `fer weights fetch --backbone {backbone}` on a machine "
+        f"with internet (then copy its HF_HOME here and set HF_HOME), or give a folder saved with save_pretrained, "
+        f"or --weights none for random init"
+    )
+
+
+def weights_file(folder_or_id: str, revision: str | None = None) -> Path | None:
+    """The weights file behind a local folder or a cached hub id, if it can be found."""
+    names = ("model.safetensors", "pytorch_model.bin")
+    p = Path(folder_or_id).expanduser()
+    if p.is_dir():
+        return next((p / n for n in names if (p / n).is_file()), None)
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        for n in names:
+            f = try_to_load_from_cache(folder_or_id, n, revision=revision)
+            if isinstance(f, str) and os.path.isfile(f):
+                return Path(f)
+    except Exception:
+        return None
+    return None
+
+
+def identity(source: str, model: Any) -> tuple[dict[str, Any], str]:
+    """(provenance weights entry, spec tag) of a loaded model: a folder by path and sha256, a hub id by
+    id, revision and sha256 (its tag is the id's name, as fer always named wav2vec2 sets)."""
+    folder = local_folder(source)
+    commit = getattr(model.config, "_commit_hash", None)
+    f = weights_file(str(folder) if folder else source, commit)
+    sha = sha256_file(f) if f else None
+    if folder is not None:
+        ident = {"id": str(folder.resolve()), "sha256": sha}
+        return ident, f"{slug(folder.name)}-{sha[:8]}" if sha else slug(folder.name)
+    return {"id": f"hf:{source}", "sha256": sha, "revision": commit}, slug(source.rsplit("/", 1)[-1])
+
+
+def random_identity(source: str, seed: int) -> tuple[dict[str, Any], str]:
+    """(weights entry, tag) of random init from ``source``'s config."""
+    name = Path(source).name if local_folder(source) else source.rsplit("/", 1)[-1]
+    return {"id": f"random, seed {seed}", "sha256": None, "architecture": name}, f"{slug(name)}-none-s{seed}"
+
+
+def load_config(source: str, backbone: str) -> Any:
+    """``AutoConfig`` of a folder or (cached) hub id."""
+    from transformers import AutoConfig
+
+    folder = local_folder(source)
+    try:
+        with quiet_transformers():
+            return AutoConfig.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline(),
+                                              trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise missing_model(source, e, backbone) from None
+
+
+def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+    """``cls.from_pretrained(source)`` with a strict check: a key the checkpoint lacks (beyond the
+    ``allowed_missing`` prefixes, parts fer does not use) or a mismatched shape is a FerError, since
+    transformers would fill it with random numbers. Returns the model and the keys it lacked."""
+    folder = local_folder(source)
+    try:
+        with quiet_transformers():
+            model, info = cls.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline(),
+                                              trust_remote_code=False, output_loading_info=True)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise missing_model(source, e, backbone) from None
+    missing = sorted(info.get("missing_keys") or [])
+    bad = [k for k in missing if not k.startswith(allowed_missing)]
+    mismatched = list(info.get("mismatched_keys") or [])
+    if bad or mismatched:
+        what = f"lacks {', '.join(bad[:3])}" if bad else f"has other shapes for {', '.join(map(str, mismatched[:3]))}"
+        raise FerError(f"{source} does not fit {cls.__name__}: the checkpoint {what} (they would be random)")
+    return model, missing
+
+
+# ---------------------------------------------------------------- vision
+CLIP_TYPES = ("clip", "clip_vision_model")
+POOLER_TYPES = CLIP_TYPES + ("dinov2", "siglip", "siglip_vision_model")
+"""Models whose ``pooler_output`` is the normalised CLS embedding (ViT's pooler is a trained dense+tanh
+for classification only, so ViT-like models give the final CLS token instead)."""
+
+
+class HFImageModel(nn.Module):
+    """A transformers vision model as ``(N, 3, S, S) -> (N, D)``: pooled/CLS embedding or CLIP's projection."""
+
+    def __init__(self, model: nn.Module, take: str, interpolate: bool):
+        super().__init__()
+        self.model, self.take, self.interpolate = model, take, interpolate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kw = {"interpolate_pos_encoding": True} if self.interpolate else {}
+        out = self.model(pixel_values=x, **kw)
+        if self.take == "proj":
+            return out.image_embeds
+        if self.take == "pooler" or out.last_hidden_state.dim() != 3:
+            return out.pooler_output.flatten(1)
+        return out.last_hidden_state[:, 0]
+
+
+class HFImageProcess(nn.Module):
+    """The model's own image processor (transformers' torchvision backend) on uint8 frames on the device."""
+
+    def __init__(self, processor: Any, overrides: dict[str, Any]):
+        super().__init__()
+        self.processor, self.overrides = processor, overrides
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.processor(images=x, return_tensors="pt", **self.overrides)["pixel_values"]
+        return out.to(x.device, torch.float32)
+
+
+def _native_side(processor: Any) -> tuple[int, int]:
+    """(input side after crop, resize side) the processor uses at its own resolution."""
+    def side(d: Any) -> int | None:
+        if d is None:
+            return None
+        get = d.get if isinstance(d, dict) else (lambda k: getattr(d, k, None))
+        return get("shortest_edge") or get("height")
+
+    crop = side(getattr(processor, "crop_size", None)) if getattr(processor, "do_center_crop", False) else None
+    resize = side(getattr(processor, "size", None))
+    if crop is None and resize is None:
+        raise FerError(f"{type(processor).__name__} names no image size; save the model's image processor config")
+    return int(crop or resize), int(resize or crop)
+
+
+def _describe_processor(processor: Any, overrides: dict[str, Any]) -> str:
+    keys = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
+            "do_normalize", "image_mean", "image_std")
+    parts = []
+    for k in keys:
+        v = overrides.get(k, getattr(processor, k, None))
+        v = {a: b for a, b in dict(v).items() if b} if hasattr(v, "items") or hasattr(v, "keys") else v
+        if hasattr(v, "__dict__") and not isinstance(v, (int, float, str)):
+            v = {a: b for a, b in vars(v).items() if b}
+        parts.append(f"{k}={list(v) if isinstance(v, tuple) else v}")
+    return f"{type(processor).__name__} on the device: " + ", ".join(parts)
+
+
+def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None = None, size: int | None = None,
+                      seed: int = 0) -> ImageEncoder:
+    """A Hugging Face vision encoder for ``hf:<source>``; ``layer`` pool (default) or proj (CLIP's image embedding)."""
+    from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, CLIPVisionModelWithProjection
+
+    backbone_arg = f"hf:{source}"
+    cfg = load_config(source, backbone_arg)
+    mtype = str(cfg.model_type)
+    is_clip = mtype in CLIP_TYPES
+    layer = check_layer(layer, ("pool", "proj") if is_clip else ("pool",), f"{backbone_arg} ({mtype})")
+    cls = (CLIPVisionModelWithProjection if layer == "proj" else CLIPVisionModel) if is_clip else AutoModel
+    w = (weights or "").strip().lower()
+    if w and w != "none":
+        raise FerError(f"--weights {weights} does not apply to {backbone_arg}: point hf: at the model folder or id, "
+                       "or use --weights none for random init")
+    missing: list[str] = []
+    if w == "none":
+        if is_clip:
+            from transformers import CLIPVisionConfig
+
+            vcfg = cfg.vision_config if mtype == "clip" else cfg
+            cfg = vcfg if isinstance(vcfg, CLIPVisionConfig) else CLIPVisionConfig(**vcfg.to_dict())
+        elif hasattr(cfg, "vision_config"):
+            raise FerError(f"{backbone_arg} is a {mtype} model with a vision tower fer does not know; "
+                           "use a vision model (CLIP, DINOv2, ViT, ...)")
+        model = random_init(lambda: AutoModel.from_config(cfg) if cls is AutoModel else cls(cfg), seed)
+        ident, tag = random_identity(source, seed)
+    else:
+        model, missing = from_pretrained(cls, source, backbone_arg, allowed_missing=("pooler.",))
+        ident, tag = identity(source, model)
+    model = model.float().eval()
+    folder = local_folder(source)
+    try:
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline())
+    except (OSError, ValueError) as e:
+        raise FerError(f"{backbone_arg} has no image processor config (preprocessor_config.json) to take its "
+                       f"preprocessing from ({type(e).__name__}); save the processor with save_pretrained") from None
+    crop, resize = _native_side(processor)
+    size = size or crop
+    overrides: dict[str, Any] = {}
+    if size != crop:  # the model's own recipe at another input side: same resize-to-crop ratio
+        overrides = {"size": {"shortest_edge": int(round(size * resize / crop))}, "crop_size": {"height": size, "width": size},
+                     "do_center_crop": True}
+    take = "proj" if layer == "proj" else ("pooler" if mtype in POOLER_TYPES else "cls")
+    interpolate = size != int(getattr(getattr(model, "config", cfg), "image_size", size)) and \
+        "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
+    wrapped = HFImageModel(model, take, interpolate).eval()
+    with torch.inference_mode():
+        width = int(wrapped(torch.zeros(1, 3, size, size)).shape[-1])
+    family = mtype.replace("_vision_model", "")
+    output = {"proj": "CLIP projected image embedding (image_embeds)",
+              "pooler": "pooled embedding (pooler_output: normalised CLS token)",
+              "cls": "CLS token of the last hidden state"}[take]
+    extra = {"model_type": mtype, "model_class": type(model).__name__}
+    if missing:
+        extra["unused_missing_keys"] = missing[:20]
+    return ImageEncoder(
+        backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped, preprocess=HFImageProcess(processor, overrides),
+        weights=ident, tag=tag, size=size, out_shape=(width,), layer=layer,
+        preprocessing=_describe_processor(processor, overrides), output=output, extra=extra,
+    )
+
+
+# ---------------------------------------------------------------- speech
+SPEECH_HINT = "hf:facebook/hubert-base-ls960, hf:microsoft/wavlm-base-plus, hf:openai/whisper-base"
+
+
+@dataclass
+class SpeechEncoder:
+    """A speech model that returns every layer's hidden states, with its own feature extractor."""
+
+    model: nn.Module
+    """wav2vec2-style model, or Whisper's encoder."""
+    feature_extractor: Any
+    kind: str
+    """``conv`` (a strided CNN on the waveform: wav2vec2, HuBERT, WavLM, data2vec-audio) or ``whisper`` (log-mel)."""
+    model_type: str
+    weights: dict[str, Any]
+    tag: str
+    layers: int
+    """Hidden states per clip: the input embedding then each Transformer layer."""
+    width: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _speech_classes(cfg: Any) -> tuple[Any, str]:
+    from transformers import AutoModel, WhisperModel
+
+    if cfg.model_type == "whisper":
+        return WhisperModel, "whisper"
+    if hasattr(cfg, "conv_kernel") and hasattr(cfg, "conv_stride"):
+        return AutoModel, "conv"
+    raise FerError(f"model type {cfg.model_type!r} is not a speech encoder fer can pool (wav2vec2, HuBERT, WavLM, "
+                   f"data2vec-audio, Whisper ...); e.g. {SPEECH_HINT}")
+
+
+def conv_feature_extractor(config: Any) -> Any:
+    """A Wav2Vec2FeatureExtractor matching ``config`` for checkpoints that ship none."""
+    from transformers import Wav2Vec2FeatureExtractor
+
+    # As the hub's large (layer-norm) checkpoints say: normalise, and pass an attention mask.
+    layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
+    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
+                                    do_normalize=True, return_attention_mask=layer_norm)
+
+
+def _derived_feature_extractor(cfg: Any, kind: str) -> Any:
+    from transformers import WhisperFeatureExtractor
+
+    if kind == "whisper":
+        return WhisperFeatureExtractor(feature_size=int(cfg.num_mel_bins))
+    return conv_feature_extractor(cfg)
+
+
+def _feature_extractor(source: str, cfg: Any, kind: str) -> Any:
+    from transformers import AutoFeatureExtractor
+
+    folder = local_folder(source)
+    try:
+        with quiet_transformers():
+            return AutoFeatureExtractor.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline())
+    except (OSError, ValueError):  # some checkpoints ship no preprocessor config: derive it from the model config
+        return _derived_feature_extractor(cfg, kind)
+
+
+def hf_speech_encoder(source: str, weights: str | None = None, seed: int = 0, backbone_arg: str | None = None,
+                      config: Any = None) -> SpeechEncoder:
+    """A Hugging Face speech encoder from ``source`` (hub id or folder); ``weights`` None or ``none``.
+
+    ``config`` (for ``none``): the architecture to build when ``source`` has none available offline.
+    """
+    from transformers import AutoModel
+
+    backbone_arg = backbone_arg or f"hf:{source}"
+    w = (weights or "").strip().lower()
+    if w and w != "none":
+        raise FerError(f"--weights {weights} does not apply to {backbone_arg}: point it at the model folder or id, "
+                       "or use --weights none for random init")
+    cfg = config if (w == "none" and config is not None) else load_config(source, backbone_arg)
+    cls, kind = _speech_classes(cfg)
+    if w == "none":
+        model = random_init(lambda: cls.from_config(cfg) if cls is AutoModel else cls(cfg), seed)
+        ident, tag = random_identity(source, seed)
+    else:
+        # masked_spec_embed is the SpecAugment mask vector: used in training only, absent from some checkpoints
+        model, _ = from_pretrained(cls, source, backbone_arg, allowed_missing=("masked_spec_embed",))
+        ident, tag = identity(source, model)
+        cfg = model.config
+    # random init from a built-in config reads nothing from the hub: its feature extractor is derived
+    fe = (_feature_extractor(source, cfg, kind) if w != "none" or local_folder(source)
+          else _derived_feature_extractor(cfg, kind))
+    if kind == "whisper":
+        model = model.get_encoder()
+        layers, width = int(cfg.encoder_layers) + 1, int(cfg.d_model)
+    else:
+        layers, width = int(cfg.num_hidden_layers) + 1, int(cfg.hidden_size)
+    return SpeechEncoder(model=model.float().eval(), feature_extractor=fe, kind=kind, model_type=str(cfg.model_type),
+                         weights=ident, tag=tag, layers=layers, width=width)
