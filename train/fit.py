@@ -1,7 +1,8 @@
-"""The training loop for one fold: in-memory batches, validation-based selection, one test pass at the end.
+"""The training loop for one fold: batches from a batch source, validation-based selection, one test pass at the end.
 
-Batches are index tensors into feature tensors that live on the device (no per-sample Dataset).
-A checkpoint is written after every epoch (tensors and primitives only, so `torch.load(...,
+Where batches come from (feature tensors on the device, in host memory, or streamed from the store; fixed
+or drawn frames) is the batch source's business (fer.train.batches); the loop reads top to bottom.
+A checkpoint is written every CHECKPOINT_EVERY_S (tensors and primitives only, so `torch.load(...,
 weights_only=True)` reads it): an interrupted fold resumes from it and reproduces the same numbers.
 """
 
@@ -19,11 +20,13 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
+from fer.train.batches import EVAL_BATCH, BatchSource, MemorySource, frame_plans
 from fer.train.config import TrainConfig
 from fer.train.features import LoadedFeatures, ModalityData
 from fer.train.losses import LossFn, make_loss
 from fer.train.metrics import confusion_matrix, per_class_recall, uar, war
-from fer.train.model import FerModel, make_batch
+from fer.train.model import FerModel
+from fer.train.sampling import epoch_order
 from fer.train.splits import FoldSplit
 
 Log = Callable[[str], None]
@@ -72,14 +75,24 @@ def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
-    """(len(rows), C) logits in eval mode, batched."""
+def predict(model: nn.Module, source: BatchSource, rows: np.ndarray, cfg: TrainConfig) -> torch.Tensor:
+    """(len(rows), C) logits in eval mode, batched; with several views, the log of their mean probabilities."""
     model.eval()
-    bs = max(cfg.batch_size, 256)
-    outs = [model(make_batch(sets, rows[i:i + bs], cfg)) for i in range(0, len(rows), bs)]
-    return torch.cat(outs) if outs else torch.zeros(0, model.head[-1].out_features, device=rows.device)
+    out = None
+    for views, where in source.evaluate(np.asarray(rows, dtype=np.int64), max(cfg.batch_size, EVAL_BATCH)):
+        logits = [model(v) for v in views]
+        if len(logits) > 1:  # average the views' probabilities, kept as log-probabilities (a valid logit vector)
+            z = torch.logsumexp(torch.stack([torch.log_softmax(x, dim=1) for x in logits]), dim=0) - math.log(len(logits))
+        else:
+            z = logits[0]
+        if out is None:
+            out = torch.empty(len(rows), z.shape[1], dtype=z.dtype, device=z.device)
+        out[where] = z
+    return out if out is not None else torch.zeros(0, model.head[-1].out_features)
 
 
+DRAW_SEED = 7919
+"""Offset of the frame/view generator's seed from the fold's seed (a stream apart from the batch order's)."""
 CHECKPOINT_EVERY_S = 30.0
 """Seconds between mid-fold checkpoints (the first epoch and the last are always saved)."""
 
@@ -98,34 +111,38 @@ def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
-def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, ModalityData], split: FoldSplit,
+def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | Mapping[str, ModalityData], split: FoldSplit,
              device: torch.device, *, checkpoint: Path, backbone: nn.Module | None = None, resume: bool = False,
              on_epoch: Callable[[list[dict[str, float]]], None] | None = None, log: Log = print) -> FoldResult:
     """Train one fold and evaluate its test rows once with the selected state.
 
-    `sets` are the feature sets already on `device`; `backbone` (with --finetune layer4) is the ResNet-18
-    whose layer4 is trained on the layer3 maps; `checkpoint` is rewritten every epoch; with
-    `resume` an unfinished checkpoint there is continued (same numbers as an uninterrupted run).
+    `source` gives the batches (fer.train.batches; in-memory feature sets are wrapped in a MemorySource on
+    `device`); `backbone` (with --finetune layer4) is the ResNet-18 whose layer4 is trained on the layer3 maps;
+    `checkpoint` is rewritten every CHECKPOINT_EVERY_S; with `resume` an unfinished checkpoint there is
+    continued (same numbers as an uninterrupted run).
     """
+    if isinstance(source, Mapping):
+        source = MemorySource(source, cfg, frame_plans(source, cfg), device)
     t_start = time.perf_counter()
     fold = split.fold
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
     num_classes = features.num_classes
-    model = FerModel(cfg, sets, num_classes=num_classes,
+    model = FerModel(cfg, source.model_sets, num_classes=num_classes,
                      layer4=backbone.layer4 if backbone is not None else None).to(device)
-    train_rows = torch.from_numpy(split.train).to(device)
     if cfg.normalize:
-        model.fit_input_norm(sets, train_rows, cfg)
+        model.fit_input_norm(lambda m: source.norm_chunks(m, split.train))
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # batch order (on the host: a streamed epoch is planned there)
+    draw = torch.Generator(device=device).manual_seed(seed + DRAW_SEED)  # frames and views, on the device
     labels_np = features.labels
     loss_fn: LossFn = make_loss(cfg.loss, train_labels=labels_np[split.train], num_classes=num_classes, device=device)
     dist = torch.from_numpy(features.dist).to(device)
     labels = torch.from_numpy(labels_np).to(device)
     val_rows = torch.from_numpy(split.val).to(device)
     has_val = len(split.val) > 0
+    val_source = source.hold(split.val) if has_val else None
     select_last = cfg.select == "last" or not has_val
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
 
@@ -142,6 +159,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
             gen.set_state(ck["generator"])
+            if "draw" in ck:
+                draw.set_state(ck["draw"])
             torch.set_rng_state(ck["rng"])
             if device.type == "cuda" and "cuda_rng" in ck:
                 torch.cuda.set_rng_state(ck["cuda_rng"], device)
@@ -152,21 +171,19 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
             elapsed_before = float(ck.get("seconds", 0.0))
             log(f"fold {fold}: resuming after epoch {start}")
 
-    n = len(train_rows)
-    bs = cfg.batch_size
     epoch = start
     last_save, saved_epoch = -math.inf, start
     for epoch in range(start + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         model.train()
-        order = train_rows[torch.randperm(n, generator=gen).to(device)]
+        order = epoch_order(split.train, labels_np, balance=cfg.balance, gen=gen)
         total = torch.zeros((), device=device)
         seen = 0
-        for i in range(0, n, bs):
-            idx = order[i:i + bs]
+        for batch in source.epoch(order, draw=draw, gen=gen):
+            idx = batch.idx
             if has_bn and len(idx) < 2:
                 break  # batch norm cannot train on one sample
-            logits = model(make_batch(sets, idx, cfg))
+            logits = model(batch.inputs)
             loss = loss_fn(logits, dist[idx], labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +198,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
             raise FerError(f"non-finite training loss in fold {fold} epoch {epoch}: the features hold NaN/Inf values "
                            f"or --lr {cfg.lr} is too high; {where}")
         if has_val:
-            vlogits = predict(model, sets, val_rows, cfg)
+            vlogits = predict(model, val_source, split.val, cfg)
             val_loss = float(loss_fn(vlogits, dist[val_rows], labels[val_rows]))
             vpred = vlogits.argmax(1).cpu().numpy()
             vtrue = labels_np[split.val]
@@ -214,7 +231,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         if time.perf_counter() - last_save >= CHECKPOINT_EVERY_S:
             ck = {"fold": fold, "epoch": epoch, "complete": False, "model": _cpu(model.state_dict()),
                   "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-                  "generator": gen.get_state(), "rng": torch.get_rng_state(), "best_epoch": best_epoch,
+                  "generator": gen.get_state(), "draw": draw.get_state(), "rng": torch.get_rng_state(),
+                  "best_epoch": best_epoch,
                   "best_score": best_score, "best_tie": best_tie, "bad_epochs": bad, "history": history, "config": cfg.to_dict(),
                   "seconds": elapsed_before + time.perf_counter() - t_start}
             if device.type == "cuda":
@@ -234,8 +252,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, sets: Mapping[str, Moda
         best_epoch = epochs_run
     else:
         model.load_state_dict(best_state)
-    test_rows = torch.from_numpy(split.test).to(device)
-    probs = torch.softmax(predict(model, sets, test_rows, cfg), dim=1).float().cpu().numpy()
+    probs = torch.softmax(predict(model, source, split.test, cfg), dim=1).float().cpu().numpy()
     y_true = labels_np[split.test]
     y_pred = probs.argmax(1)
     seconds = elapsed_before + time.perf_counter() - t_start
