@@ -126,8 +126,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             key = union if not base.allow_incomplete else tuple(cfg.modalities)
             if key not in loaded:
                 log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
-                loaded[key] = load_features(str(store_path), key, specs=specs,
-                                            allow_incomplete=base.allow_incomplete, log=log)
+                loaded[key] = load_features(str(store_path), key, specs=specs, allow_incomplete=base.allow_incomplete,
+                                            stream=base.stream, log=log)
             return loaded[key]
 
         for i, cfg in enumerate(todo, 1):
