@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-SCRIPTS = ["bench_store.py", "bench_extract.py", "bench_extract_media.py", "bench_train.py"]
+SCRIPTS = ["bench_store.py", "bench_extract.py", "bench_extract_media.py", "bench_train.py", "bench_stream.py"]
 
 if __name__ == "__main__":
     for name in SCRIPTS:
