@@ -144,14 +144,14 @@ def option(name: str) -> ConfigOption:
 
 
 def config_from_options(values: dict[str, Any]) -> TrainConfig:
-    """A TrainConfig from `fer train` option values (tuples still as text; anything else typed)."""
+    """A TrainConfig from option values (tuples as text or already parsed; anything else typed)."""
     kw = {}
     for o in config_options():
         if o.name not in values:
             continue
         v = values[o.name]
         if o.kind == "tuple":
-            v = o.parse(v)
+            v = tuple(v) if isinstance(v, (tuple, list)) else o.parse(v)  # text, or a sweep's parsed value
         elif v is not None and o.kind in ("str", "str?"):
             v = str(v)
         kw[o.name] = v
