@@ -12,7 +12,8 @@ for a resident copy of the validation rows (``hold``). Two sources:
 
 Both turn raw rows into model inputs with the same FramePlan on the training device (face frames and
 views) and fer.train.model.make_batch (pose, audio), so a streamed run differs from an in-memory one only
-in the order of its batches.
+in the order of its batches. (On the CPU a stream buffer is on the training device: frames are drawn from
+it directly; on a GPU a batch's raw rows are copied over and drawn there.)
 """
 
 from __future__ import annotations
@@ -304,6 +305,18 @@ class StreamSource:
                                 torch.from_numpy(self._mask[which][m])[idx].to(self.device), md.provenance)
                 for m, md in self.sets.items()}
 
+    def _inputs(self, which: int, local: np.ndarray, *, train: bool, draw: torch.Generator | None = None,
+                view: int | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for buffer rows ``local``. On the CPU the buffers are on the training device: frames are
+        drawn from them directly (no copy of the raw rows); elsewhere the raw rows are copied to the device and
+        drawn there."""
+        if self.device.type == "cpu":
+            sets = {m: ModalityData(md.spec, torch.from_numpy(self._data[which][m]), torch.from_numpy(self._mask[which][m]),
+                                    md.provenance) for m, md in self.sets.items()}
+            return make_inputs(sets, torch.from_numpy(local), self.cfg, self.plans, train=train, draw=draw, view=view)
+        rows = torch.arange(len(local), device=self.device)
+        return make_inputs(self._take(which, local), rows, self.cfg, self.plans, train=train, draw=draw, view=view)
+
     def _in_block_order(self, rows: np.ndarray, batch: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """(buffer, buffer rows, positions in ``rows``) in store order, at most ``batch`` clips at a time."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -340,7 +353,8 @@ class StreamSource:
                     yield self._batch(*carry, draw)
                     carry = None
             while carry is None and len(local) - i >= bs:
-                yield self._batch(self._take(which, local[i:i + bs]), pos[i:i + bs], draw)
+                yield Batch(self._inputs(which, local[i:i + bs], train=True, draw=draw),
+                            torch.from_numpy(pos[i:i + bs]).to(self.device))
                 i += bs
             if i < len(local):
                 carry = (self._take(which, local[i:]), pos[i:])
@@ -355,9 +369,7 @@ class StreamSource:
     def evaluate(self, rows: np.ndarray, batch: int = EVAL_BATCH) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]:
         """(inputs of every view, positions in ``rows``) per batch, in store order, frames at the segment centres."""
         for which, local, where in self._in_block_order(rows, batch):
-            sets = self._take(which, local)
-            ar = torch.arange(len(local), device=self.device)
-            views = [make_inputs(sets, ar, self.cfg, self.plans, train=False, view=v) for v in range(self.views)]
+            views = [self._inputs(which, local, train=False, view=v) for v in range(self.views)]
             yield views, torch.from_numpy(where).to(self.device)
 
     def norm_chunks(self, modality: str, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
