@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -247,64 +248,60 @@ def weights_fetch(
 
 
 # ---------------------------------------------------------------- train
-@app.command("train")
-def train_cmd(
-    store: Path = typer.Argument(..., help="Feature store made by `fer extract` (.zarr or .h5)."),
-    modalities: str = typer.Option("face", "--modalities", "-m", help="face[,pose][,audio]."),
-    fusion: str = typer.Option("none", "--fusion", help="none (face only) | fc | transformer."),
-    loss: str = typer.Option("kl", "--loss", help="kl (votes) | mse | ce | wce (class-weighted ce)."),
-    fold: str = typer.Option("1", "--fold", help="Official fold 1..5, a list like 1,3, or all."),
-    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs per fold."),
-    lr: float = typer.Option(1e-4, "--lr", help="Learning rate."),
-    weight_decay: float = typer.Option(1e-2, "--weight-decay", help="Weight decay."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Clips per step."),
-    optimizer: str = typer.Option("adamw", "--optimizer", help="adam | adamw."),
-    scheduler: str = typer.Option("plateau", "--scheduler", help="plateau (on val loss) | cosine | none."),
-    layers: int = typer.Option(6, "--layers", help="Transformer encoder layers."),
-    heads: int = typer.Option(8, "--heads", help="Attention heads."),
-    ff: int = typer.Option(2048, "--ff", help="Encoder feed-forward width."),
-    hidden: int = typer.Option(512, "--hidden", help="Decision network hidden width."),
-    dropout: float = typer.Option(0.1, "--dropout", help="Dropout."),
-    modality_dropout: float = typer.Option(
-        0.0, "--modality-dropout", min=0.0, max=0.95,
-        help="With fusion: share of training clips whose face is blanked per step, so pose/audio get used.",
-    ),
-    normalize: bool = typer.Option(True, "--normalize/--no-normalize", help="Standardise face/audio features with the training split's statistics."),
-    audio_layer: Optional[str] = typer.Option(
-        None, "--audio-layer",
-        help="Audio hidden state to use: an index (default: the last), or weighted (a learned softmax-weighted sum "
-        "of every stored layer, SUPERB-style; the weights are saved in the run folder).",
-    ),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of the training fold held out for validation."),
-    select: str = typer.Option("best", "--select", help="best (by validation) | last epoch."),
-    monitor: str = typer.Option("uar", "--monitor", help="Validation score for selection/early stopping: uar | loss."),
-    patience: int = typer.Option(10, "--patience", help="Early stopping patience in epochs (0: off)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (same seed + store on CPU -> same metrics)."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run folder (default runs/<modalities>-<fusion>-<loss>-f<fold>)."),
-    face: Optional[str] = typer.Option(None, "--face", help="Face feature-set spec (default: the store's only one)."),
-    pose: Optional[str] = typer.Option(None, "--pose", help="Pose feature-set spec."),
-    audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
-    allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the unfinished run in --out."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write confusion/PR/curve PNGs at the end."),
-    finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
-) -> None:
-    """Train the face Transformer (+ pose/audio fusion) on cached features over the official folds."""
-    from fer.train.config import TrainConfig, parse_folds, parse_modalities
-    from fer.train.layer_mix import parse_audio_layer
+STORE_HELP = "Feature store made by `fer extract` (.zarr or .h5)."
+
+
+def _config_command(name: str, *, sweep: bool, extra: list[inspect.Parameter] = ()):
+    """Register a command whose options are TrainConfig's fields (fer.train.options: the field's type, flag and
+    docstring); the decorated body receives them as keyword arguments."""
+    from fer.train.options import config_options
+
+    def typed(o) -> tuple[Any, Any]:
+        if sweep and o.sweepable:
+            return Optional[str], typer.Option(None, *o.flags, help=f"{_escape(o.help)} One value or a comma list "
+                                               f"(';' for {o.flag[2:]}): a grid axis. [default: {o.default}]",
+                                               show_default=False)
+        if o.kind == "bool":
+            flags = (f"{o.flag}/--no-{o.flag[2:]}",) if o.default else o.flags
+            return bool, typer.Option(o.default, *flags, help=_escape(o.help))
+        tp = {"int": int, "float": float, "str": str, "int?": Optional[int], "str?": Optional[str], "tuple": str,
+              "parsed": Optional[str]}[o.kind]
+        return tp, typer.Option(o.default, *o.flags, help=_escape(o.help))
+
+    def register(body):
+        params = [inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+                                    default=typer.Argument(..., help=STORE_HELP))]
+        params += list(extra)
+        taken = {p.name for p in params}
+        for o in config_options():
+            if o.name in taken or (sweep and o.name == "resume"):
+                continue
+            tp, default = typed(o)
+            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp, default=default))
+
+        def command(**kw: Any) -> None:
+            body(**kw)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__doc__ = body.__doc__
+        command.__name__ = body.__name__
+        app.command(name)(command)
+        return body
+
+    return register
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")  # rich markup would read [0, 1) as a tag
+
+
+@_config_command("train", sweep=False)
+def train_cmd(store: Path, **options: Any) -> None:
+    """Train the face Transformer (+ pose/audio fusion) on cached features over the store's folds."""
+    from fer.train.options import config_from_options
     from fer.train.run import train_run
 
-    cfg = TrainConfig(
-        modalities=parse_modalities(modalities), face=face, pose=pose, audio=audio, fusion=fusion, loss=loss,
-        folds=parse_folds(fold), epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-        optimizer=optimizer, scheduler=scheduler, layers=layers, heads=heads, ff=ff, hidden=hidden, dropout=dropout,
-        modality_dropout=modality_dropout, normalize=normalize,
-        audio_layer=parse_audio_layer(audio_layer), val_fraction=val_fraction, select=select, monitor=monitor, patience=patience,
-        seed=seed, device=device, out=str(out) if out is not None else None, allow_incomplete=allow_incomplete,
-        finetune=finetune, resume=resume, plots=plots,
-    )
-    train_run(cfg, str(store), log=lambda line: typer.echo(line))
+    train_run(config_from_options(options), str(store), log=lambda line: typer.echo(line))
 
 
 # ---------------------------------------------------------------- report
@@ -328,59 +325,21 @@ def report_cmd(
 
 
 # ---------------------------------------------------------------- sweep
-_LIST = "One value or a comma list (a grid axis); default as in `fer train`."
+_SWEEP_OUT = inspect.Parameter(
+    "out", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
+    default=typer.Option(Path("runs/sweep"), "--out", "-o", help="Folder for the run folders and report.md; rerun with "
+                         "the same --out to resume a killed sweep."))
 
 
-@app.command("sweep")
-def sweep_cmd(
-    store: Path = typer.Argument(..., help="Feature store made by `fer extract` (.zarr or .h5)."),
-    out: Path = typer.Option(Path("runs/sweep"), "--out", "-o", help="Folder for the run folders and report.md; "
-                             "rerun with the same --out to resume a killed sweep."),
-    fusion: Optional[str] = typer.Option(None, "--fusion", help=f"none | fc | transformer. {_LIST}"),
-    loss: Optional[str] = typer.Option(None, "--loss", help=f"kl | mse | ce | wce. {_LIST}"),
-    modalities: Optional[str] = typer.Option(None, "--modalities", "-m",
-                                             help="face[,pose][,audio]; several sets separated by ';', e.g. 'face;face,audio'."),
-    fold: Optional[str] = typer.Option(None, "--fold", help="1..5, a list like 1,3, or all (every run); "
-                                       "';' makes folds a grid axis, e.g. '1;2'."),
-    epochs: Optional[str] = typer.Option(None, "--epochs", help=_LIST),
-    lr: Optional[str] = typer.Option(None, "--lr", help=_LIST),
-    weight_decay: Optional[str] = typer.Option(None, "--weight-decay", help=_LIST),
-    batch_size: Optional[str] = typer.Option(None, "--batch-size", help=_LIST),
-    optimizer: Optional[str] = typer.Option(None, "--optimizer", help=f"adam | adamw. {_LIST}"),
-    scheduler: Optional[str] = typer.Option(None, "--scheduler", help=f"plateau | cosine | none. {_LIST}"),
-    layers: Optional[str] = typer.Option(None, "--layers", help=_LIST),
-    heads: Optional[str] = typer.Option(None, "--heads", help=_LIST),
-    ff: Optional[str] = typer.Option(None, "--ff", help=_LIST),
-    hidden: Optional[str] = typer.Option(None, "--hidden", help=_LIST),
-    dropout: Optional[str] = typer.Option(None, "--dropout", help=_LIST),
-    modality_dropout: Optional[str] = typer.Option(None, "--modality-dropout", help=_LIST),
-    audio_layer: Optional[str] = typer.Option(None, "--audio-layer", help=f"audio hidden state (last: the last; weighted: learned mix). {_LIST}"),
-    val_fraction: Optional[str] = typer.Option(None, "--val-fraction", help=_LIST),
-    select: Optional[str] = typer.Option(None, "--select", help=f"best | last. {_LIST}"),
-    monitor: Optional[str] = typer.Option(None, "--monitor", help=f"uar | loss. {_LIST}"),
-    patience: Optional[str] = typer.Option(None, "--patience", help=_LIST),
-    seed: Optional[str] = typer.Option(None, "--seed", help=f"Random seed. {_LIST}"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    face: Optional[str] = typer.Option(None, "--face", help="Face feature-set spec (default: the store's only one)."),
-    pose: Optional[str] = typer.Option(None, "--pose", help="Pose feature-set spec."),
-    audio: Optional[str] = typer.Option(None, "--audio", help="Audio feature-set spec."),
-    allow_incomplete: bool = typer.Option(False, "--allow-incomplete", help="Train on the clips done in every feature set."),
-    finetune: Optional[str] = typer.Option(None, "--finetune", help="layer4: fine-tune ResNet-18 layer4 on cached layer3 maps."),
-    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write each run's confusion/PR/curve PNGs."),
-) -> None:
+@_config_command("sweep", sweep=True, extra=[_SWEEP_OUT])
+def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
-    from fer.train.config import TrainConfig
-    from fer.train.sweep import parse_grid, sweep
+    from fer.train.options import config_from_options, option, parse_grid
+    from fer.train.sweep import sweep
 
-    grid, single = parse_grid({
-        "fusion": fusion, "loss": loss, "modalities": modalities, "folds": fold, "epochs": epochs, "lr": lr,
-        "weight_decay": weight_decay, "batch_size": batch_size, "optimizer": optimizer, "scheduler": scheduler,
-        "layers": layers, "heads": heads, "ff": ff, "hidden": hidden, "dropout": dropout, "modality_dropout": modality_dropout,
-        "audio_layer": audio_layer,
-        "val_fraction": val_fraction, "select": select, "monitor": monitor, "patience": patience, "seed": seed,
-    })
-    base = TrainConfig(**single, face=face, pose=pose, audio=audio, device=device,
-                       allow_incomplete=allow_incomplete, finetune=finetune, plots=plots)
+    texts = {k: v for k, v in options.items() if option(k).sweepable}
+    grid, single = parse_grid(texts)
+    base = config_from_options({**{k: v for k, v in options.items() if k not in texts}, **single})
     sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")))
 
 

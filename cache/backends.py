@@ -100,28 +100,42 @@ class RawChunks:
 def read_raw_chunks(raw: RawChunks, chunk_rows: int, start_chunk: int, stop_chunk: int, n: int,
                     out: np.ndarray) -> None:
     """Read chunks [start_chunk, stop_chunk) into ``out`` (C-contiguous, rows start_chunk*chunk_rows...)."""
-    row0 = start_chunk * chunk_rows
-    flat = memoryview(out.reshape(-1).view(np.uint8)) if out.size else None
-    row_bytes = out[:1].nbytes if len(out) else 0
-    for c in range(start_chunk, stop_chunk):
-        a, b = c * chunk_rows, min(n, (c + 1) * chunk_rows)
+    read_raw_rows(raw, chunk_rows, start_chunk * chunk_rows, min(n, stop_chunk * chunk_rows), out)
+
+
+def read_raw_rows(raw: RawChunks, chunk_rows: int, start: int, stop: int, out: np.ndarray) -> None:
+    """Read rows [start, stop) into ``out`` (C-contiguous, ``stop - start`` rows): only those rows' bytes.
+
+    Rows lie contiguously inside an uncompressed chunk, so a span that starts or ends mid-chunk costs no more
+    than its own bytes (the trainer's streaming reads spans that need not align with every set's chunks).
+    """
+    if stop <= start:
+        return
+    flat = memoryview(out.reshape(-1).view(np.uint8))
+    row_bytes = out[:1].nbytes
+    r = start
+    while r < stop:
+        c = r // chunk_rows
+        end = min(stop, (c + 1) * chunk_rows)
         loc = raw.where(c)
         if loc is None:
-            out[a - row0 : b - row0] = raw.fill
-            continue
-        path, offset = loc
-        want = (b - a) * row_bytes  # an edge chunk is stored full size; only its first rows are real
-        view = flat[(a - row0) * row_bytes : (b - row0) * row_bytes]
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            got = 0
-            while got < want:
-                k = os.preadv(fd, [view[got:]], offset + got)
-                if k <= 0:
-                    raise OSError(f"chunk {c} in {path} is truncated ({got} of {want} bytes)")
-                got += k
-        finally:
-            os.close(fd)
+            out[r - start : end - start] = raw.fill
+        else:
+            path, offset = loc
+            want = (end - r) * row_bytes
+            view = flat[(r - start) * row_bytes : (end - start) * row_bytes]
+            at = offset + (r - c * chunk_rows) * row_bytes
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                got = 0
+                while got < want:
+                    k = os.preadv(fd, [view[got:]], at + got)
+                    if k <= 0:
+                        raise OSError(f"chunk {c} in {path} is truncated ({got} of {want} bytes)")
+                    got += k
+            finally:
+                os.close(fd)
+        r = end
 
 
 class Backend:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.backends import Backend, format_for, local_path, open_backend, read_raw_chunks
+from fer.cache.backends import Backend, format_for, local_path, open_backend, read_raw_chunks, read_raw_rows
 from fer.cache.errors import FerError
 from fer.cache.locks import ChunkLocks, exclusive, lock_dir_for
 from fer.cache.provenance import library_versions, now_iso
@@ -190,13 +190,25 @@ class FeatureStore:
             if rows.size and (rows.min() < 0 or rows.max() >= self.n):
                 raise FerError(f"rows must lie in 0..{self.n - 1}")
             out = {k: np.empty((len(rows),) + tuple(a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
-            for c, pos in L.group_by_chunk(rows, cr):
-                a0, b0 = L.chunk_span(c, cr, self.n)
-                for k, a in arrays.items():
-                    block = np.asarray(a[a0:b0])
-                    out[k][pos] = block[rows[pos] - a0]
+            spans = {k: _Span(self._b, key(spec), cr) for k, key in
+                     (("data", L.data_key), ("mask", L.mask_key), ("done", L.done_key))}
+            for _, pos in L.group_by_chunk(rows, cr):
+                lo, hi = int(rows[pos].min()), int(rows[pos].max()) + 1  # only the span the rows need
+                for k, span in spans.items():
+                    out[k][pos] = span.read(lo, hi)[rows[pos] - lo]
             ids = self._ids[rows]
         return FeatureSet(spec=spec, data=out["data"], mask=out["mask"], done=out["done"], ids=ids, attrs=attrs)
+
+    def read_masks(self, spec: str) -> tuple[np.ndarray, np.ndarray]:
+        """(mask (N, T) bool, done (N,) bool) of a feature set without its data (small: a reader that streams
+        the data keeps these in memory)."""
+        self.require(spec)
+        mask = np.asarray(self._b.array(L.mask_key(spec))[:], dtype=bool)
+        return mask, np.asarray(self._b.array(L.done_key(spec))[:], dtype=bool)
+
+    def span_reader(self, spec: str) -> SpanReader:
+        """Reads row spans [start, stop) of one feature set (data and mask), its arrays resolved once."""
+        return SpanReader(self, spec)
 
     def _read_all(self, key: str, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
         n = out.shape[0]
@@ -315,6 +327,53 @@ class FeatureStore:
 
     def __repr__(self) -> str:
         return f"FeatureStore({self.path!r}, format={self.format}, n={self.n}, specs={self.specs()})"
+
+
+class _Span:
+    """Row spans of one array: straight from the chunk files where they are uncompressed and local (only the
+    span's bytes), else through the format library."""
+
+    def __init__(self, backend: Backend, key: str, chunk_rows: int) -> None:
+        self._b = backend
+        self.arr = backend.array(key)
+        self.raw = backend.raw_chunks(key, self.arr)
+        self.chunk_rows = chunk_rows
+        self.shape = tuple(self.arr.shape)
+        self.dtype = np.dtype(self.arr.dtype)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if self.raw is not None:
+            read_raw_rows(self.raw, self.chunk_rows, start, stop, out)
+        else:
+            self._b.read_rows(self.arr, start, stop, out)
+        return out
+
+
+class SpanReader:
+    """Contiguous row spans of one feature set, for readers that hold only part of a set at a time.
+
+    Thread-safe for disjoint ``out`` buffers on zarr stores (chunk files are read with os.preadv); HDF5
+    serialises reads behind h5py's lock.
+    """
+
+    def __init__(self, store: FeatureStore, spec: str) -> None:
+        attrs = store.set_attrs(spec)
+        cr = int(attrs["chunk_rows"])
+        self.spec = spec
+        self.n = store.n
+        self._data = _Span(store.backend, L.data_key(spec), cr)
+        self._mask = _Span(store.backend, L.mask_key(spec), cr)
+        self.row_shape: tuple[int, ...] = self._data.shape[1:]
+        self.dtype = self._data.dtype
+        self.chunk_rows = cr
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the data."""
+        if not 0 <= start <= stop <= self.n:
+            raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
+        return self._data.read(start, stop, out), self._mask.read(start, stop).astype(bool, copy=False)
 
 
 def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_names: Sequence[str] | None,

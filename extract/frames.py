@@ -1,9 +1,13 @@
-"""The 16 face frames of one clip, read from the aligned face folders.
+"""The face frames of one clip, read from the aligned face folders: 16 of them, or all of them.
 
-Order of preference: ``faces16`` (DFEW ``clip_224x224_16f``), then ``faces_all`` (DFEW
-``clip_224x224`` or a manifest's face folder) sampled uniformly. A clip with fewer frames than
-wanted is stretched by nearest-index interpolation (frames repeated), as DFEW made its own 16f
-folder; that is reported in the returned info so the runner can record it.
+16 frames: ``faces16`` (DFEW ``clip_224x224_16f``) first, then ``faces_all`` (DFEW ``clip_224x224``,
+MAFW's faces, a manifest's face folder, `fer data faces` output) sampled uniformly. A clip with fewer
+frames than wanted is stretched by nearest-index interpolation (frames repeated), as DFEW made its own
+16f folder; that is reported in the returned info so the runner can record it.
+
+All frames (an all-frame set, ``--frames all``): every frame of ``faces_all`` in order, up to
+``max_frames``; a longer clip keeps ``max_frames`` of them sampled uniformly (segment centres), which the
+note records; a shorter one is padded with zero frames, which its mask marks absent.
 """
 
 from __future__ import annotations
@@ -77,6 +81,40 @@ def read_face_frames(record: ClipRecord, frames: int = 16, size: int = 224) -> t
     """
     paths, info = choose_frames(record, frames)
     out = np.empty((frames, size, size, 3), np.uint8)
+    _read_images(paths, size, out)
+    return out, info
+
+
+def choose_all_frames(record: ClipRecord, max_frames: int = 64) -> tuple[list[Path], str | None]:
+    """Every face frame of the clip's all-frames folder in order, or ``max_frames`` of them sampled uniformly
+    (segment centres) when there are more; the note says so (None when every frame is kept)."""
+    if max_frames < 1:
+        raise ValueError("max_frames must be at least 1")
+    folder = Path(record.faces_all) if record.faces_all is not None else None
+    if folder is None:
+        raise ClipError("no folder of every face frame (DFEW clip_224x224, MAFW faces, a manifest's faces column, "
+                        "`fer data faces` output)")
+    files = list_frames(folder) if folder.is_dir() else []
+    if not files:
+        raise ClipError(f"face folder missing or empty: {folder}")
+    if len(files) <= max_frames:
+        return files, None
+    return [files[i] for i in sample_indices(len(files), max_frames)], f"sampled {max_frames} of {len(files)} frames"
+
+
+def read_all_face_frames(record: ClipRecord, max_frames: int = 64,
+                         size: int = 224) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Decode every face frame of a clip (up to ``max_frames``): ``(max_frames, size, size, 3)`` uint8 RGB with
+    the frames first and zeros after, the ``(max_frames,)`` bool mask of real frames, and the sampling note."""
+    paths, info = choose_all_frames(record, max_frames)
+    out = np.zeros((max_frames, size, size, 3), np.uint8)
+    _read_images(paths, size, out)
+    mask = np.arange(max_frames) < len(paths)
+    return out, mask, info
+
+
+def _read_images(paths: list[Path], size: int, out: np.ndarray) -> None:
+    """Decode ``paths`` into ``out[:len(paths)]`` (RGB, resized to size x size); a repeated path is read once."""
     cache: dict[Path, np.ndarray] = {}
     for i, p in enumerate(paths):
         if p not in cache:
@@ -89,4 +127,3 @@ def read_face_frames(record: ClipRecord, frames: int = 16, size: int = 224) -> t
             except Exception as e:
                 raise ClipError(f"unreadable image {p.name} in {p.parent} ({type(e).__name__})") from None
         out[i] = cache[p]
-    return out, info

@@ -70,13 +70,57 @@ def test_errors_are_one_line(tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "has no fold columns" in r.stderr
 
 
-def test_feature_sets_larger_than_memory_are_refused_up_front(store, tmp_path):
-    env = {**ENV, "FER_MEMORY_BUDGET_GB": "0.000001"}  # 1 kB: smaller than the test store's face set
+def test_feature_sets_larger_than_memory_stream_and_too_large_validation_is_refused(store, tmp_path):
+    env = {**ENV, "FER_MEMORY_BUDGET_GB": "0.00005"}  # 50 kB: under the store's sets, over its validation clips
     r = subprocess.run([sys.executable, "-m", "fer.cli", "train", str(store), "--out", str(tmp_path / "r"),
                         "--epochs", "1", *TINY], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "streaming the feature sets" in r.stdout and (tmp_path / "r" / "metrics.json").is_file()
+    env = {**ENV, "FER_MEMORY_BUDGET_GB": "0.000001"}  # 1 kB: not even the validation clips fit
+    r = subprocess.run([sys.executable, "-m", "fer.cli", "train", str(store), "--out", str(tmp_path / "r2"),
+                        "--epochs", "1", *TINY], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0
-    assert "GB in memory" in r.stderr and "--layer pool" in r.stderr
-    assert not (tmp_path / "r" / "metrics.json").exists()
+    assert "validation clips, held in memory while the rest streams" in r.stderr and "--val-fraction" in r.stderr
+    assert not (tmp_path / "r2" / "config.json").exists()
+
+
+def test_augment_on_a_fixed_frame_set_is_one_line(store, tmp_path):
+    r = _fer("train", store, "--augment", "jitter", "--out", tmp_path / "r", "--epochs", "1")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "extract all of them with `fer extract ROOT -m face --frames all" in r.stderr
+    r = _fer("train", store, "--augment", "blur", "--out", tmp_path / "r", "--epochs", "1")
+    assert r.returncode == 2 and "unknown --augment blur: choose from jitter, flip" in r.stderr
+
+
+def test_every_config_field_is_an_option_with_its_docstring():
+    from fer.train.options import config_options
+
+    for cmd in ("train", "sweep"):
+        r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "300"})
+        assert r.exit_code == 0
+        for o in config_options():
+            if cmd == "sweep" and o.name in ("resume", "out"):  # a sweep resumes by itself; its --out is a folder of runs
+                continue
+            assert o.flag in r.output, (cmd, o.flag)
+            assert " ".join(o.help.split()[:4]) in " ".join(r.output.split()), (cmd, o.name)
+
+
+def test_augmented_training_from_the_cli(tmp_path):
+    from fer.tests.train.synth_store import make_allframe_store
+
+    s = make_allframe_store(tmp_path / "all.zarr", n=70, fixed=None)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["train", str(s), "--augment", "jitter,flip", "--balance", "--segments", "8",
+                                 "--epochs", "2", "--out", str(out), "--no-plots", *TINY])
+    assert r.exit_code == 0, (r.output, r.exception)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["augment"] == ["jitter", "flip"] and cfg["balance"] and cfg["segments"] == 8
+    sweep_out = tmp_path / "sweep"
+    r = CliRunner().invoke(app, ["sweep", str(s), "--augment", "none;jitter", "--balance", "--epochs", "1",
+                                 "--out", str(sweep_out), "--no-plots", *TINY])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert sorted(p.name for p in sweep_out.iterdir() if p.is_dir()) == ["augment-jitter", "augment-none"]
+    assert json.loads((sweep_out / "augment-jitter" / "config.json").read_text())["balance"] is True
 
 
 def test_ctrl_c_then_resume(store, tmp_path):

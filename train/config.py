@@ -15,6 +15,7 @@ SCHEDULERS = ("plateau", "cosine", "none")
 SELECTS = ("best", "last")
 MONITORS = ("uar", "loss")
 FINETUNES = (None, "layer4")
+AUGMENTS = ("jitter", "flip")
 
 
 @dataclass
@@ -84,7 +85,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     out: str | None = None
-    """Run folder; None: runs/<modalities>-<fusion>-<loss>-f<folds>."""
+    """Run folder; None: runs/<modalities>-<fusion>-<loss>[-ft4][-jitter][-flip][-balance]-f<folds>."""
     allow_incomplete: bool = False
     """Train on the rows done in every chosen feature set instead of refusing incomplete sets."""
     finetune: str | None = None
@@ -93,11 +94,28 @@ class TrainConfig:
     """Continue an interrupted run in `out` from the last checkpoint of its unfinished fold."""
     plots: bool = True
     """Write the PNGs (confusion, precision-recall, curves) into `out`/plots at the end."""
+    augment: tuple[str, ...] = ()
+    """Training-time augmentation of the face, any of: jitter (each epoch a random frame inside each of
+    `segments` segments of a clip's valid frames; needs a set extracted with --frames all), flip (a random
+    view per clip: original or mirrored; needs a set extracted with --flip). Evaluation always uses the segment
+    centres and averages the predictions of every stored view."""
+    balance: bool = False
+    """Oversample classes to equal counts per epoch (epochs keep their length: rare classes repeat, frequent ones
+    are subsampled, different clips each epoch)."""
+    segments: int = 16
+    """Face tokens drawn from an all-frame set: one frame per segment, the centre at evaluation (sets with a
+    fixed number of frames are used as they are)."""
+    stream: bool = False
+    """Read the feature sets chunk by chunk while training even when they fit the memory budget (sets larger than
+    FER_MEMORY_BUDGET_GB, default the available memory, always stream)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
             self.modalities = tuple(m.strip() for m in self.modalities.split(",") if m.strip())
         self.modalities = tuple(self.modalities)
+        if isinstance(self.augment, str):
+            self.augment = parse_augment(self.augment)
+        self.augment = tuple(self.augment)
         self.folds = tuple(int(f) for f in self.folds)
 
     def validate(self) -> "TrainConfig":
@@ -119,7 +137,12 @@ class TrainConfig:
             raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is one modality)")
         if any(int(f) < 1 for f in self.folds):
             raise FerError(f"fold {min(self.folds)} does not exist: folds are numbered from 1 (or use --fold all)")
-        for name in ("epochs", "batch_size", "layers", "heads", "ff", "hidden"):
+        bad = [a for a in self.augment if a not in AUGMENTS]
+        if bad:
+            raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} (e.g. --augment jitter,flip)")
+        if self.augment and "face" not in self.modalities:
+            raise FerError(f"--augment {','.join(self.augment)} draws face frames: add face to --modalities")
+        for name in ("epochs", "batch_size", "layers", "heads", "ff", "hidden", "segments"):
             if getattr(self, name) < 1:
                 raise FerError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if not 0.0 <= self.dropout < 1.0:
@@ -137,22 +160,24 @@ class TrainConfig:
         return self
 
     def default_out(self, num_folds: int | None = None) -> str:
-        """runs/<modalities>-<fusion>-<loss>-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
+        """runs/<modalities>-<fusion>-<loss>[-ft4][-jitter][-flip][-balance]-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
         every = not self.folds or (num_folds is not None and sorted(self.folds) == list(range(1, num_folds + 1)))
         folds = "all" if every else "_".join(map(str, self.folds))
         ft = "-ft4" if self.finetune else ""
-        return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}-f{folds}"
+        aug = "".join(f"-{a}" for a in self.augment) + ("-balance" if self.balance else "")
+        return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}{aug}-f{folds}"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["modalities"] = list(self.modalities)
         d["folds"] = list(self.folds)
+        d["augment"] = list(self.augment)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k in ("modalities", "folds") else v) for k, v in d.items() if k in names})
+        return cls(**{k: (tuple(v) if k in ("modalities", "folds", "augment") else v) for k, v in d.items() if k in names})
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -189,6 +214,25 @@ def resolve_folds(folds: tuple[int, ...], fold_names: tuple[str, ...], store: st
     return tuple(folds)
 
 
+WEIGHTED = "weighted"
+"""``--audio-layer weighted``: a learned softmax-weighted sum of every stored layer (fer.train.layer_mix)."""
+
+
+def parse_audio_layer(text: str | int | None) -> int | str | None:
+    """``--audio-layer``: None/``last`` -> None (the last layer), an integer index, or ``weighted``."""
+    if text is None or isinstance(text, int):
+        return text
+    t = str(text).strip().lower()
+    if t in ("", "none", "last"):
+        return None
+    if t == WEIGHTED:
+        return WEIGHTED
+    try:
+        return int(t)
+    except ValueError:
+        raise FerError(f"--audio-layer {text!r}: give a layer index (0 = input embedding), last, or weighted") from None
+
+
 def parse_modalities(text: str) -> tuple[str, ...]:
     """`face,pose` -> ("face", "pose"), checked against the known modalities."""
     mods = tuple(m.strip().lower() for m in str(text).split(",") if m.strip())
@@ -196,3 +240,14 @@ def parse_modalities(text: str) -> tuple[str, ...]:
     if bad:
         raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
     return mods
+
+
+def parse_augment(text: str) -> tuple[str, ...]:
+    """`jitter,flip` -> ("jitter", "flip"); `none` or `` -> (); checked against the known augmentations."""
+    parts = tuple(a.strip().lower() for a in str(text).split(",") if a.strip())
+    if parts == ("none",):
+        return ()
+    bad = [a for a in parts if a not in AUGMENTS]
+    if bad:
+        raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} (e.g. --augment jitter,flip)")
+    return tuple(dict.fromkeys(parts))

@@ -1,7 +1,9 @@
-"""Load the chosen feature sets from a store once, into tensors, with targets and folds.
+"""Load the chosen feature sets from a store, with targets and folds: into memory, or left on disk to stream.
 
-The trainer never reads rows one by one: each feature set is read whole (`store.read`), kept as
-float16 tensors (cast per batch), and indexed by row number from then on.
+When the chosen sets fit the memory budget (FER_MEMORY_BUDGET_GB, default the memory available now) each is
+read once (`store.read`), kept as float16 tensors (cast per batch) and indexed by row number from then on.
+When they do not (or `stream` asks for it) only their masks are read: the data stays in the store and the
+trainer's batch source (fer.train.batches) reads it by span while training.
 """
 
 from __future__ import annotations
@@ -35,6 +37,44 @@ class ModalityData:
     def modality(self) -> str:
         return str(self.provenance.get("modality", self.spec.split(".")[0]))
 
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+@dataclass
+class DiskSet:
+    """One feature set left in the store: its data is read by span while training (streaming)."""
+
+    spec: str
+    """Feature-set name in the store."""
+    mask: torch.Tensor
+    """(n, T) bool for the loaded rows (masks are small, so they are kept in memory)."""
+    provenance: dict[str, Any]
+    """The feature set's attrs."""
+    row_shape: tuple[int, ...]
+    """Shape of one row of data (T, ...)."""
+    dtype: str
+    """Data type in the store (float16)."""
+    chunk_rows: int
+    """Rows per chunk in the store."""
+
+    @property
+    def modality(self) -> str:
+        return str(self.provenance.get("modality", self.spec.split(".")[0]))
+
+    @property
+    def row_bytes(self) -> int:
+        return int(np.prod(self.row_shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.row_bytes * int(self.mask.shape[0])
+
 
 @dataclass
 class LoadedFeatures:
@@ -50,8 +90,8 @@ class LoadedFeatures:
     """(n, K) int8 fold codes (0 unused, 1 train, 2 test, 3 validation), one column per fold of the store."""
     rows: np.ndarray
     """(n,) int64 row numbers in the store."""
-    sets: dict[str, ModalityData]
-    """modality -> its feature set."""
+    sets: dict[str, ModalityData | DiskSet]
+    """modality -> its feature set (all in memory, or all on disk when streaming)."""
     has_votes: bool = True
     """False when the store only knows one label per clip (targets are then one-hot)."""
     left_out: int = 0
@@ -60,6 +100,15 @@ class LoadedFeatures:
     """The store's classes, in the order of the vote columns (and of every model output)."""
     fold_names: tuple[str, ...] = ()
     """The store's folds; fold k (1-based) is column k-1 of ``folds``."""
+
+    @property
+    def streamed(self) -> bool:
+        """True when the feature sets stay on disk and are read by span while training."""
+        return any(isinstance(md, DiskSet) for md in self.sets.values())
+
+    def nbytes(self, modalities: Sequence[str] | None = None) -> int:
+        """Bytes of the loaded rows' data of these modalities' sets (all by default), in memory or not."""
+        return sum(md.nbytes for m, md in self.sets.items() if modalities is None or m in modalities)
 
     @property
     def num_classes(self) -> int:
@@ -125,14 +174,22 @@ def _is_one_hot(votes: np.ndarray) -> bool:
     return bool(np.all((votes > 0).sum(axis=1) <= 1))
 
 
+def _gb_env(name: str) -> int | None:
+    """Bytes from an environment variable given in gigabytes; None when unset."""
+    env = os.environ.get(name)
+    if not env:
+        return None
+    try:
+        return int(float(env) * 1e9)
+    except ValueError:
+        raise FerError(f"{name}={env!r} is not a number of gigabytes") from None
+
+
 def memory_budget() -> int:
     """Bytes the trainer may hold in features: FER_MEMORY_BUDGET_GB if set, else the memory available now."""
-    env = os.environ.get("FER_MEMORY_BUDGET_GB")
-    if env:
-        try:
-            return int(float(env) * 1e9)
-        except ValueError:
-            raise FerError(f"FER_MEMORY_BUDGET_GB={env!r} is not a number of gigabytes") from None
+    env = _gb_env("FER_MEMORY_BUDGET_GB")
+    if env is not None:
+        return env
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -143,19 +200,43 @@ def memory_budget() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_fits(store: Any, specs: Sequence[str], store_path: str) -> None:
-    """Refuse up front, with what to do, when the chosen feature sets cannot be held in memory at once."""
-    need = sum(int(np.prod(store.info(s)["shape"])) * np.dtype(store.info(s)["dtype"]).itemsize for s in specs)
-    budget = memory_budget()
-    if need > budget:
-        raise FerError(f"the chosen feature sets of {store_path} need {need / 1e9:.1f} GB in memory but {budget / 1e9:.1f} GB "
-                       "is available (FER_MEMORY_BUDGET_GB overrides): train on a machine with more memory, or use a "
-                       "pooled face set (`fer extract ... --layer pool`) instead of feature maps")
+DEVICE_SHARE = 0.7
+"""Share of an accelerator's free memory the feature sets may take; the rest is the model's, its optimizer's
+and the activations'."""
+
+
+def device_budget(device: torch.device) -> int | None:
+    """Bytes of the training device's memory free for features: FER_DEVICE_MEMORY_GB if set (on any device, so
+    the placement can be tested without a GPU), else the free CUDA memory; None for the CPU (host memory,
+    checked against memory_budget)."""
+    env = _gb_env("FER_DEVICE_MEMORY_GB")
+    if env is not None:
+        return env
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    return None
+
+
+def fits_device(nbytes: int, device: torch.device) -> bool:
+    """True when ``nbytes`` of features may be copied to the device whole (DEVICE_SHARE of its free memory)."""
+    budget = device_budget(device)
+    return budget is None or nbytes <= DEVICE_SHARE * budget
+
+
+def set_bytes(store: Any, specs: Sequence[str], rows: int) -> int:
+    """Bytes of ``rows`` rows of each of these feature sets."""
+    total = 0
+    for spec in specs:
+        info = store.info(spec)
+        total += int(np.prod(info["shape"][1:], dtype=np.int64)) * np.dtype(info["dtype"]).itemsize * rows
+    return total
 
 
 def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[str, str | None] | None = None,
-                  allow_incomplete: bool = False, log: Log = print) -> LoadedFeatures:
-    """Read the chosen feature sets (one per modality) whole, once, with votes and folds.
+                  allow_incomplete: bool = False, stream: bool = False, log: Log = print) -> LoadedFeatures:
+    """Read the chosen feature sets (one per modality) with votes and folds: whole, once, when they fit the
+    memory budget; else (or with ``stream``) only their masks, leaving the data to be streamed.
 
     Rows that some fold uses must be done in every chosen feature set; otherwise this
     refuses with the counts, or with `allow_incomplete` keeps only rows done everywhere and says
@@ -174,12 +255,10 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
                            "split files, or a manifest with fold_<k> or split columns")
         used = np.any(folds != 0, axis=1)
         chosen = {m: choose_spec(store, m, specs.get(m), store_path) for m in modalities}
-        check_fits(store, list(chosen.values()), store_path)
         keep = used.copy()
-        raw = {}
+        masks = {}
         for m, spec in chosen.items():
-            fs = store.read(spec)
-            done = np.asarray(fs.done, dtype=bool)
+            mask, done = store.read_masks(spec)
             missing = used & ~done
             if missing.any():
                 n_fail = len(store.failures(spec))
@@ -190,20 +269,34 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
                     raise FerError(f"{detail}: finish it with `{extract_hint(m, store_path)}` "
                                    "or pass --allow-incomplete to train on the done clips")
             keep &= done
-            raw[m] = (spec, fs)
+            masks[m] = mask
         rows = np.flatnonzero(keep).astype(np.int64)
         left_out = int(used.sum() - keep.sum())
         if left_out:
             log(f"warning: {left_out} of {int(used.sum())} clips in the folds are left out (not done in every chosen feature set)")
         if rows.size == 0:
             raise FerError(f"no clip of {store_path} is done in every chosen feature set: run `fer extract` first")
+        need, budget = set_bytes(store, list(chosen.values()), rows.size), memory_budget()
+        to_stream = stream or need > budget
+        if to_stream:
+            from fer.cache.report import human_bytes
+
+            why = "--stream" if stream and need <= budget else (
+                f"they need {human_bytes(need)}, over the memory budget of {human_bytes(budget)} (FER_MEMORY_BUDGET_GB)")
+            log(f"streaming the feature sets from {store_path} by chunk ({why})")
         full = rows.size == len(folds)
-        sets = {}
-        for m, (spec, fs) in raw.items():
-            data = np.asarray(fs.data) if full else np.asarray(fs.data)[rows]
-            mask = np.asarray(fs.mask, dtype=bool) if full else np.asarray(fs.mask, dtype=bool)[rows]
-            sets[m] = ModalityData(spec=spec, data=torch.from_numpy(np.ascontiguousarray(data)),
-                                   mask=torch.from_numpy(np.ascontiguousarray(mask)), provenance=dict(fs.attrs))
+        sets: dict[str, ModalityData | DiskSet] = {}
+        for m, spec in chosen.items():
+            attrs = dict(store.set_attrs(spec))
+            if to_stream:
+                info = store.info(spec)
+                sets[m] = DiskSet(spec=spec, mask=torch.from_numpy(np.ascontiguousarray(masks[m][rows])),
+                                  provenance=attrs, row_shape=tuple(info["shape"][1:]), dtype=info["dtype"],
+                                  chunk_rows=int(info["chunk_rows"]))
+                continue
+            fs = store.read(spec) if full else store.read(spec, rows=rows)  # only the rows the folds use
+            sets[m] = ModalityData(spec=spec, data=torch.from_numpy(np.ascontiguousarray(fs.data)),
+                                   mask=torch.from_numpy(np.ascontiguousarray(fs.mask, dtype=bool)), provenance=attrs)
         votes = np.asarray(store.votes, dtype=np.float32)[rows]
         attrs = dict(store.attrs)
         has_votes = attrs.get("has_votes", True) is not False and not _is_one_hot(votes)

@@ -18,24 +18,9 @@ from torch import nn
 
 from fer.cache.errors import FerError
 
-WEIGHTED = "weighted"
+from fer.train.config import WEIGHTED, parse_audio_layer  # noqa: F401  (re-exported)
 STATE_KEY = "audio_norm.logits"
 """Where a FerModel checkpoint keeps the mix's logits (the mix takes the place of the audio InputNorm)."""
-
-
-def parse_audio_layer(text: str | int | None) -> int | str | None:
-    """``--audio-layer``: None/``last`` -> None (the last layer), an integer index, or ``weighted``."""
-    if text is None or isinstance(text, int):
-        return text
-    t = str(text).strip().lower()
-    if t in ("", "none", "last"):
-        return None
-    if t == WEIGHTED:
-        return WEIGHTED
-    try:
-        return int(t)
-    except ValueError:
-        raise FerError(f"--audio-layer {text!r}: give a layer index (0 = input embedding), last, or weighted") from None
 
 
 class LayerMix(nn.Module):

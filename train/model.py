@@ -8,7 +8,7 @@ audio (B, 1024) (one wav2vec2 layer) or (B, T, 64) (a mel sequence); each with i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -94,7 +94,7 @@ class InputNorm(nn.Module):
         s1 = torch.zeros_like(self.mean, dtype=torch.float64)
         s2 = torch.zeros_like(s1)
         for x, mask in chunks:
-            x = x.double().reshape(-1, x.shape[-1])[mask.reshape(-1)]
+            x = x.reshape(-1, x.shape[-1])[mask.reshape(-1)].double()  # valid tokens first: a smaller copy
             total += x.shape[0]
             s1 += x.sum(0)
             s2 += (x * x).sum(0)
@@ -162,7 +162,6 @@ class FerModel(nn.Module):
                 if layer4 is None:
                     raise FerError(f"{face.spec} holds layer3 maps {tuple(face.data.shape[1:])}: train it with --finetune layer4")
                 self.layer4 = layer4
-                self.pool = nn.AdaptiveAvgPool2d(1)
                 d = 512
             else:
                 if layer4 is not None:
@@ -207,17 +206,12 @@ class FerModel(nn.Module):
             nn.Linear(cfg.hidden, num_classes),
         )
 
-    def fit_input_norm(self, sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig,
-                       chunk: int = 1024) -> None:
-        """Set the face/audio standardisation from ``rows`` (the training split), one chunk in memory at a time.
+    def fit_input_norm(self, chunks: Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
+        """Set the face/audio standardisation from the training split: ``chunks(modality)`` yields its stored
+        tokens with their masks a chunk at a time (a batch source's norm_chunks), so one chunk is in memory at once.
 
-        Only what is normalised is gathered: layer3 maps (no face_norm) are never touched here.
+        Only what is normalised is asked for: layer3 maps (no face_norm) are never read here.
         """
-        def chunks(m: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            for i in range(0, len(rows), chunk):
-                b = make_batch(sets, rows[i:i + chunk], cfg, modalities=(m,))
-                yield b[m], b[f"{m}_mask"]
-
         if self.face_norm is not None:
             self.face_norm.fit(chunks("face"))
         if self.use_audio:
@@ -232,7 +226,8 @@ class FerModel(nn.Module):
             face, fmask = batch["face"], batch["face_mask"]
             if self.maps:
                 b, t = face.shape[:2]
-                face = self.pool(self.layer4(face.flatten(0, 1))).flatten(1).view(b, t, -1)
+                # a mean over the map, not AdaptiveAvgPool2d: its CUDA backward is nondeterministic
+                face = self.layer4(face.flatten(0, 1)).mean(dim=(2, 3)).view(b, t, -1)
             else:
                 face = self.face_norm(face)
             keep = fmask.unsqueeze(-1).to(face.dtype)

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from fer.cache.errors import FerError
+from fer.train.batches import MemorySource, frame_plans
 from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
 from fer.train.fit import predict
@@ -65,7 +66,9 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
             for m in cfg.modalities}
     classes = run_classes(run_dir)
     n = int(next(iter(sets.values())).data.shape[0])
-    rows = torch.arange(n)
+    rows = np.arange(n)
+    # the run's frame plan (segment centres of an all-frame set, every stored view averaged), on the CPU
+    source = MemorySource(sets, cfg, frame_plans(sets, cfg), torch.device("cpu"))
     probs = []
     for path in _checkpoints(run_dir, fold):
         ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -76,14 +79,14 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
             from torchvision.models import resnet18
 
             layer4 = resnet18(weights=None).layer4
-        model = FerModel(cfg, sets, num_classes=len(classes), layer4=layer4)
+        model = FerModel(cfg, source.model_sets, num_classes=len(classes), layer4=layer4)
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as e:
             raise FerError(f"{path} does not fit the run's config ({len(classes)} classes, its feature widths): "
                            f"the run folder was changed after training ({str(e).splitlines()[0][:120]})") from None
         with torch.inference_mode():
-            probs.append(torch.softmax(predict(model, sets, rows, cfg).float(), dim=1).numpy())
+            probs.append(torch.softmax(predict(model, source, rows, cfg).float(), dim=1).numpy())
     if not probs:
         raise FerError(f"{run_dir} has no finished fold yet: finish it with `fer train ... --resume`")
     return np.mean(probs, axis=0)

@@ -15,9 +15,13 @@ import torch
 from fer import __version__
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
+from fer.cache.report import human_bytes
 from fer.train.config import TrainConfig, resolve_folds
-from fer.train.features import LoadedFeatures, ModalityData, check_leakage, features_for, load_features
+from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
+from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
+                                memory_budget)
 from fer.train.fit import FoldResult, fit_fold, resolve_device
+from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
 
 Log = Callable[[str], None]
@@ -111,6 +115,58 @@ def store_protocol(store_path: str | os.PathLike) -> tuple[tuple[str, ...], tupl
         return tuple(store.class_names), tuple(store.fold_names)
 
 
+def deterministic(device: torch.device) -> Callable[[], None]:
+    """Make training reproducible on ``device`` (same seed, same machine and software -> same numbers, which
+    is what --resume relies on); return a function that restores the previous settings.
+
+    CPU: deterministic algorithms. CUDA: also cuBLAS's fixed workspace (CUBLAS_WORKSPACE_CONFIG, read when
+    cuBLAS starts, so set before the first matmul unless the user set it), cuDNN's deterministic kernels and
+    no autotuning. TF32 stays on: it is deterministic, only less precise. warn_only: an op without a
+    deterministic version warns instead of stopping the run.
+    """
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+    def restore() -> None:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
+
+    return restore
+
+
+def make_source(features: LoadedFeatures, cfg: TrainConfig, plans: dict, device: torch.device,
+                splits: dict[int, Any], store: str, log: Log) -> MemorySource | StreamSource:
+    """The run's batch source: streamed when the features stayed on disk (then the validation clips of each
+    fold must fit the budget, else this refuses before training), else in memory, on the device when it can
+    hold them (checked before copying) or in host memory with each batch copied."""
+    if features.streamed:
+        budget = memory_budget()
+        src = StreamSource(features, cfg, plans, device, budget=budget,
+                           hold_on_device=lambda nbytes: fits_device(nbytes, device), log=log)
+        try:
+            for fold, split in splits.items():
+                check_held(features.sets, plans, len(split.val), budget=budget, stream_bytes=src.buffer_bytes,
+                           what=f"cannot stream {store} for fold {fold}")
+        except BaseException:
+            src.close()
+            raise
+        return src
+    nbytes = features.nbytes(cfg.modalities)
+    on_device = fits_device(nbytes, device)
+    if not on_device:
+        free = device_budget(device) or 0
+        log(f"the feature sets ({human_bytes(nbytes)}) do not fit in {device} memory ({human_bytes(free)} free, of "
+            f"which features may take {DEVICE_SHARE:.0%}): they stay in host memory and each batch is copied to the device")
+    return MemorySource(features.sets, cfg, plans, device, on_device=on_device)
+
+
 def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
     if cfg.finetune != "layer4":
         return None
@@ -136,58 +192,68 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     cfg.out = str(out)
     _prepare_out(out, cfg, class_names)
     specs = {"face": cfg.face, "pose": cfg.pose, "audio": cfg.audio}
-    if features is None:
-        features = load_features(str(store_path), cfg.modalities, specs=specs,
-                                 allow_incomplete=cfg.allow_incomplete, log=log)
-    else:
-        features_for(features, cfg.modalities, specs)
-    for fold in cfg.folds:  # refuse before any training happens
-        check_leakage(features, cfg.modalities, fold)
     device = resolve_device(cfg.device)
-
-    config = cfg.to_dict()
-    config.update({
-        "features": {m: {"spec": features.sets[m].spec, "provenance": features.sets[m].provenance} for m in cfg.modalities},
-        "store": str(store_path), "fer_version": __version__,
-        "created": now_iso(), "command": list(sys.argv), "folds": list(cfg.folds),
-        "n_clips": int(features.n), "left_out": int(features.left_out), "has_votes": bool(features.has_votes),
-        "class_names": list(features.class_names), "fold_names": list(features.fold_names),
-    })
-    if not (cfg.resume and (out / "config.json").is_file()):
-        _write_json(out / "config.json", config)
-
-    fold_metrics: dict[str, dict[str, Any]] = {}
-    partial = out / PARTIAL
-    for done_file in (out / "metrics.json", partial):
-        if cfg.resume and done_file.is_file():
-            fold_metrics.update({k: v for k, v in json.loads(done_file.read_text()).get("folds", {}).items()
-                                 if int(k) in cfg.folds})
-    history = [r for r in _read_history(out / "history.csv") if str(r["fold"]) in fold_metrics]
-
-    det = torch.are_deterministic_algorithms_enabled()
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    sets = {m: ModalityData(md.spec, md.data.to(device), md.mask.to(device), md.provenance)
-            for m, md in features.sets.items() if m in cfg.modalities}
-    log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.data.shape[1:])}" for m, md in sets.items())
-        + f"; device {device}; run folder {out}")
+    restore = deterministic(device)  # first: it loads libraries, which the memory figures should not count
     try:
+        own_peak = reset_peak()
+        rss_start = rss_now()
+        if features is None:
+            features = load_features(str(store_path), cfg.modalities, specs=specs,
+                                     allow_incomplete=cfg.allow_incomplete, stream=cfg.stream, log=log)
+        else:
+            features_for(features, cfg.modalities, specs)
+        plans = frame_plans(features.sets, cfg, str(store_path))
+        splits = {}
+        for fold in cfg.folds:  # refuse before any training happens
+            check_leakage(features, cfg.modalities, fold)
+            splits[fold] = make_split(features.folds, features.labels, fold, val_fraction=cfg.val_fraction,
+                                      seed=cfg.seed, usable=features.has_target)
+        source = make_source(features, cfg, plans, device, splits, str(store_path), log)
+    except BaseException:
+        restore()
+        raise
+
+    try:
+        config = cfg.to_dict()
+        config.update({
+            "features": {m: {"spec": features.sets[m].spec, "provenance": features.sets[m].provenance} for m in cfg.modalities},
+            "store": str(store_path), "fer_version": __version__,
+            "created": now_iso(), "command": list(sys.argv), "folds": list(cfg.folds),
+            "n_clips": int(features.n), "left_out": int(features.left_out), "has_votes": bool(features.has_votes),
+            "class_names": list(features.class_names), "fold_names": list(features.fold_names),
+            "streamed": features.streamed,
+        })
+        if not (cfg.resume and (out / "config.json").is_file()):
+            _write_json(out / "config.json", config)
+        elif json.loads((out / "config.json").read_text()).get("streamed", features.streamed) != features.streamed:
+            log("warning: this run was started with its features " + ("streamed" if not features.streamed else "in memory")
+                + " and continues " + ("streamed" if features.streamed else "in memory") + " (the memory budget changed?): "
+                "batches come in another order, so the numbers will differ from an uninterrupted run")
+
+        fold_metrics: dict[str, dict[str, Any]] = {}
+        partial = out / PARTIAL
+        for done_file in (out / "metrics.json", partial):
+            if cfg.resume and done_file.is_file():
+                fold_metrics.update({k: v for k, v in json.loads(done_file.read_text()).get("folds", {}).items()
+                                     if int(k) in cfg.folds})
+        history = [r for r in _read_history(out / "history.csv") if str(r["fold"]) in fold_metrics]
+
+        log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.row_shape)}" for m, md in features.sets.items()
+                                                if m in cfg.modalities) + f"; device {device}; run folder {out}")
+        resources = {"rss_start_bytes": rss_start, "peak_is_this_run": own_peak, "feature_bytes": features.nbytes(cfg.modalities),
+                     "memory_budget_bytes": memory_budget(), "device": str(device), **describe(source)}
         for fold in cfg.folds:
             if str(fold) in fold_metrics:
                 log(f"fold {fold}: already finished, skipped")
                 continue
-            split = make_split(features.folds, features.labels, fold, val_fraction=cfg.val_fraction,
-                               seed=cfg.seed, usable=features.has_target)
+            split = splits[fold]
             log(f"fold {fold}: {len(split.train)} train, {len(split.val)} validation, {len(split.test)} test clips")
             done_rows = list(history)
 
             def on_epoch(rows: list[dict[str, float]], done_rows: list = done_rows) -> None:
                 _write_history(out / "history.csv", done_rows + rows)
 
-            res: FoldResult = fit_fold(cfg, features, sets, split, device, checkpoint=out / f"checkpoint_fold{fold}.pt",
+            res: FoldResult = fit_fold(cfg, features, source, split, device, checkpoint=out / f"checkpoint_fold{fold}.pt",
                                        backbone=_backbone(cfg, features, log), resume=cfg.resume, on_epoch=on_epoch, log=log)
             history = done_rows + res.history
             _write_history(out / "history.csv", history)
@@ -197,7 +263,8 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
             if cfg.audio_layer == "weighted":
                 from fer.train.layer_mix import write_layer_weights
 
-                write_layer_weights(out, fold, sets["audio"].spec if "audio" in sets else None)
+                write_layer_weights(out, fold, features.sets["audio"].spec if "audio" in features.sets else None)
+            _write_json(out / "resources.json", {**resources, "peak_rss_bytes": peak_rss()})
             _write_json(partial, metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names))
             log(f"fold {fold}: test WAR {100 * res.metrics['war']:.2f}  UAR {100 * res.metrics['uar']:.2f} "
                 f"(epoch {res.metrics['best_epoch']} of {res.metrics['epochs_run']})")
@@ -205,7 +272,8 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         log(f"interrupted: {out} holds the finished folds and the last epoch's checkpoint; continue with --resume")
         raise
     finally:
-        torch.use_deterministic_algorithms(det)
+        restore()
+        source.close()
     summary = metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names)
     _write_json(out / "metrics.json", summary)  # written last: its presence marks a finished run
     partial.unlink(missing_ok=True)

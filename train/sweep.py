@@ -36,7 +36,7 @@ def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 def _fmt(value: Any) -> str:
     if isinstance(value, (list, tuple)):
-        return "+".join(_fmt(v) for v in value)
+        return "+".join(_fmt(v) for v in value) if value else "none"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value).replace("/", "_").replace(" ", "")
@@ -83,60 +83,13 @@ def plan(grid: dict[str, Sequence[Any]], base: TrainConfig, out_dir: Path, *, lo
     return configs
 
 
-# How `fer sweep` options are read: a list of values per setting, separated by "," except where a
-# single value already holds commas (modalities, folds), which are separated by ";".
-_KINDS: dict[str, str] = {
-    "fusion": "str", "loss": "str", "optimizer": "str", "scheduler": "str", "select": "str", "monitor": "str",
-    "modalities": "modalities", "folds": "folds",
-    "epochs": "int", "batch_size": "int", "layers": "int", "heads": "int", "ff": "int", "hidden": "int",
-    "patience": "int", "seed": "int", "audio_layer": "int?",
-    "lr": "float", "weight_decay": "float", "dropout": "float", "modality_dropout": "float", "val_fraction": "float",
-}
-
-
-def _parse_one(key: str, kind: str, text: str) -> Any:
-    from fer.train.config import parse_folds, parse_modalities
-
-    flag = "--" + ("fold" if key == "folds" else key.replace("_", "-"))
-    try:
-        if kind == "modalities":
-            return parse_modalities(text)
-        if kind == "folds":
-            return parse_folds(text)
-        if kind == "int?":
-            from fer.train.layer_mix import parse_audio_layer
-
-            return parse_audio_layer(text)
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        what = "an integer" if kind.startswith("int") else "a number"
-        raise FerError(f"{flag} {text!r} is not {what}; give a value or a list like 1,2") from None
-    return text
-
-
 def parse_grid(options: dict[str, str | None]) -> tuple[dict[str, list], dict[str, Any]]:
-    """Split `fer sweep` options (TrainConfig field -> text, None when not given) into the grid
-    (settings with several values) and base overrides (settings with one value)."""
-    grid: dict[str, list] = {}
-    base: dict[str, Any] = {}
-    for key, text in options.items():
-        if text is None:
-            continue
-        if key not in _KINDS:
-            raise FerError(f"cannot sweep over {key!r}")
-        kind = _KINDS[key]
-        sep = ";" if kind in ("modalities", "folds") else ","
-        values = [_parse_one(key, kind, t.strip()) for t in str(text).split(sep) if t.strip()]
-        if not values:
-            raise FerError(f"--{key.replace('_', '-')} is empty; give a value or a list")
-        if len(values) > 1:
-            grid[key] = values
-        else:
-            base[key] = values[0]
-    return grid, base
+    """Split `fer sweep` options (TrainConfig field -> text, None when not given) into the grid (settings with
+    several values) and base overrides (settings with one value). Values are separated by "," except where
+    one value already holds commas (modalities, folds, augment), which are separated by ";"."""
+    from fer.train.options import parse_grid as parse
+
+    return parse(options)
 
 
 def is_complete(run_dir: Path) -> bool:
@@ -173,8 +126,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             key = union if not base.allow_incomplete else tuple(cfg.modalities)
             if key not in loaded:
                 log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
-                loaded[key] = load_features(str(store_path), key, specs=specs,
-                                            allow_incomplete=base.allow_incomplete, log=log)
+                loaded[key] = load_features(str(store_path), key, specs=specs, allow_incomplete=base.allow_incomplete,
+                                            stream=base.stream, log=log)
             return loaded[key]
 
         for i, cfg in enumerate(todo, 1):

@@ -197,3 +197,23 @@ def test_finetune_layer4_from_layer3_cache(tmp_path):
     assert ck["finetuned_on_fold"] == 1 and "layer4.0.conv1.weight" in ck["backbone"]
     with pytest.raises(FerError, match="--finetune layer4"):
         train_run(TrainConfig(out=str(tmp_path / "r2"), **TINY), s, log=quiet)
+
+
+def test_cuda_runs_are_made_deterministic(monkeypatch):
+    """What --resume's identical numbers rely on, set for a CUDA device (flags only: no GPU is needed to set them)."""
+    import os
+
+    from fer.train.run import deterministic
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    restore = deterministic(torch.device("cuda"))
+    try:
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    finally:
+        restore()
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+            torch.backends.cudnn.benchmark) == before

@@ -49,7 +49,11 @@ def test_model_learns_the_layer_weights():
     model = FerModel(cfg, sets, num_classes=7)
     batch = make_batch(sets, torch.arange(6), cfg)
     assert batch["audio"].shape == (6, 5, 12) and batch["audio_mask"].shape == (6,)
-    model.fit_input_norm(sets, torch.arange(n), cfg)
+    def chunks(m):  # what a batch source's norm_chunks gives: the stored tokens with their masks
+        b = make_batch(sets, torch.arange(n), cfg, modalities=(m,))
+        yield b[m], b[f"{m}_mask"]
+
+    model.fit_input_norm(chunks)
     model(batch).sum().backward()
     assert model.audio_norm.logits.grad is not None and model.audio_norm.logits.grad.abs().sum() > 0
     mel = {**sets, "audio": ModalityData("audio.mel.64", torch.randn(n, 30, 64), torch.ones(n, 30, dtype=torch.bool),

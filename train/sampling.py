@@ -1,0 +1,153 @@
+"""What each training step draws: the face frames (fixed, segment centres or jittered), the view, the clips.
+
+A face feature set is either *fixed-frame* (T tokens per clip, used as they are: the 16-frame cache) or
+*all-frame* (its provenance says ``frames: "all"``: every face frame up to ``max_frames``, padded, with the
+mask marking the valid ones). From an all-frame set the model sees ``segments`` tokens: the valid frames are
+split into that many equal segments (TSN), and each token is the centre frame of its segment, or with
+``--augment jitter`` a random frame inside it, drawn again every epoch. A set whose provenance lists
+``views`` (e.g. ["original", "hflip"]) holds each frame in every view on the axis after the frames:
+data (N, T, V, D...), mask (N, T). Training uses view 0, or with ``--augment flip`` a random view per clip;
+evaluation runs every view and averages the predictions.
+
+Segments use exact integers: with n valid frames and S segments, segment s covers the frames that overlap
+[s n / S, (s + 1) n / S); its centre is ((2s + 1) n) // (2S) (the same rule as the extractor's 16 frames);
+a jittered draw is (s n + r) // S with r uniform in 0..n-1, so each frame is drawn in proportion to its
+overlap with the segment. Fewer valid frames than segments repeat frames, as the 16-frame cache does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from fer.cache.errors import FerError
+
+
+def set_views(provenance: Mapping[str, Any]) -> int:
+    """Views stored per frame (1, or 2 with mirrored faces): the length of the provenance's ``views``."""
+    views = provenance.get("views")
+    return len(views) if isinstance(views, (list, tuple)) and len(views) > 1 else 1
+
+
+def is_all_frames(provenance: Mapping[str, Any]) -> bool:
+    """True when a set holds every face frame of each clip (``frames: "all"``), not a fixed number."""
+    return str(provenance.get("frames", "")).lower() == "all"
+
+
+def centre_ranks(n: torch.Tensor, segments: int) -> torch.Tensor:
+    """(B, S) ranks among the valid frames: the centre of each segment of each clip's n (B,) valid frames."""
+    s = torch.arange(segments, device=n.device)
+    return ((2 * s + 1)[None, :] * n[:, None]) // (2 * segments)
+
+
+def jitter_ranks(n: torch.Tensor, segments: int, draw: torch.Generator | None) -> torch.Tensor:
+    """(B, S) ranks: one uniformly drawn frame inside each segment (see the module note)."""
+    s = torch.arange(segments, device=n.device)
+    u = torch.rand(n.shape[0], segments, generator=draw, device=n.device)
+    r = torch.minimum((u * n[:, None]).long(), (n[:, None] - 1).clamp_min(0))
+    return (s[None, :] * n[:, None] + r) // segments
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How one face set's rows become the model's tokens."""
+
+    segments: int | None = None
+    """Tokens drawn from the valid frames (an all-frame set); None: the stored tokens as they are."""
+    views: int = 1
+    """Views stored per frame (axis 2 of the data when > 1)."""
+    jitter: bool = False
+    """Training draws a random frame per segment (else the centre)."""
+    flip: bool = False
+    """Training draws a random view per clip (else view 0)."""
+
+    @classmethod
+    def for_set(cls, spec: str, provenance: Mapping[str, Any], row_shape: tuple[int, ...], augment: tuple[str, ...],
+                segments: int, store: str = "STORE") -> "FramePlan":
+        """The plan for a face set and the asked augmentations; FerError saying what to extract when it cannot."""
+        views, every = set_views(provenance), is_all_frames(provenance)
+        if "jitter" in augment and not every:
+            raise FerError(f"--augment jitter draws from every frame of a clip, and {spec} holds {row_shape[0]} fixed "
+                           f"frames: extract all of them with `fer extract ROOT -m face --frames all --store {store}`")
+        if "flip" in augment and views < 2:
+            raise FerError(f"--augment flip needs the mirrored view of every frame, and {spec} has none: extract "
+                           f"them with `fer extract ROOT -m face --frames all --flip --store {store}`")
+        if views > 1 and (len(row_shape) < 3 or row_shape[1] != views):
+            raise FerError(f"{spec} names {views} views but its rows are {tuple(row_shape)}, not (T, {views}, ...): "
+                           "the set is damaged; extract it again")
+        return cls(segments=segments if every else None, views=views, jitter="jitter" in augment,
+                   flip="flip" in augment)
+
+    def tokens(self, stored_frames: int) -> int:
+        """Tokens per clip the model sees."""
+        return self.segments if self.segments is not None else stored_frames
+
+    def token_shape(self, row_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """(tokens, *feature shape) of one clip as the model sees it."""
+        feat = row_shape[2:] if self.views > 1 else row_shape[1:]
+        return (self.tokens(row_shape[0]), *feat)
+
+    def positions(self, mask: torch.Tensor, *, train: bool, draw: torch.Generator | None) -> torch.Tensor:
+        """(B, S) frame positions for clips with (B, T) valid-frame masks (valid frames need not be a prefix)."""
+        t = mask.shape[1]
+        n = mask.sum(1)
+        ar = torch.arange(t, device=mask.device)
+        valid_first = torch.where(mask, ar, ar + t).argsort(dim=1)  # valid positions in order, then the rest
+        ranks = jitter_ranks(n, self.segments, draw) if train and self.jitter else centre_ranks(n, self.segments)
+        return valid_first.gather(1, ranks.clamp(0, t - 1))
+
+    def draw_views(self, b: int, *, train: bool, draw: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        """(B,) the view of each training clip: random with flip, else 0."""
+        if train and self.flip:
+            return torch.randint(0, self.views, (b,), generator=draw, device=device)
+        return torch.zeros(b, dtype=torch.long, device=device)
+
+    def gather(self, data: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor, *, train: bool,
+               draw: torch.Generator | None = None, view: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens of ``rows`` (on data's device): (B, S, D...) in the stored dtype and (B, S) bool.
+
+        ``view`` fixes the view (evaluation); None draws it (training; view 0 without flip).
+        """
+        b = rows.shape[0]
+        if view is None:
+            v = self.draw_views(b, train=train, draw=draw, device=data.device)
+        else:
+            v = torch.full((b,), view, dtype=torch.long, device=data.device)
+        if self.segments is None:
+            if self.views == 1:
+                return data[rows], mask[rows]
+            frames = torch.arange(data.shape[1], device=data.device)
+            return data[rows[:, None], frames[None, :], v[:, None]], mask[rows]
+        m = mask[rows]
+        pos = self.positions(m, train=train, draw=draw)
+        x = data[rows[:, None], pos, v[:, None]] if self.views > 1 else data[rows[:, None], pos]
+        present = m.any(1, keepdim=True).expand(b, self.segments)  # a clip without a valid frame stays absent
+        return x, present
+
+
+def epoch_order(rows: np.ndarray, labels: np.ndarray, *, balance: bool, gen: torch.Generator) -> torch.Tensor:
+    """The training rows of one epoch, shuffled (a CPU int64 tensor; with ``balance``, rows repeat).
+
+    balance: the epoch keeps its length n and every class present gets n // C clips (the remainder to
+    randomly chosen classes): a class with fewer clips repeats each one floor or ceil times (every copy in a
+    fresh order), a larger one contributes a different random subset each epoch.
+    """
+    r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    if not balance:
+        return r[torch.randperm(len(r), generator=gen)]
+    y = torch.from_numpy(np.asarray(labels)[np.asarray(rows, dtype=np.int64)])
+    classes = torch.unique(y)
+    c, n = len(classes), len(r)
+    counts = torch.full((c,), n // c, dtype=torch.long)
+    counts[torch.randperm(c, generator=gen)[: n % c]] += 1
+    parts = []
+    for cls, m in zip(classes.tolist(), counts.tolist()):
+        members = r[y == cls]
+        reps = -(-m // len(members))
+        keys = torch.rand(reps, len(members), generator=gen).argsort(dim=1)  # each copy in its own order
+        parts.append(members[keys.flatten()[:m]])
+    order = torch.cat(parts)
+    return order[torch.randperm(len(order), generator=gen)]
