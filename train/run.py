@@ -17,6 +17,7 @@ from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.schema import CLASS_NAMES
 from fer.train.config import TrainConfig
+from fer.train.disk import prepare_run_folder, run_folder_faults
 from fer.train.features import LoadedFeatures, ModalityData, check_leakage, features_for, load_features
 from fer.train.fit import FoldResult, fit_fold, resolve_device
 from fer.train.splits import make_split
@@ -95,7 +96,7 @@ def _prepare_out(out: Path, cfg: TrainConfig) -> None:
             _check_resume(out, cfg)
     elif started:
         raise FerError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(out)
 
 
 def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
@@ -106,6 +107,7 @@ def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.
     return build_backbone(features.sets["face"].provenance, log)
 
 
+@run_folder_faults(lambda cfg, *_, **__: cfg.out)
 def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: LoadedFeatures | None = None,
               log: Log = print) -> dict[str, Any]:
     """Train `cfg.folds` on the store and write the run folder; return the metrics.json dict.
