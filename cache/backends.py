@@ -224,6 +224,8 @@ class ZarrBackend(Backend):
         grp = self.root[parent] if parent else self.root
         if name in grp:
             del grp[name]
+        if self.local is not None and (self.local / key).is_dir():  # a folder left without its zarr.json
+            shutil.rmtree(self.local / key)
 
     def bytes_on_disk(self, key: str) -> int | None:
         if self.local is None:

@@ -49,13 +49,27 @@ def errno_of(e: BaseException) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _fault_in_chain(e: BaseException) -> BaseException | None:
+    """``e``, or the exception it was raised from or while handling (a library's cleanup can raise its own
+    error over the OSError that started it), that carries an environment errno."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if errno_of(cur) in ENV_ERRNOS:
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def env_error(e: BaseException, path: str | os.PathLike | None, doing: str, fix: str | None = None) -> FerEnvError | None:
     """A one-line FerEnvError for an environment fault ``e`` met while ``doing`` something at ``path``, or None
     when ``e`` is not one (a bug or bad input, left to its own handling). ``fix`` overrides the advice."""
-    code = errno_of(e)
-    if code not in ENV_ERRNOS:
+    fault = _fault_in_chain(e)
+    if fault is None:
         return None
-    where = getattr(e, "filename", None) or path
+    code = errno_of(fault)
+    where = getattr(fault, "filename", None) or path
     where = f" {os.path.abspath(where)}" if where else ""
     if code in NO_SPACE:
         what = "the disk quota is exceeded" if code == errno.EDQUOT else "no space is left on the disk"

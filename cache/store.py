@@ -419,7 +419,7 @@ class FeatureStore:
     def _drop_half_set(self, spec: str) -> None:
         """Remove what a failed _create_set made, so no half-made set is left (best effort: the disk may be full)."""
         try:
-            if self._b.has(L.group_key(spec)) and not self._complete(spec):
+            if not self._b.has(L.group_key(spec)) or not self._complete(spec):
                 self._b.delete(L.group_key(spec))
                 self._b.flush()
         except Exception:  # noqa: BLE001 - a set without chunk_rows is never listed, and verify names it

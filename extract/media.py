@@ -231,15 +231,13 @@ def read_audio(
 
 
 def _past_limit(total: int, limit: int, declared: float | None, stream: Any, sr: int) -> bool:
-    """Whether the clip has audio past ``limit`` samples, so capping it loses some. Decoders add a codec frame
-    or two of priming and padding (AAC: 1024 samples each), so a clip of exactly the limit decodes a little
-    longer: a declared duration over the limit by more than 10 ms says so, and so does (declared or not) a
-    decoded length over the limit by more than two codec frames and 10 ms."""
-    if declared is not None and declared * sr > limit + sr // 100:
-        return True
+    """Whether the clip has audio past ``limit`` samples, so capping it loses some. Encoders add a codec frame
+    or two of priming and padding (AAC: 1024 samples each), which the decoded length and, in some containers,
+    the declared duration include: so a clip of exactly the limit counts as capped only when the declared
+    duration or the decoded length passes the limit by more than two codec frames and 10 ms."""
     frame = getattr(stream.codec_context, "frame_size", 0) or 1024
-    rate = stream.rate or sr
-    return total > limit + 2 * frame * sr // rate + sr // 100
+    slack = 2 * frame * sr // (stream.rate or sr) + sr // 100
+    return (declared is not None and declared * sr > limit + slack) or total > limit + slack
 
 
 def _read_soundfile(path: Path, sr: int, max_seconds: float | None, info: dict) -> np.ndarray:

@@ -278,11 +278,12 @@ def shm_error(workers: int, reason: object) -> FerEnvError:
     free = ""
     with contextlib.suppress(OSError):
         u = shutil.disk_usage("/dev/shm")
-        free = f" ({u.free / 1e6:.0f} MB free of {u.total / 1e6:.0f} MB)"
+        free = f" ({u.free / 1e6:.1f} MB free of {u.total / 1e6:.1f} MB)"
+    fewer = f"fewer workers (--workers {workers // 2}, or --workers 0" if workers > 1 else "no workers (--workers 0"
     return FerEnvError(
         f"the {workers} decoding worker(s) ran out of shared memory in /dev/shm{free}: {_one_line(reason, 160)}; use "
-        "fewer workers (--workers 1, or --workers 0 to decode in the main process) or a smaller --batch-size, or "
-        "give the machine more shared memory (docker run --shm-size=2g); then rerun the same command to resume"
+        f"{fewer} to decode in the main process) or a smaller --batch-size, or give the machine more shared memory "
+        "(docker run --shm-size=2g); then rerun the same command to resume"
     )
 
 

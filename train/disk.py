@@ -20,7 +20,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 _OUT_FIX = "pass --out a folder you may write to (e.g. in your home or scratch space)"
 _SPACE_FIX = ("free space there (or choose another --out), then continue the run with the same command and --resume "
               "(finished folds and the last checkpoint are kept)")
-SLACK_BYTES = 16 << 20
+ENTRY_BYTES = 320
+"""What torch.save adds per tensor (zip entry, name, pickled record), measured."""
+BASE_BYTES = 16 << 10
+"""What a checkpoint holds beside its tensors (history, config, RNG states), about."""
+SLACK_BYTES = 4 << 20
 """Room beyond the checkpoints for history, predictions, metrics and plots."""
 
 
@@ -46,10 +50,13 @@ def checkpoint_bytes(model: nn.Module, backbone: nn.Module | None = None) -> tup
     """(mid-fold, final) checkpoint sizes, estimated before training: a mid-fold checkpoint holds the model,
     its best state so far and Adam's two moments per trainable parameter (about 4x the model); the final one
     holds the model (and the fine-tuned backbone)."""
-    state = tensor_bytes(model.state_dict())
-    moments = 2 * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
-    final = state + (tensor_bytes(backbone.state_dict()) if backbone is not None else 0)
-    return 2 * state + moments, final
+    sd = model.state_dict()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    state = tensor_bytes(sd) + ENTRY_BYTES * len(sd)
+    moments = 2 * sum(p.numel() * 4 + ENTRY_BYTES for p in trainable)
+    final = state + (tensor_bytes(backbone.state_dict()) + ENTRY_BYTES * len(backbone.state_dict())
+                     if backbone is not None else 0)
+    return 2 * state + moments + BASE_BYTES, final + BASE_BYTES // 8
 
 
 def check_checkpoint_space(checkpoint: Path, model: nn.Module, backbone: nn.Module | None = None) -> None:
