@@ -6,6 +6,7 @@ JSON dicts on both formats (HDF5 keeps them as one JSON string attribute), so no
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import numpy as np
 from fer.cache.errors import FORBIDDEN, READ_ONLY, FerEnvError, FerError, env_error, env_faults, errno_of
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+HDF5_WRITE_MARGIN = 1 << 20
+"""Free space an HDF5 write needs beyond its data (metadata: chunk index, heaps, attributes), with room."""
 _H5_ATTR = "fer_json"
 
 # Compressor names a feature set may use, per format. HDF5 has only its built-in filters here (blosc/zstd
@@ -150,6 +153,9 @@ class Backend:
 
     def mark_write_failed(self) -> None:
         """Called after a failed write; a format that caches writes drops them at close (see Hdf5Backend)."""
+
+    def reserve(self, nbytes: int) -> None:
+        """Before writing about ``nbytes``: OSError(ENOSPC) when the disk cannot take them (HDF5, see there)."""
 
 
 class ZarrBackend(Backend):
@@ -293,6 +299,9 @@ class Hdf5Backend(Backend):
         if mode == "r" and not self.local.exists():
             raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
         self._write_failed = False
+        if mode == "a" and not self.local.exists():
+            with env_faults(path, "creating the store"):
+                self.reserve(0)
         try:
             self.f = h5py.File(self.local, {"r": "r", "r+": "r+", "a": "a"}[mode])
         except FileNotFoundError as e:
@@ -393,6 +402,20 @@ class Hdf5Backend(Backend):
     def mark_write_failed(self) -> None:
         """A write into the file failed (e.g. no space): close() then drops what HDF5 still holds unwritten."""
         self._write_failed = True
+
+    def reserve(self, nbytes: int) -> None:
+        """Refuse (OSError ENOSPC) a write the disk cannot take, before HDF5 sees it: HDF5 meets a full disk
+        also while releasing objects, where the error is swallowed and the library's state is left broken
+        (a later flush crashes the process). Quotas and other writers can still fill the disk between this
+        check and the write; close() copes with those."""
+        where = self.local.parent if not self.local.exists() else self.local
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < nbytes + HDF5_WRITE_MARGIN:
+            raise OSError(errno.ENOSPC, f"{free} bytes free, {nbytes + HDF5_WRITE_MARGIN} needed", str(self.local))
 
     def close(self) -> None:
         """Close the file, deterministically even after a failed write.

@@ -400,6 +400,7 @@ class FeatureStore:
         cr = min(self.n, L.chunk_rows_for(row_shape, dt, chunk_bytes or L.DEFAULT_CHUNK_BYTES))
         n, t = self.n, row_shape[0]
         g = L.group_key(spec)
+        self._b.reserve(0)
         self._b.create_group(g)
         fill = np.nan if dt.kind == "f" else 0
         # mask/done/failed share data's rows per chunk so writers of disjoint chunks never share a chunk file.
@@ -434,6 +435,7 @@ class FeatureStore:
         locks = ChunkLocks(self._lock_key(spec), self._lock_file(spec), chunks, f"cannot remove {spec!r}")
         try:
             with env_faults(self.path, f"removing feature set {spec}"):
+                self._b.reserve(0)
                 self._b.delete(L.group_key(spec))
                 self._b.flush()
             self._valid_sets.discard(spec)
@@ -583,6 +585,7 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
             raise FerError(f"{path} exists and is not a fer feature store; choose another path")
         creating = True
         n = len(ids)
+        b.reserve(n * (max(len(i.encode()) for i in ids) + 4 * votes.shape[1] + folds.shape[1]))
         b.create_array(L.CLIPS_ID, (n, max(1, max(len(i.encode()) for i in ids))), np.uint8,
                        (n, max(1, max(len(i.encode()) for i in ids))), 0)
         b.array(L.CLIPS_ID)[:] = L.encode_strings(ids)

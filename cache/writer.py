@@ -120,6 +120,7 @@ class FeatureWriter:
             dblock[local] = data[allpos]
             mblock[local] = mask[allpos]
             with self._writing(f"writing rows {a}-{b - 1}"):
+                self._b.reserve(dblock.nbytes + mblock.nbytes + 2 * (b - a) * L.FAIL_WIDTH)
                 self._data[a:b] = dblock
                 self._mask[a:b] = mblock
                 self._b.flush()
@@ -168,6 +169,7 @@ class FeatureWriter:
         reasons = [L.one_line(failures[int(r)]) or "failed" for r in rows]
         enc = L.encode_strings(reasons, L.FAIL_WIDTH)
         with self._writing("recording failed clips"):
+            self._b.reserve(len(np.unique(rows // self.chunk_rows)) * self.chunk_rows * L.FAIL_WIDTH)
             for c, pos in L.group_by_chunk(rows, self.chunk_rows):
                 a, b = L.chunk_span(c, self.chunk_rows, self.store.n)
                 block = np.asarray(self._failed[a:b]).copy()
@@ -186,6 +188,7 @@ class FeatureWriter:
                 raise FerError(f"cannot change {', '.join(sorted(clash))} of an existing feature set")
             cur.update(attrs)
             with self._writing("updating the attrs"):
+                self._b.reserve(len(repr(cur)))
                 self._b.set_group_attrs(g, cur)
                 self._b.flush()
 

@@ -5,6 +5,8 @@ half-made behind. The user-facing side (one line, exit status, no segfault) is i
 import errno
 import json
 import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -85,6 +87,48 @@ def test_zarr_rows_that_do_not_fit_fail_in_one_line_and_the_done_ones_stay(tmp_p
         with open_store(disk / "s.zarr") as s:
             assert s.done_mask(SPEC).sum() == 8 and verify_store(s).ok
             assert not list((disk / "s.zarr").rglob("*.partial"))  # zarr removes its temp file on a failed write
+
+
+HDF5_FULL = """
+import sys
+import numpy as np
+import fer.cache.backends as backends
+from fer.cache import create_store, open_store
+from fer.cache.errors import FerEnvError
+path, margin = sys.argv[1], int(sys.argv[2])
+backends.HDF5_WRITE_MARGIN = margin
+ids = [f"{i:05d}" for i in range(40)]
+s = create_store(path, ids, np.ones((40, 7), np.float32), np.ones((40, 5), np.int8))
+w = s.writer("x.set", row_shape=(16, 512), attrs={"modality": "face"}, chunk_bytes=4 * 16 * 512 * 2)
+if len(sys.argv) > 3:
+    open(sys.argv[3], "wb").write(bytes(int(sys.argv[4])))  # the disk fills up behind the check
+try:
+    for a in range(0, 40, 4):
+        w.write_rows(np.arange(a, a + 4), np.ones((4, 16, 512)), np.ones((4, 16), bool))
+except FerEnvError as e:
+    print("error:", e)
+w.close()
+s.close()
+with open_store(path) as s:
+    print("done", int(s.done_mask("x.set").sum()))
+"""
+
+
+@pytest.mark.parametrize("check", ["before HDF5", "HDF5 itself"])
+def test_hdf5_on_a_full_disk_fails_in_one_line_and_closes_without_a_crash(tmp_path, check):
+    """HDF5 meeting a full disk crashed the process when its objects were freed; fer checks the space before
+    each write, and when the disk fills anyway (another writer, a quota) it drops what HDF5 could not write."""
+    with small_disk(tmp_path / "disk", 1536) as disk:  # 40 rows of 16 KB do not fit beside 1 MB spare
+        st = os.statvfs(disk)
+        free = st.f_bavail * st.f_frsize
+        margin = "1048576" if check == "before HDF5" else str(-(1 << 40))  # the second disables the check
+        extra = [] if check == "before HDF5" else [str(disk / "filler.bin"), str(free - 400_000)]
+        p = subprocess.run([sys.executable, "-c", HDF5_FULL, str(disk / "s.h5"), margin, *extra],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
+        error, done = p.stdout.strip().splitlines()
+        assert error.startswith("error: no space is left on the disk") and "writing rows" in error
+        assert 0 < int(done.split()[1]) < 40  # the rows written before the disk filled are there and done
 
 
 # ------------------------------------------------------------------ foreign folders
