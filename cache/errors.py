@@ -70,18 +70,19 @@ def env_error(e: BaseException, path: str | os.PathLike | None, doing: str, fix:
         return None
     code = errno_of(fault)
     where = getattr(fault, "filename", None) or path
-    where = f" {os.path.abspath(where)}" if where else ""
+    at = f" at {os.path.abspath(where)}" if where else ""
     if code in NO_SPACE:
         what = "the disk quota is exceeded" if code == errno.EDQUOT else "no space is left on the disk"
         default = "free space there (or raise the quota) or choose another location, then rerun the same command"
-        return FerEnvError(f"{what} at{where} while {doing}: {fix or default}")
+        return FerEnvError(f"{what}{at} while {doing}: {fix or default}")
     if code in READ_ONLY:
         default = "fer can read from there but not write: give a writable location, or work on a writable copy"
-        return FerEnvError(f"{where.strip() or 'the target'} is on a read-only file system ({doing}): {fix or default}")
+        place = os.path.abspath(where) if where else "the place written to"
+        return FerEnvError(f"{place} is on a read-only file system ({doing}): {fix or default}")
     if code in FORBIDDEN:
         default = "fix its permissions, or give a location you may write to"
-        return FerEnvError(f"permission denied at{where} while {doing}: {fix or default}")
-    return FerEnvError(f"input/output error at{where} while {doing} (a failing disk or a network file system "
+        return FerEnvError(f"permission denied{at} while {doing}: {fix or default}")
+    return FerEnvError(f"input/output error{at} while {doing} (a failing disk or a network file system "
                        f"dropping out): check the disk, then rerun the same command")
 
 
