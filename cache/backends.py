@@ -169,6 +169,8 @@ class ZarrBackend(Backend):
         self.readonly = mode == "r"
         target: Any = str(self.local) if self.local is not None else str(path)
         zmode = {"r": "r", "r+": "r+", "a": "a"}[mode]
+        if self.local is not None and self.local.exists() and not self.local.is_dir():
+            raise FerError(f"{path} is a file, not a zarr store (a folder): check the path, or name an HDF5 store *.h5")
         try:
             with env_faults(path, {"r": "opening the store", "r+": "opening the store for writing", "a": "creating the store"}[mode]):
                 self.root = zarr.open_group(target, mode=zmode, zarr_format=3)

@@ -131,8 +131,7 @@ def test_a_read_only_store_reads_and_every_write_path_is_one_line(data, tmp_path
 def test_a_store_in_a_foreign_folder_or_inside_the_dataset_is_refused(data, tmp_path):
     d = copy(data / "d20", tmp_path / "d20copy")
     before = sorted(str(p) for p in d.rglob("*"))
-    one_line(fer(*mel(d, d)), 2, "inside the dataset folder")
-    one_line(fer(*mel(d, d / "feats.zarr")), 2, "inside the dataset folder")
+    one_line(fer(*mel(d, d)), 2, "inside the dataset folder")  # (a store below it too: tests/extract)
     one_line(fer(*mel(data / "d20", d)), 2, "not a fer feature store", "never writes into a folder")
     assert sorted(str(p) for p in d.rglob("*")) == before
 

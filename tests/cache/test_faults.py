@@ -141,6 +141,10 @@ def test_a_folder_that_is_not_a_store_is_never_written_into(tmp_path):
         create_store(data, ids, votes, folds)
     assert sorted(p.name for p in data.iterdir()) == ["notes.txt", "videos"]
     assert not lock_dir_for(data).exists()
+    (tmp_path / "file.zarr").write_text("mine")
+    with pytest.raises(FerError, match="is a file, not a zarr store"):
+        create_store(tmp_path / "file.zarr", ids, votes, folds)
+    assert (tmp_path / "file.zarr").read_text() == "mine"
     empty = tmp_path / "empty.zarr"
     empty.mkdir()
     create_store(empty, ids, votes, folds).close()  # an empty folder is fine
