@@ -112,11 +112,11 @@ def default_workers() -> int:
 
 
 def worker_start_method(device: torch.device) -> str:
-    """How decoding workers start. On CPU: fork where the platform has it (fast, nothing to pickle); with a
-    CUDA model in this process: forkserver (or spawn), which never copies a CUDA context into a child. Either
-    way workers receive only ``extractor.loader()``, which holds no model."""
+    """How decoding workers start. On CPU under Linux: fork (fast, nothing to pickle); with a CUDA model in
+    this process: forkserver (or spawn), which never copies a CUDA context into a child; elsewhere the
+    platform's safe default, spawn. Either way workers receive only ``extractor.loader()``, which holds no model."""
     methods = multiprocessing.get_all_start_methods()
-    if device.type == "cpu" and "fork" in methods:
+    if device.type == "cpu" and "fork" in methods and sys.platform.startswith("linux"):
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
 

@@ -138,6 +138,8 @@ def extractor_from_provenance(provenance: dict[str, Any], device: str | torch.de
     if not isinstance(args, dict) or "modality" not in args:
         spec = provenance.get("spec", "this feature set")
         raise FerError(f"{spec} does not record how it was extracted (made by an older fer): re-extract it")
+    if args.get("modality") == "audio":  # older fer recorded --size/--frames for audio, where they meant nothing
+        args = {k: v for k, v in args.items() if k not in ("size", "frames")}
     return make_extractor(device=device, **args)
 
 
