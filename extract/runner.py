@@ -604,19 +604,23 @@ def _embed_safe(
         mask = mask.detach().to("cpu", torch.bool).numpy()
         return {b.row: (data[i], mask[i]) for i, b in enumerate(group)}
 
-    failure = _attempt(run, oks)
-    if not isinstance(failure, _Failure):
-        return failure
+    got = _attempt(run, oks)
+    if not isinstance(got, _Failure):
+        return got
+    failure = got
     if len(oks) == 1 and not strict:
         return {oks[0].row: one_line(f"model failed on this clip: {failure.reason}")}
     out: dict[int, Any] = {}
     if len(oks) > 1:
+        _release_memory(extractor.device)
         for b in oks:
-            _release_memory(extractor.device)
             got = _attempt(run, [b])
-            out.update(got if not isinstance(got, _Failure) else
-                       {b.row: one_line(f"model failed on this clip: {got.reason}")})
-            failure = got if isinstance(got, _Failure) else failure
+            if isinstance(got, _Failure):
+                out[b.row] = one_line(f"model failed on this clip: {got.reason}")
+                failure = got
+                _release_memory(extractor.device)
+            else:
+                out.update(got)
     if out and not all(isinstance(v, str) for v in out.values()):
         return out
     raise _systemic_error(extractor, failure, len(oks))
