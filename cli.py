@@ -178,7 +178,8 @@ def extract_cmd(
 
     One feature set per call, named by its spec (e.g. face.resnet18.imagenet.pool.224.16f). Rerunning the
     same command resumes and retries only failed or unfinished clips. Exit status 1 when a clip failed
-    (reasons are in the summary and the store), 130 when interrupted (rerun to resume).
+    (reasons are in the summary and the store), 2 for bad input, 3 for a fault of the machine (no space,
+    read-only, damaged store), 130 when interrupted (rerun to resume).
     """
     from fer.extract.backbones.registry import FACTORIES
 
@@ -379,7 +380,7 @@ def cache_verify(
     from fer.cache.store import open_store
     from fer.cache.verify import clean_leftovers, verify_store
 
-    with open_store(store, "r+" if clean else "r") as s:
+    with open_store(store, "r") as s:  # --clean deletes temp files itself: a read-only store with none is fine
         if clean:
             typer.echo(f"removed {clean_leftovers(s)} temp file(s)")
         rep = verify_store(s, spec)
@@ -398,14 +399,16 @@ def cache_rm(
     from fer.cache.report import human_bytes
     from fer.cache.store import open_store
 
+    from fer.cache.errors import FerEnvError
+
     with open_store(store, "r+") as s:
-        info = s.info(spec)
         if not yes:
-            typer.confirm(
-                f"delete {spec} ({info['n_done']}/{info['n_rows']} rows done, "
-                f"{human_bytes(info['bytes_on_disk'])}) from {store}?",
-                abort=True,
-            )
+            try:
+                info = s.info(spec)
+                what = f"{info['n_done']}/{info['n_rows']} rows done, {human_bytes(info['bytes_on_disk'])}"
+            except FerEnvError:  # a damaged set can still be removed
+                what = "damaged"
+            typer.confirm(f"delete {spec} ({what}) from {store}?", abort=True)
         s.remove(spec)
     typer.echo(f"removed {spec}")
 
@@ -443,15 +446,25 @@ def predict_cmd(
 
 
 def main() -> None:
-    """Entry point: run the app; a FerError becomes one line on stderr and exit status 2."""
+    """Entry point: run the app. Exit status 0 done, 1 some clips failed, 2 bad input or usage (FerError),
+    3 an environment fault (FerEnvError: no space, read-only, damaged store), 130 interrupted; errors are one
+    line on stderr."""
+    from fer.cache.errors import env_error
+
     try:
         app()
     except FerError as e:
         typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
+        sys.exit(e.exit_code)
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
+    except OSError as e:  # last net for a disk fault no boundary translated; anything else is a bug: traceback
+        err = env_error(e, None, "running fer")
+        if err is None:
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ JSON dicts on both formats (HDF5 keeps them as one JSON string attribute), so no
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -18,9 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from fer.cache.errors import FerError
+from fer.cache.errors import FORBIDDEN, READ_ONLY, FerEnvError, FerError, env_error, env_faults, errno_of
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
+HDF5_WRITE_MARGIN = 1 << 20
+"""Free space an HDF5 write needs beyond its data (metadata: chunk index, heaps, attributes), with room."""
 _H5_ATTR = "fer_json"
 
 # Compressor names a feature set may use, per format. HDF5 has only its built-in filters here (blosc/zstd
@@ -162,6 +165,12 @@ class Backend:
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
+    def mark_write_failed(self) -> None:
+        """Called after a failed write; a format that caches writes drops them at close (see Hdf5Backend)."""
+
+    def reserve(self, nbytes: int) -> None:
+        """Before writing about ``nbytes``: OSError(ENOSPC) when the disk cannot take them (HDF5, see there)."""
+
 
 class ZarrBackend(Backend):
     format = "zarr"
@@ -174,11 +183,17 @@ class ZarrBackend(Backend):
         self.readonly = mode == "r"
         target: Any = str(self.local) if self.local is not None else str(path)
         zmode = {"r": "r", "r+": "r+", "a": "a"}[mode]
+        if self.local is not None and self.local.exists() and not self.local.is_dir():
+            raise FerError(f"{path} is a file, not a zarr store (a folder): check the path, or name an HDF5 store *.h5")
         try:
-            self.root = zarr.open_group(target, mode=zmode, zarr_format=3)
+            with env_faults(path, {"r": "opening the store", "r+": "opening the store for writing", "a": "creating the store"}[mode]):
+                self.root = zarr.open_group(target, mode=zmode, zarr_format=3)
         except FileNotFoundError as e:
             raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
         except (ValueError, TypeError, KeyError) as e:
+            if self.local is not None and (self.local / "zarr.json").is_file():
+                raise FerEnvError(f"{path} is damaged: its zarr.json cannot be read ({type(e).__name__}); restore the "
+                                  "store from a copy, or re-extract into a new store") from e
             raise FerError(f"{path} is not a readable zarr v3 store ({e}); check the path") from e
 
     # attrs ---------------------------------------------------------------
@@ -231,6 +246,8 @@ class ZarrBackend(Backend):
         grp = self.root[parent] if parent else self.root
         if name in grp:
             del grp[name]
+        if self.local is not None and (self.local / key).is_dir():  # a folder left without its zarr.json
+            shutil.rmtree(self.local / key)
 
     def bytes_on_disk(self, key: str) -> int | None:
         if self.local is None:
@@ -297,18 +314,16 @@ class Hdf5Backend(Backend):
         self.readonly = mode == "r"
         if mode == "r" and not self.local.exists():
             raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
+        self._write_failed = False
+        if mode == "a" and not self.local.exists():
+            with env_faults(path, "creating the store"):
+                self.reserve(0)
         try:
             self.f = h5py.File(self.local, {"r": "r", "r+": "r+", "a": "a"}[mode])
         except FileNotFoundError as e:
             raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
         except OSError as e:
-            msg = str(e).lower()
-            if "lock" in msg or "already open" in msg:
-                raise FerError(
-                    f"{path} is open for writing by another process (HDF5 allows one writer and no readers "
-                    "beside it); wait for it to finish, or use a .zarr store for parallel writers"
-                ) from e
-            raise FerError(f"{path} is not a readable HDF5 file ({e}); check the path") from e
+            raise _h5_open_error(e, path, mode) from e
 
     def _json(self, obj) -> dict:
         raw = obj.attrs.get(_H5_ATTR)
@@ -396,13 +411,87 @@ class Hdf5Backend(Backend):
         return RawChunks(where=where, fill=fill)
 
     def flush(self) -> None:
-        self.f.flush()
+        try:
+            self.f.flush()
+        except Exception:
+            self._write_failed = True
+            raise
+
+    def mark_write_failed(self) -> None:
+        """A write into the file failed (e.g. no space): close() then drops what HDF5 still holds unwritten."""
+        self._write_failed = True
+
+    def reserve(self, nbytes: int) -> None:
+        """Refuse (OSError ENOSPC) a write the disk cannot take, before HDF5 sees it: HDF5 meets a full disk
+        also while releasing objects, where the error is swallowed and the library's state is left broken
+        (a later flush crashes the process). Quotas and other writers can still fill the disk between this
+        check and the write; close() copes with those."""
+        where = self.local.parent if not self.local.exists() else self.local
+        try:
+            st = os.statvfs(where)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        if free < nbytes + HDF5_WRITE_MARGIN:
+            raise OSError(errno.ENOSPC, f"{free} bytes free, {nbytes + HDF5_WRITE_MARGIN} needed", str(self.local))
 
     def close(self) -> None:
+        """Close the file, deterministically even after a failed write.
+
+        HDF5 cannot close a file whose cached changes it cannot write (no space): h5py then leaves it open and
+        the process crashes when it is garbage-collected at exit. So when a write failed, or the last flush
+        fails, the file's descriptor is pointed at /dev/null first: HDF5 finishes closing, and the file on disk
+        stays as it was after the last write that succeeded (rows not yet marked done are redone on resume).
+        """
+        if not self.f.id.valid:
+            return
+        if not self.readonly and not self._write_failed:
+            try:
+                self.f.flush()
+            except Exception:
+                self._write_failed = True
+        if self._write_failed:
+            self._abandon_unwritten()
         try:
             self.f.close()
         except Exception:
             pass
+
+    def _abandon_unwritten(self) -> None:
+        try:
+            fd = self.f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_RDWR)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        except Exception:
+            pass
+
+
+def _h5_open_error(e: OSError, path: str | os.PathLike, mode: str) -> FerError:
+    """The one-line error for an HDF5 file that would not open, by cause."""
+    msg = str(e).lower()
+    code = errno_of(e)
+    if "unable to lock file" in msg or "already open" in msg:
+        return FerError(
+            f"{path} is open for writing by another process (HDF5 allows one writer and no readers "
+            "beside it); wait for it to finish, or use a .zarr store for parallel writers"
+        )
+    if mode != "r" and code in READ_ONLY + FORBIDDEN:
+        why = "it is on a read-only file system" if code in READ_ONLY else "permission denied"
+        return FerEnvError(f"{path} cannot be opened for writing ({why}); it can still be read (fer cache ls, "
+                           "fer train): to write, copy it somewhere writable, or give another --store")
+    env = env_error(e, path, "creating the store" if mode == "a" else "opening the store")
+    if env is not None:
+        return env
+    m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", msg)
+    if m:
+        return FerEnvError(
+            f"{path} is damaged: the file is cut short ({m.group(1)} of {m.group(2)} bytes; a copy that stopped early or "
+            "a disk that filled up): copy it again from its source, or re-extract into a new store"
+        )
+    return FerError(f"{path} is not a readable HDF5 file ({e}); check the path")
 
 
 def _du(path: Path) -> int:

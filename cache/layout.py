@@ -73,6 +73,18 @@ def chunk_span(chunk: int, chunk_rows: int, n: int) -> tuple[int, int]:
     return a, min(n, a + chunk_rows)
 
 
+def owned_chunks(n: int, chunk_rows: int, shard: tuple[int, int]) -> list[int]:
+    """The chunks shard (k, n_shards) writes: c % n_shards == k."""
+    k, m = shard
+    return [c for c in range(n_chunks(n, chunk_rows)) if c % m == k]
+
+
+def owned_rows(n: int, chunk_rows: int, shard: tuple[int, int]) -> np.ndarray:
+    """Row indices of the chunks shard (k, n_shards) owns, ascending."""
+    parts = [np.arange(*chunk_span(c, chunk_rows, n), dtype=np.int64) for c in owned_chunks(n, chunk_rows, shard)]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
 def group_by_chunk(rows: np.ndarray, chunk_rows: int) -> Iterable[tuple[int, np.ndarray]]:
     """(chunk, positions into rows) for each chunk the rows touch."""
     chunks = rows // chunk_rows

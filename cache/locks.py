@@ -16,7 +16,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from fer.cache.errors import FerError
+from fer.cache.errors import FerError, env_faults
+
+_LOCK_FIX = ("writing to a store needs its folder writable (reading does not): write to a writable copy or another "
+             "--store")
 
 _lock = threading.Lock()
 _fds: dict[str, list[int]] = {}  # lock file -> [fd, users]
@@ -89,8 +92,9 @@ class ChunkLocks:
         path = str(self.lock_file)
         entry = _fds.get(path)
         if entry is None:
-            self.lock_file.parent.mkdir(parents=True, exist_ok=True)
-            entry = _fds[path] = [os.open(path, os.O_RDWR | os.O_CREAT, 0o666), 0]
+            with env_faults(self.lock_file.parent, "creating a lock file beside the store", _LOCK_FIX):
+                self.lock_file.parent.mkdir(parents=True, exist_ok=True)
+                entry = _fds[path] = [os.open(path, os.O_RDWR | os.O_CREAT, 0o666), 0]
         entry[1] += 1
         return entry[0]
 
@@ -133,8 +137,9 @@ def exclusive(lock_file: Path | None, key: str) -> Iterator[None]:
         if lock_file is None:
             yield
             return
-        lock_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
+        with env_faults(lock_file.parent, "creating a lock file beside the store", _LOCK_FIX):
+            lock_file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(str(lock_file), os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from fer.cache.errors import FerEnvError
 from fer.cache.store import FeatureStore
 from fer.cache.verify import VerifyReport
 
@@ -31,14 +32,21 @@ def list_table(store: FeatureStore) -> str:
     if not specs:
         return head + "\nno feature sets yet"
     rows = [["SPEC", "MODALITY", "SHAPE", "DTYPE", "DONE", "FAILED", "SIZE", "CREATED"]]
+    damaged = 0
     for s in specs:
-        i = store.info(s)
+        try:
+            i = store.info(s)
+        except FerEnvError:  # listed, not fatal: the other sets are fine
+            damaged += 1
+            rows.append([s, "DAMAGED", "-", "-", "-", "-", "-", "-"])
+            continue
         rows.append([
             s, str(i.get("modality", "-")), "x".join(str(x) for x in i["shape"]), i["dtype"],
             f"{i['n_done']}/{i['n_rows']}", str(i["n_failed"]), human_bytes(i["bytes_on_disk"]),
             str(i.get("created") or "-"),
         ])
-    return head + "\n" + _table(rows)
+    note = f"\n{damaged} damaged feature set(s): see `fer cache verify {store.path}`" if damaged else ""
+    return head + "\n" + _table(rows) + note
 
 
 def info_text(store: FeatureStore, spec: str, *, as_json: bool = False) -> str:

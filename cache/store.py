@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.backends import Backend, format_for, local_path, open_backend, read_raw_chunks, read_raw_rows
-from fer.cache.errors import FerError
+from fer.cache.backends import Backend, format_for, local_path, open_backend, read_raw_chunks, read_raw_rows, remove_tree
+from fer.cache.errors import FerEnvError, FerError, env_faults
 from fer.cache.locks import ChunkLocks, exclusive, lock_dir_for
 from fer.cache.provenance import library_versions, now_iso
 from fer.cache.schema import DFEW_CLASSES, DFEW_FOLDS, FOLD_CODES, FORMAT_VERSION, STORE_FORMAT_NAME
@@ -56,13 +58,52 @@ class FeatureStore:
         self.mode = mode
         self._local = local_path(path)
         self.attrs = self._check_format(backend.root_attrs())
+        self._valid_sets: set[str] = set()
+        self._check_index_arrays()  # before reading: a damaged shape must not allocate gigabytes
         try:
-            self._ids = L.decode_strings(np.asarray(backend.array(L.CLIPS_ID)[:]))
-            self._votes = np.asarray(backend.array(L.CLIPS_VOTES)[:], dtype=np.float32)
-            self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
-        except KeyError as e:
-            raise FerError(f"{self.path} has no clip index (clips/...); the store is incomplete, create it again") from e
+            with env_faults(self.path, "reading the clip index"):
+                self._ids = L.decode_strings(np.asarray(backend.array(L.CLIPS_ID)[:]))
+                self._votes = np.asarray(backend.array(L.CLIPS_VOTES)[:], dtype=np.float32)
+                self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
+        except (FerError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            raise self._damaged(f"its clip index cannot be read ({type(e).__name__}: {L.one_line(e, 120)})") from e
         self.class_names, self.fold_names = self._protocol()
+
+    def _damaged(self, what: str, spec: str | None = None) -> FerEnvError:
+        if spec is None:
+            return FerEnvError(f"{self.path} is damaged: {what}; restore it from a copy, or re-extract into a new store")
+        return FerEnvError(
+            f"{self.path} is damaged: feature set {spec}: {what}; run `fer cache verify {self.path}` to see all damage, "
+            f"then remove the set (`fer cache rm {self.path} {spec}`) and extract it again"
+        )
+
+    def _check_index_arrays(self) -> None:
+        """Shapes and attrs of the clip index agree with each other and with the bytes stored, checked from
+        metadata alone (cheap), so a damaged or hostile shape is refused before anything is allocated."""
+        b = self._b
+        shapes = {}
+        for key in (L.CLIPS_ID, L.CLIPS_VOTES, L.CLIPS_FOLD):
+            if not b.has(key):
+                raise FerError(f"{self.path} has no clip index ({key} is missing); the store is incomplete, create it again")
+            a = b.array(key)
+            shape, chunks = tuple(int(x) for x in a.shape), tuple(int(x) for x in (a.chunks or a.shape))
+            if len(shape) != 2 or shape[0] < 1:
+                raise self._damaged(f"{key} has shape {shape}, not (clips, width)")
+            if chunks[0] != shape[0]:  # the index is written as one chunk
+                raise self._damaged(f"{key} claims {shape[0]} rows but is chunked for {chunks[0]}")
+            claimed = int(np.prod(shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
+            stored = b.bytes_on_disk(key)
+            if stored is not None and claimed > 2 * stored + (1 << 20):  # the index is stored uncompressed
+                raise self._damaged(f"{key} claims {shape[0]} rows ({claimed} bytes) but holds {stored} bytes")
+            shapes[key] = shape
+        rows = {k: v[0] for k, v in shapes.items()}
+        num = self.attrs.get("num_clips")
+        if len(set(rows.values())) != 1 or (isinstance(num, int) and num != rows[L.CLIPS_ID]):
+            said = f", the root attrs say {num}" if isinstance(num, int) else ""
+            raise self._damaged("the clip index arrays disagree on the number of clips ("
+                                + ", ".join(f"{k} {r}" for k, r in rows.items()) + said + ")")
 
     def _protocol(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The store's class and fold names; a version 1 store is DFEW's 7 classes and 5 folds."""
@@ -93,6 +134,20 @@ class FeatureStore:
                 "upgrade fer to read it"
             )
         return attrs
+
+    def index_mismatch(self, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray,
+                       class_names: Sequence[str]) -> str | None:
+        """Why this store's clip index is not the given one (a one-line reason), or None when it is the same."""
+        votes = np.asarray(votes, dtype=np.float32)
+        same = (list(self.ids) == [str(i) for i in ids] and self.votes.shape == votes.shape
+                and np.array_equal(self.votes, votes) and np.array_equal(self.folds, np.asarray(folds, dtype=np.int8)))
+        if not same:
+            return (f"{self.path} holds another dataset's clips (different ids, votes or folds); "
+                    "use a new store path or remove the old store")
+        if list(self.class_names) != [str(c) for c in class_names]:
+            return (f"{self.path} names its classes {', '.join(self.class_names)}, not "
+                    f"{', '.join(class_names)}; use the same --classes or a new store path")
+        return None
 
     # ------------------------------------------------------------ clip index
     @property
@@ -138,8 +193,54 @@ class FeatureStore:
             raise FerError(f"{self.path} has no feature set {spec!r}; it has: {have}")
 
     def set_attrs(self, spec: str) -> dict:
+        """The feature set's attrs, after checking its arrays agree with them (FerEnvError when damaged)."""
         self.require(spec)
-        return self._b.group_attrs(L.group_key(spec))
+        attrs = self._b.group_attrs(L.group_key(spec))
+        if spec not in self._valid_sets:
+            problems = self.set_problems(spec, attrs)
+            if problems:
+                raise self._damaged(problems[0], spec)
+            self._valid_sets.add(spec)
+        return attrs
+
+    def set_problems(self, spec: str, attrs: dict | None = None) -> list[str]:
+        """What is wrong with a feature set's attrs and array shapes and chunks (metadata only; empty when fine)."""
+        b, n = self._b, self.n
+        attrs = b.group_attrs(L.group_key(spec)) if attrs is None else attrs
+        missing = [k for k in ("chunk_rows", "row_shape", "dtype", "modality") if k not in attrs]
+        if missing:
+            return [f"attrs lack {', '.join(missing)} (its creation was interrupted)"]
+        cr, row_shape = attrs["chunk_rows"], attrs["row_shape"]
+        if not isinstance(cr, int) or isinstance(cr, bool) or not 1 <= cr <= n:
+            return [f"chunk_rows is {cr!r}, not a number of rows in 1..{n}"]
+        if (not isinstance(row_shape, list) or not row_shape
+                or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in row_shape)):
+            return [f"row_shape is {row_shape!r}, not a list of positive sizes"]
+        try:
+            dt = np.dtype(attrs["dtype"])
+        except TypeError:
+            return [f"dtype is {attrs['dtype']!r}, not a numeric type"]
+        row_shape, t = tuple(row_shape), row_shape[0]
+        expect = {
+            "data": ((n,) + row_shape, (cr,) + row_shape, dt),
+            "mask": ((n, t), (cr, t), np.dtype(bool)),
+            "done": ((n,), (cr,), np.dtype(bool)),
+            "failed": ((n, L.FAIL_WIDTH), (cr, L.FAIL_WIDTH), np.dtype(np.uint8)),
+        }
+        problems = []
+        for name, (shape, chunks, dtype) in expect.items():
+            key = f"{L.group_key(spec)}/{name}"
+            if not b.has(key):
+                problems.append(f"{name} is missing")
+                continue
+            a = b.array(key)
+            if tuple(a.shape) != shape:
+                problems.append(f"{name} has shape {tuple(a.shape)}, expected {shape} ({n} clips)")
+            elif tuple(a.chunks or ()) != chunks:
+                problems.append(f"{name} has chunks {tuple(a.chunks or ())}, expected {chunks} (writers could share a chunk)")
+            elif np.dtype(a.dtype) != dtype:
+                problems.append(f"{name} holds {np.dtype(a.dtype)}, expected {dtype}")
+        return problems
 
     def info(self, spec: str) -> dict:
         """Provenance attrs plus shape, dtype, chunk_rows, n_done, n_failed, bytes_on_disk, created."""
@@ -161,12 +262,18 @@ class FeatureStore:
         )
         return out
 
+    def done_mask(self, spec: str) -> np.ndarray:
+        """(N,) bool: the rows of ``spec`` written completely (reads only the small ``done`` array)."""
+        self.set_attrs(spec)
+        with env_faults(self.path, f"reading feature set {spec}"):
+            return np.asarray(self._b.array(L.done_key(spec))[:], dtype=bool)
+
     def _failed_rows(self, spec: str) -> np.ndarray:
         return np.asarray(self._b.array(L.failed_key(spec))[:, 0]) != 0
 
     def failures(self, spec: str) -> dict[str, str]:
         """clip id -> one-line reason, for rows that failed and are not done."""
-        self.require(spec)
+        self.set_attrs(spec)
         failed = np.asarray(self._b.array(L.failed_key(spec))[:])
         done = np.asarray(self._b.array(L.done_key(spec))[:], dtype=bool)
         rows = np.flatnonzero((failed[:, 0] != 0) & ~done)
@@ -174,16 +281,23 @@ class FeatureStore:
         return {str(self._ids[r]): str(reason) for r, reason in zip(rows, reasons)}
 
     def read(self, spec: str, *, rows: np.ndarray | None = None) -> FeatureSet:
-        """The whole feature set (or the given rows) in one pass, chunk by chunk, never row by row."""
+        """The whole feature set (or the given rows) in one pass, chunk by chunk, never row by row.
+
+        A chunk that cannot be read (truncated, corrupt) raises FerEnvError naming the set, the chunk and its rows.
+        """
         attrs = self.set_attrs(spec)
         cr = int(attrs["chunk_rows"])
-        arrays = {k: self._b.array(key(spec)) for k, key in
-                  (("data", L.data_key), ("mask", L.mask_key), ("done", L.done_key))}
+        keys = {"data": L.data_key(spec), "mask": L.mask_key(spec), "done": L.done_key(spec)}
+        arrays = {k: self._b.array(key) for k, key in keys.items()}
         if rows is None:
             out = {k: np.empty(a.shape, dtype=a.dtype) for k, a in arrays.items()}
-            keys = {"data": L.data_key(spec), "mask": L.mask_key(spec), "done": L.done_key(spec)}
             for k, a in arrays.items():
-                self._read_all(keys[k], a, out[k], cr)
+                try:
+                    self._read_all(keys[k], a, out[k], cr)
+                except (FerError, KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:
+                    raise self._unreadable(spec, k, a, cr, e) from e
             ids = self._ids
         else:
             rows = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -192,10 +306,15 @@ class FeatureStore:
             out = {k: np.empty((len(rows),) + tuple(a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
             spans = {k: _Span(self._b, key(spec), cr) for k, key in
                      (("data", L.data_key), ("mask", L.mask_key), ("done", L.done_key))}
-            for _, pos in L.group_by_chunk(rows, cr):
+            for c, pos in L.group_by_chunk(rows, cr):
                 lo, hi = int(rows[pos].min()), int(rows[pos].max()) + 1  # only the span the rows need
                 for k, span in spans.items():
-                    out[k][pos] = span.read(lo, hi)[rows[pos] - lo]
+                    try:
+                        out[k][pos] = span.read(lo, hi)[rows[pos] - lo]
+                    except (FerError, KeyboardInterrupt, MemoryError):
+                        raise
+                    except Exception as e:
+                        raise self._unreadable(spec, k, arrays[k], cr, e, chunk=c) from e
             ids = self._ids[rows]
         return FeatureSet(spec=spec, data=out["data"], mask=out["mask"], done=out["done"], ids=ids, attrs=attrs)
 
@@ -209,6 +328,22 @@ class FeatureStore:
     def span_reader(self, spec: str) -> SpanReader:
         """Reads row spans [start, stop) of one feature set (data and mask), its arrays resolved once."""
         return SpanReader(self, spec)
+
+    def _unreadable(self, spec: str, name: str, arr: Any, cr: int, e: Exception, chunk: int | None = None) -> FerEnvError:
+        """The error for a chunk read that failed: finds the first bad chunk (only on this failure path)."""
+        if chunk is None:
+            for c in range(L.n_chunks(self.n, cr)):
+                a0, b0 = L.chunk_span(c, cr, self.n)
+                try:
+                    np.asarray(arr[a0:b0])
+                except Exception as err:  # noqa: BLE001 - any failure marks the chunk
+                    chunk, e = c, err
+                    break
+        if chunk is None:
+            return self._damaged(f"its {name} cannot be read ({type(e).__name__}: {L.one_line(e, 160)})", spec)
+        a0, b0 = L.chunk_span(chunk, cr, self.n)
+        return self._damaged(f"chunk {chunk} of its {name} (rows {a0}-{b0 - 1}, clips {self._ids[a0]}..{self._ids[b0 - 1]}) "
+                             f"cannot be read ({type(e).__name__}: {L.one_line(e, 160)})", spec)
 
     def _read_all(self, key: str, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
         n = out.shape[0]
@@ -249,7 +384,12 @@ class FeatureStore:
         L.check_spec(spec)
         with exclusive(self._lock_file("_create"), f"{self.path}::create"):
             if not self.has(spec):
-                self._create_set(spec, row_shape, attrs, dtype, chunk_bytes, compressor)
+                try:
+                    with env_faults(self.path, f"creating feature set {spec}"):
+                        self._create_set(spec, row_shape, attrs, dtype, chunk_bytes, compressor)
+                except BaseException:
+                    self._drop_half_set(spec)
+                    raise
             else:
                 have = self.set_attrs(spec)
                 if row_shape is not None and tuple(row_shape) != tuple(have["row_shape"]):
@@ -272,6 +412,7 @@ class FeatureStore:
         cr = min(self.n, L.chunk_rows_for(row_shape, dt, chunk_bytes or L.DEFAULT_CHUNK_BYTES))
         n, t = self.n, row_shape[0]
         g = L.group_key(spec)
+        self._b.reserve(0)
         self._b.create_group(g)
         fill = np.nan if dt.kind == "f" else 0
         # mask/done/failed share data's rows per chunk so writers of disjoint chunks never share a chunk file.
@@ -288,18 +429,35 @@ class FeatureStore:
         self._b.set_group_attrs(g, meta)  # last: its chunk_rows marks the set as complete
         self._b.flush()
 
+    def _drop_half_set(self, spec: str) -> None:
+        """Remove what a failed _create_set made, so no half-made set is left (best effort: the disk may be full)."""
+        try:
+            if not self._b.has(L.group_key(spec)) or not self._complete(spec):
+                self._b.delete(L.group_key(spec))
+                self._b.flush()
+        except Exception:  # noqa: BLE001 - a set without chunk_rows is never listed, and verify names it
+            self._b.mark_write_failed()
+
     def remove(self, spec: str) -> None:
         """Delete a feature set (refused while a writer holds any of its chunks)."""
         if self.mode == "r":
             raise FerError(f"{self.path} is open read-only; open it with mode='r+' to remove a feature set")
-        attrs = self.set_attrs(spec)
-        chunks = range(L.n_chunks(self.n, int(attrs["chunk_rows"])))
+        self.require(spec)  # not set_attrs: a damaged set must stay removable
+        chunks = range(L.n_chunks(self.n, self.safe_chunk_rows(spec)))
         locks = ChunkLocks(self._lock_key(spec), self._lock_file(spec), chunks, f"cannot remove {spec!r}")
         try:
-            self._b.delete(L.group_key(spec))
-            self._b.flush()
+            with env_faults(self.path, f"removing feature set {spec}"):
+                self._b.reserve(0)
+                self._b.delete(L.group_key(spec))
+                self._b.flush()
+            self._valid_sets.discard(spec)
         finally:
             locks.release()
+
+    def safe_chunk_rows(self, spec: str) -> int:
+        """The set's chunk_rows when valid, else 1 (every row its own chunk), for taking locks on a damaged set."""
+        cr = self._b.group_attrs(L.group_key(spec)).get("chunk_rows")
+        return cr if isinstance(cr, int) and not isinstance(cr, bool) and 1 <= cr <= self.n else 1
 
     # ------------------------------------------------------------ internals
     def _lock_key(self, spec: str) -> str:
@@ -415,50 +573,113 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
     ``votes`` is (N, C) with one column per name in ``class_names`` (default: DFEW's 7 classes when C is 7);
     ``folds`` is (N, K), one column per fold of the protocol (codes in fer.cache.schema), named by
     ``fold_names``; ``layout`` says which dataset layout the index came from.
+
+    An existing non-empty folder that is not a fer store is refused (fer never writes into a folder it did not
+    make). When creation fails (no space, read-only), what it made is removed, so nothing half-made is left.
     """
     ids, votes, folds, class_names, fold_names = _check_index(ids, votes, folds, class_names, fold_names)
     local = local_path(path)
-    lock = None if local is None or format_for(path) == "hdf5" else lock_dir_for(local.resolve()) / "_create.lock"
-    with exclusive(lock, f"{path}::create"):
-        b = open_backend(path, "a")
+    if local is not None:
+        refuse_foreign_folder(local, path)  # before any lock file or write
+    lock_dir = None if local is None or format_for(path) == "hdf5" else lock_dir_for(local.resolve())
+    made_lock_dir = lock_dir is not None and not lock_dir.exists()
+    try:
+        with env_faults(path, "creating the store"):
+            with exclusive(None if lock_dir is None else lock_dir / "_create.lock", f"{path}::create"):
+                return _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout,
+                                       description, attrs)
+    except BaseException:
+        if made_lock_dir and local is not None and not local.exists():
+            shutil.rmtree(lock_dir, ignore_errors=True)  # the store is gone: so is the lock folder we made for it
+        raise
+
+
+def refuse_foreign_folder(local: Path, path: str | os.PathLike) -> None:
+    """FerError when ``local`` is an existing non-empty folder that is not a fer store (nor the remains of an
+    interrupted store creation): writing a store there would mix it with someone else's files."""
+    if not local.is_dir():
+        return
+    names = sorted(p.name for p in local.iterdir())
+    if not names:
+        return
+    meta = local / "zarr.json"
+    if meta.is_file():
         try:
-            root = b.root_attrs()
-            if root.get("format") == STORE_FORMAT_NAME:
-                store = FeatureStore(b, path, "r+")
-                same = (list(store.ids) == ids and store.votes.shape == votes.shape
-                        and np.array_equal(store.votes, votes) and np.array_equal(store.folds, folds))
-                if not same:
-                    raise FerError(
-                        f"{path} holds another dataset's clips (different ids, votes or folds); "
-                        "use a new store path or remove the old store"
-                    )
-                if list(store.class_names) != class_names:
-                    raise FerError(f"{path} names its classes {', '.join(store.class_names)}, not "
-                                   f"{', '.join(class_names)}; use the same --classes or a new store path")
-                return store
-            others = [k for k in b.children("") if k not in ("clips", "features")]
-            if others or b.children(L.FEATURES):
-                raise FerError(f"{path} exists and is not a fer feature store; choose another path")
-            n = len(ids)
-            b.create_array(L.CLIPS_ID, (n, max(1, max(len(i.encode()) for i in ids))), np.uint8,
-                           (n, max(1, max(len(i.encode()) for i in ids))), 0)
-            b.array(L.CLIPS_ID)[:] = L.encode_strings(ids)
-            # one chunk each; a protocol without folds is (N, 0), and chunk sides must be positive
-            b.create_array(L.CLIPS_VOTES, votes.shape, np.float32, tuple(max(1, x) for x in votes.shape), 0)
-            b.array(L.CLIPS_VOTES)[:] = votes
-            b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, tuple(max(1, x) for x in folds.shape), 0)
-            b.array(L.CLIPS_FOLD)[:] = folds
-            b.create_group(L.FEATURES)
-            meta = dict(attrs or {})
-            meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,
-                        layout=layout, class_names=class_names, fold_names=fold_names, num_clips=n,
-                        created=now_iso(), library_versions=library_versions())
-            b.set_root_attrs(meta)  # last: a store without it is not a store yet
-            b.flush()
-            return FeatureStore(b, path, "r+")
-        except BaseException:
-            b.close()
-            raise
+            root = json.loads(meta.read_text()).get("attributes") or {}
+        except (OSError, ValueError, AttributeError):
+            root = {}
+        if isinstance(root, dict) and root.get("format") == STORE_FORMAT_NAME:
+            return
+    foreign = [x for x in names if x not in ("zarr.json", "clips", "features")
+               and not (x.startswith("zarr.") and x.endswith(".partial"))]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise FerError(f"{path} is a folder that is not a fer feature store (it holds {shown}); fer never writes into "
+                       "a folder it did not make: give --store a new path (or an empty folder)")
+
+
+def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout, description,
+                    attrs) -> FeatureStore:
+    existed = local is None or local.exists()
+    try:
+        b = open_backend(path, "a")
+    except FerEnvError:
+        # e.g. HDF5 leaves an empty file behind when there is no space for its header
+        if not existed and local.is_file() and local.stat().st_size == 0:
+            local.unlink(missing_ok=True)
+        elif not existed and local.is_dir() and not any(local.iterdir()):
+            local.rmdir()
+        raise
+    creating = False
+    try:
+        root = b.root_attrs()
+        if root.get("format") == STORE_FORMAT_NAME:
+            store = FeatureStore(b, path, "r+")
+            differs = store.index_mismatch(ids, votes, folds, class_names)
+            if differs:
+                raise FerError(differs)
+            return store
+        others = [k for k in b.children("") if k not in ("clips", "features")]
+        if others or b.children(L.FEATURES):
+            raise FerError(f"{path} exists and is not a fer feature store; choose another path")
+        creating = True
+        n = len(ids)
+        b.reserve(n * (max(len(i.encode()) for i in ids) + 4 * votes.shape[1] + folds.shape[1]))
+        b.create_array(L.CLIPS_ID, (n, max(1, max(len(i.encode()) for i in ids))), np.uint8,
+                       (n, max(1, max(len(i.encode()) for i in ids))), 0)
+        b.array(L.CLIPS_ID)[:] = L.encode_strings(ids)
+        # one chunk each; a protocol without folds is (N, 0), and chunk sides must be positive
+        b.create_array(L.CLIPS_VOTES, votes.shape, np.float32, tuple(max(1, x) for x in votes.shape), 0)
+        b.array(L.CLIPS_VOTES)[:] = votes
+        b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, tuple(max(1, x) for x in folds.shape), 0)
+        b.array(L.CLIPS_FOLD)[:] = folds
+        b.create_group(L.FEATURES)
+        meta = dict(attrs or {})
+        meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,
+                    layout=layout, class_names=class_names, fold_names=fold_names, num_clips=n,
+                    created=now_iso(), library_versions=library_versions())
+        b.set_root_attrs(meta)  # last: a store without it is not a store yet
+        b.flush()
+        return FeatureStore(b, path, "r+")
+    except BaseException:
+        if creating:
+            b.mark_write_failed()  # whatever HDF5 still caches of the half-made index is dropped, not written
+        b.close()
+        if creating and local is not None:
+            _undo_create(local, existed)
+        raise
+
+
+def _undo_create(local: Path, existed: bool) -> None:
+    """Remove what a failed store creation wrote: the whole store when we made it, else the entries we added."""
+    try:
+        if not existed:
+            remove_tree(local)
+        elif local.is_dir():
+            for name in ("zarr.json", "clips", "features"):
+                remove_tree(local / name)
+    except OSError:
+        pass  # best effort; a folder without the store's root attrs is not taken for a store
 
 
 def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:

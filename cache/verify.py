@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache import layout as L
+from fer.cache.errors import env_faults
 from fer.cache.schema import FOLD_CODES
 from fer.cache.store import FeatureStore
 
@@ -64,33 +65,15 @@ def _check_index(store: FeatureStore, rep: VerifyReport) -> None:
 def _check_set(store: FeatureStore, spec: str, rep: VerifyReport) -> None:
     b = store.backend
     n = store.n
+    problems = store.set_problems(spec)
+    if problems:
+        rep.problems += [f"{spec}: {p}" for p in problems]
+        if any("interrupted" in p for p in problems):
+            rep.problems[-1] += f"; remove it with `fer cache rm {store.path} {spec}` and extract it again"
+        return
     attrs = b.group_attrs(L.group_key(spec))
-    missing_attrs = [k for k in ("chunk_rows", "row_shape", "dtype", "modality") if k not in attrs]
-    if missing_attrs:
-        rep.problems.append(f"{spec}: attrs lack {', '.join(missing_attrs)} (creation was interrupted; rm and redo it)")
-        return
     cr = int(attrs["chunk_rows"])
-    row_shape = tuple(attrs["row_shape"])
-    expect = {
-        "data": ((n,) + row_shape, (cr,) + row_shape),
-        "mask": ((n, row_shape[0]), (cr, row_shape[0])),
-        "done": ((n,), (cr,)),
-        "failed": ((n, L.FAIL_WIDTH), (cr, L.FAIL_WIDTH)),
-    }
-    arrays = {}
-    for name, (shape, chunks) in expect.items():
-        key = f"{L.group_key(spec)}/{name}"
-        if not b.has(key):
-            rep.problems.append(f"{spec}/{name}: missing")
-            continue
-        a = b.array(key)
-        arrays[name] = a
-        if tuple(a.shape) != shape:
-            rep.problems.append(f"{spec}/{name}: shape {tuple(a.shape)}, expected {shape}")
-        if tuple(a.chunks) != chunks:
-            rep.problems.append(f"{spec}/{name}: chunks {tuple(a.chunks)}, expected {chunks} (writers could share a chunk)")
-    if len(arrays) < len(expect) or any(p.startswith(f"{spec}/") and "shape" in p for p in rep.problems):
-        return
+    arrays = {name: b.array(f"{L.group_key(spec)}/{name}") for name in ("data", "mask", "done")}
     try:
         done = np.asarray(arrays["done"][:], dtype=bool)
     except Exception as e:  # a corrupt chunk of done
@@ -145,13 +128,17 @@ def clean_leftovers(store: FeatureStore) -> int:
         return 0
     count = 0
     for spec in store.backend.children(L.FEATURES):
-        cr = int(store.backend.group_attrs(L.group_key(spec)).get("chunk_rows", 1))
+        partial = list((Path(local) / L.group_key(spec)).rglob("*.partial"))
+        if not partial:
+            continue  # nothing to clean: no lock taken, so a read-only store needs no write
+        cr = store.safe_chunk_rows(spec)
         locks = ChunkLocks(store._lock_key(spec), store._lock_file(spec), range(L.n_chunks(store.n, cr)),
                            f"cannot clean {spec!r}")
         try:
-            for p in (Path(local) / L.group_key(spec)).rglob("*.partial"):
-                p.unlink(missing_ok=True)
-                count += 1
+            with env_faults(local, f"removing temp files of {spec}"):
+                for p in partial:
+                    p.unlink(missing_ok=True)
+                    count += 1
         finally:
             locks.release()
     return count

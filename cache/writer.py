@@ -9,12 +9,14 @@ does and does not guarantee.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.errors import FerError
+from fer.cache.errors import FerError, env_faults
 from fer.cache.locks import ChunkLocks, exclusive
 
 if TYPE_CHECKING:
@@ -41,16 +43,28 @@ class FeatureWriter:
         self._mask = b.array(L.mask_key(spec))
         self._done = b.array(L.done_key(spec))
         self._failed = b.array(L.failed_key(spec))
-        self._chunks = [c for c in range(L.n_chunks(store.n, self.chunk_rows)) if c % n == k]
+        self._chunks = L.owned_chunks(store.n, self.chunk_rows, (k, n))
         self._owned = set(self._chunks)
         self._locks = ChunkLocks(store._lock_key(spec), store._lock_file(spec), self._chunks,
                                  f"feature set {spec!r} of {store.path}")
 
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """A write into the store: a disk fault becomes a one-line FerEnvError, and the backend learns that a
+        write failed (HDF5 then drops, at close, what it could not write instead of crashing)."""
+        try:
+            with env_faults(self.store.path, f"{what} of feature set {self.spec}",
+                            "free space there (or raise the quota), then rerun the same command: the rows marked "
+                            "done so far are kept and the rest are redone"):
+                yield
+        except Exception:
+            self._b.mark_write_failed()
+            raise
+
     # ------------------------------------------------------------ queries
     def owned_rows(self) -> np.ndarray:
         """Row indices of the chunks this writer owns, ascending."""
-        parts = [np.arange(*L.chunk_span(c, self.chunk_rows, self.store.n), dtype=np.int64) for c in self._chunks]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return L.owned_rows(self.store.n, self.chunk_rows, self.shard)
 
     def done(self) -> np.ndarray:
         """(N,) bool, read fresh from disk."""
@@ -105,19 +119,21 @@ class FeatureWriter:
             allpos = np.concatenate([pos for _, pos in run])
             dblock[local] = data[allpos]
             mblock[local] = mask[allpos]
-            self._data[a:b] = dblock
-            self._mask[a:b] = mblock
-            self._b.flush()
-            # only now, with the data in place, mark the rows done and drop their failure records
-            done = np.array(self._done[a:b], dtype=bool)
-            done[local] = True
-            self._done[a:b] = done
-            failed = np.asarray(self._failed[a:b])
-            if failed[local].any():
-                failed = failed.copy()
-                failed[local] = 0
-                self._failed[a:b] = failed
-            self._b.flush()
+            with self._writing(f"writing rows {a}-{b - 1}"):
+                self._b.reserve(dblock.nbytes + mblock.nbytes + 2 * (b - a) * L.FAIL_WIDTH)
+                self._data[a:b] = dblock
+                self._mask[a:b] = mblock
+                self._b.flush()
+                # only now, with the data in place, mark the rows done and drop their failure records
+                done = np.array(self._done[a:b], dtype=bool)
+                done[local] = True
+                self._done[a:b] = done
+                failed = np.asarray(self._failed[a:b])
+                if failed[local].any():
+                    failed = failed.copy()
+                    failed[local] = 0
+                    self._failed[a:b] = failed
+                self._b.flush()
 
     def _runs(self, groups: list[tuple[int, np.ndarray]]) -> list[list[tuple[int, np.ndarray]]]:
         """Split (chunk, positions) groups into runs of consecutive chunks of at most ~64 MB."""
@@ -152,12 +168,14 @@ class FeatureWriter:
         rows = self._check_rows(list(failures.keys()))
         reasons = [L.one_line(failures[int(r)]) or "failed" for r in rows]
         enc = L.encode_strings(reasons, L.FAIL_WIDTH)
-        for c, pos in L.group_by_chunk(rows, self.chunk_rows):
-            a, b = L.chunk_span(c, self.chunk_rows, self.store.n)
-            block = np.asarray(self._failed[a:b]).copy()
-            block[rows[pos] - a] = enc[pos]
-            self._failed[a:b] = block
-        self._b.flush()
+        with self._writing("recording failed clips"):
+            self._b.reserve(len(np.unique(rows // self.chunk_rows)) * self.chunk_rows * L.FAIL_WIDTH)
+            for c, pos in L.group_by_chunk(rows, self.chunk_rows):
+                a, b = L.chunk_span(c, self.chunk_rows, self.store.n)
+                block = np.asarray(self._failed[a:b]).copy()
+                block[rows[pos] - a] = enc[pos]
+                self._failed[a:b] = block
+            self._b.flush()
 
     def update_attrs(self, attrs: dict) -> None:
         """Merge JSON-able values into the feature set's attrs (e.g. summary figures at the end of a run)."""
@@ -169,8 +187,10 @@ class FeatureWriter:
             if clash:
                 raise FerError(f"cannot change {', '.join(sorted(clash))} of an existing feature set")
             cur.update(attrs)
-            self._b.set_group_attrs(g, cur)
-            self._b.flush()
+            with self._writing("updating the attrs"):
+                self._b.reserve(len(repr(cur)))
+                self._b.set_group_attrs(g, cur)
+                self._b.flush()
 
     def close(self) -> None:
         self._locks.release()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -60,6 +62,18 @@ class Extractor(ABC):
         ``row_info`` ({clip id: note}); override it when a modality has something to say."""
         return None
 
+    def loader(self) -> "Extractor":
+        """What DataLoader workers receive to run ``load``: by default a shallow copy of this extractor whose
+        attributes that hold a model (an ``nn.Module``, or anything containing one) or a tensor on an accelerator
+        are left out, so no worker unpickles a model or opens a CUDA context under the spawn/forkserver start
+        methods. Such an attribute reads, in a worker, as a placeholder that says so. Override this when
+        ``load`` needs something else."""
+        clone = copy.copy(self)
+        for name, value in vars(self).items():
+            if _holds_model(value):
+                setattr(clone, name, LeftInMainProcess(type(self).__name__, name))
+        return clone
+
     def to(self, device: torch.device) -> "Extractor":
         """Move the model to ``device`` (the runner calls this once before the first batch)."""
         self.device = torch.device(device)
@@ -67,3 +81,52 @@ class Extractor(ABC):
             if isinstance(m, torch.nn.Module):
                 m.to(self.device)
         return self
+
+
+class LeftInMainProcess:
+    """Stands in, in a decoding worker, for an extractor attribute that holds a model (see Extractor.loader)."""
+
+    def __init__(self, owner: str, name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise RuntimeError(f"{self.owner}.{self.name} holds a model, which stays in the main process; load() runs in "
+                           f"decoding workers and must not use it (or override Extractor.loader())")
+
+    __call__ = _refuse
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        self._refuse()
+
+
+class _ModelFound(Exception):
+    pass
+
+
+class _ModelScan(pickle.Pickler):
+    """Walks an object the way pickle does and stops at the first model or accelerator tensor."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, torch.nn.Module) or (isinstance(obj, torch.Tensor) and obj.device.type != "cpu"):
+            raise _ModelFound
+        return NotImplemented
+
+
+class _Discard:
+    def write(self, _: bytes) -> None:
+        pass
+
+
+def _holds_model(value: Any) -> bool:
+    """True when pickling ``value`` would carry a model or an accelerator tensor."""
+    if isinstance(value, (str, bytes, int, float, bool, type(None))):
+        return False
+    try:
+        _ModelScan(_Discard(), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _ModelFound:
+        return True
+    except Exception:  # noqa: BLE001 - not picklable for another reason: left as is (workers started by fork get it)
+        return False
+    return False

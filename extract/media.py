@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -255,8 +256,8 @@ def read_audio(
                     a = o.to_ndarray().reshape(-1)
                     chunks.append(a)
                     total += a.size
-                if limit is not None and total >= limit:
-                    info["capped"] = total > limit or (declared or 0.0) * sr > limit + sr // 100
+                if limit is not None and total >= limit and _past_limit(total, limit, declared, s, sr):
+                    info["capped"] = True
                     break
             else:
                 for o in resampler.resample(None):
@@ -277,6 +278,16 @@ def read_audio(
     if broken and x.size == 0:
         raise ClipError(f"undecodable audio in {path.name}: {broken}")
     return np.ascontiguousarray(x)
+
+
+def _past_limit(total: int, limit: int, declared: float | None, stream: Any, sr: int) -> bool:
+    """Whether the clip has audio past ``limit`` samples, so capping it loses some. Encoders add a codec frame
+    or two of priming and padding (AAC: 1024 samples each), which the decoded length and, in some containers,
+    the declared duration include: so a clip of exactly the limit counts as capped only when the declared
+    duration or the decoded length passes the limit by more than two codec frames and 10 ms."""
+    frame = getattr(stream.codec_context, "frame_size", 0) or 1024
+    slack = 2 * frame * sr // (stream.rate or sr) + sr // 100
+    return (declared is not None and declared * sr > limit + slack) or total > limit + slack
 
 
 def _read_soundfile(path: Path, sr: int, max_seconds: float | None, info: dict) -> np.ndarray:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import multiprocessing
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from fer.cache.errors import FerError
+from fer.cache import layout as L
+from fer.cache.backends import local_path
+from fer.cache.errors import FerEnvError, FerError, env_faults
 from fer.cache.layout import one_line as _one_line
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.datasets.records import ClipRecord, Dataset
@@ -89,9 +93,44 @@ def check_store_format(store: str | Path, fmt: str | None) -> None:
         raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr store *.zarr")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: what a cluster scheduler or taskset gave it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_workers() -> int:
-    """DataLoader workers: leave one core to the model, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Decoding workers for this process: its share of the usable cores (divided among the LOCAL_WORLD_SIZE
+    processes torchrun starts on this machine), less one for the model, at least 1 and at most 8."""
+    try:
+        local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        raise FerError(f"LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']!r} is not an integer") from None
+    return max(1, min(8, usable_cores() // local_world - 1))
+
+
+def worker_start_method(device: torch.device) -> str:
+    """How decoding workers start. On CPU under Linux: fork (fast, nothing to pickle); with a CUDA model in
+    this process: forkserver (or spawn), which never copies a CUDA context into a child; elsewhere the
+    platform's safe default, spawn. Either way workers receive only ``extractor.loader()``, which holds no model."""
+    methods = multiprocessing.get_all_start_methods()
+    if device.type == "cpu" and "fork" in methods and sys.platform.startswith("linux"):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def check_store_outside(store_path: str | Path, root: str | Path) -> None:
+    """FerError when the store would be written inside the dataset folder (fer never writes into a dataset)."""
+    local = local_path(store_path)
+    root = Path(root)
+    if local is None or not root.is_dir():
+        return
+    store, data = local.expanduser().resolve(), root.expanduser().resolve()
+    if store == data or data in store.parents:
+        raise FerError(f"--store {store_path} lies inside the dataset folder {root}; fer never writes into a dataset: "
+                       "put the store elsewhere (leave --store out for ./<dataset name>.zarr in the current folder)")
 
 
 # ---------------------------------------------------------------- summary
@@ -174,6 +213,8 @@ class _Loaded:
     reason: str | None = None
     unexpected: bool = False
     load_s: float = 0.0
+    shm_full: bool = False
+    """The worker could not put this clip into shared memory (/dev/shm is full)."""
 
     def pin_memory(self) -> "_Loaded":
         """Called by the DataLoader's pin thread on CUDA: pin the tensors inside the loaded item so
@@ -191,10 +232,11 @@ def one_line(text: object) -> str:
 
 
 class _ClipLoads(TorchDataset):
-    """Calls ``extractor.load`` per clip, turning any error into a failure item."""
+    """Calls ``loader.load`` per clip, turning any error into a failure item. ``loader`` is the extractor itself
+    when decoding in the main process, else ``extractor.loader()`` (no model)."""
 
-    def __init__(self, extractor: Extractor, records: list[ClipRecord], rows: np.ndarray):
-        self.extractor, self.records, self.rows = extractor, records, rows
+    def __init__(self, loader: Extractor, records: list[ClipRecord], rows: np.ndarray):
+        self.loader, self.records, self.rows = loader, records, rows
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -204,13 +246,53 @@ class _ClipLoads(TorchDataset):
         rec = self.records[row]
         t0 = time.perf_counter()
         try:
-            item = self.extractor.load(rec)
-            return _Loaded(row, rec.clip_id, item, load_s=time.perf_counter() - t0)
+            item = self.loader.load(rec)
         except ClipError as e:
             return _Loaded(row, rec.clip_id, reason=one_line(e), load_s=time.perf_counter() - t0)
         except Exception as e:  # one bad clip must not stop the run; a bug is caught on the first batch
             return _Loaded(row, rec.clip_id, reason=one_line(f"{type(e).__name__}: {e}"), unexpected=True,
                            load_s=time.perf_counter() - t0)
+        if torch.utils.data.get_worker_info() is not None:
+            try:
+                _to_shared_memory(item)
+            except RuntimeError as e:
+                if not _is_shm_fault(e):
+                    raise
+                return _Loaded(row, rec.clip_id, reason=one_line(e), shm_full=True)
+        return _Loaded(row, rec.clip_id, item, load_s=time.perf_counter() - t0)
+
+
+def _to_shared_memory(item: Any) -> None:
+    """Move the tensors of a loaded item into shared memory here, in the worker. The DataLoader would do it
+    while sending the item, in a thread where running out of /dev/shm loses the item and hangs the run;
+    here it raises, and the run stops with a message instead."""
+    if isinstance(item, torch.Tensor):
+        item.share_memory_()
+    elif isinstance(item, (list, tuple)):
+        for x in item:
+            _to_shared_memory(x)
+    elif isinstance(item, dict):
+        for x in item.values():
+            _to_shared_memory(x)
+
+
+def _is_shm_fault(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return "shared memory" in msg or "bus error" in msg or ("/torch_" in msg and "no space" in msg)
+
+
+def shm_error(workers: int, reason: object) -> FerEnvError:
+    """The one-line error for decoding workers that ran out of shared memory."""
+    free = ""
+    with contextlib.suppress(OSError):
+        u = shutil.disk_usage("/dev/shm")
+        free = f" ({u.free / 1e6:.1f} MB free of {u.total / 1e6:.1f} MB)"
+    fewer = f"fewer workers (--workers {workers // 2}, or --workers 0" if workers > 1 else "no workers (--workers 0"
+    return FerEnvError(
+        f"the {workers} decoding worker(s) ran out of shared memory in /dev/shm{free}: {_one_line(reason, 160)}; use "
+        f"{fewer} to decode in the main process) or a smaller --batch-size, or give the machine more shared memory "
+        "(docker run --shm-size=2g); then rerun the same command to resume"
+    )
 
 
 def _collate_list(batch: list[_Loaded]) -> list[_Loaded]:
@@ -226,7 +308,9 @@ def _dir_lock(store_path: str | Path) -> Iterator[None]:
         yield
         return
     parent = Path(s.removeprefix("file://")).expanduser().resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
+    made = not parent.exists()
+    with env_faults(parent, "creating the store's folder"):
+        parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(parent, os.O_RDONLY)
     try:
         try:
@@ -234,6 +318,11 @@ def _dir_lock(store_path: str | Path) -> Iterator[None]:
         except OSError:  # some network filesystems refuse locks on folders; the store locks its own files
             pass
         yield
+    except BaseException:
+        if made:  # leave no empty folder behind when the store could not be made in it
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        raise
     finally:
         os.close(fd)  # closing the descriptor releases the lock
 
@@ -275,12 +364,16 @@ def run_extraction(
     progress: bool = True,
     command: str | None = None,
     chunk_bytes: int | None = None,
+    start_method: str | None = None,
 ) -> ExtractSummary:
     """Extract every row this shard owns that is not done yet; returns what happened.
 
     ``shard`` is 0-based ``(k, n)``: this process owns the store chunks ``c`` with ``c % n == k``.
     ``limit`` caps the rows tried in this call. ``command`` (the command line) goes into provenance.
     ``chunk_bytes`` sets the chunk size when the feature set is created (store default otherwise).
+    ``start_method`` starts the decoding workers (default: worker_start_method for the extractor's device).
+    A store inside the dataset folder is refused. When every row this shard owns is already done, the store is
+    only read (no lock file, no write), so a finished set on a read-only store is a no-op.
     Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
     flush every finished row and return with ``interrupted=True``.
     """
@@ -300,6 +393,7 @@ def run_extraction(
     if not dataset.class_names:
         raise FerError(f"{dataset.root} has no labels ({dataset.kind}): align the faces with `fer data faces`, then "
                        "label the clips in its manifest.csv (a label column) and extract from that")
+    check_store_outside(store_path, dataset.root)
 
     spec, row_shape = extractor.spec, tuple(extractor.row_shape)
     attrs = dict(extractor.provenance())
@@ -314,6 +408,9 @@ def run_extraction(
     if dataset.face_preprocessing and attrs.get("modality") == "face":
         attrs["face_preprocessing"] = dataset.face_preprocessing  # how `fer data faces` made the frames
 
+    finished = _finished(dataset, spec, row_shape, store_path, (k, n))
+    if finished is not None:
+        return finished
     with _dir_lock(store_path):
         store = create_store(
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
@@ -337,17 +434,52 @@ def run_extraction(
         summary.todo = len(todo)
         if len(todo):
             with _sigterm_as_interrupt():
-                _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress)
+                _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress,
+                          start_method or worker_start_method(extractor.device))
     finally:
         writer.close()
         store.close()
     return summary
 
 
-def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress) -> None:
+def _finished(dataset: Dataset, spec: str, row_shape: tuple, store_path: str | Path,
+              shard: tuple[int, int]) -> ExtractSummary | None:
+    """The summary of a run with nothing to do, found by reading the store only; None when there is work
+    (or anything else to say about the store: the normal path then says it)."""
+    from fer.cache import open_store
+
+    local = local_path(store_path)
+    if local is None or not local.exists():
+        return None
+    try:
+        st = open_store(store_path, "r")
+    except Exception:  # noqa: BLE001 - any doubt: take the normal path, which reports it properly
+        return None
+    with st:
+        differs = st.index_mismatch(dataset.ids, dataset.votes(), dataset.folds(), dataset.class_names)
+        if differs:
+            raise FerError(differs)  # said now, before a lock file is made beside another dataset's store
+        try:
+            if not st.has(spec):
+                return None
+            attrs = st.set_attrs(spec)
+            if tuple(attrs["row_shape"]) != tuple(row_shape):
+                return None
+            owned = L.owned_rows(st.n, int(attrs["chunk_rows"]), shard)
+            done = st.done_mask(spec)
+        except Exception:  # noqa: BLE001
+            return None
+    if not done[owned].all():
+        return None
+    return ExtractSummary(spec=spec, store=str(store_path), shard=shard, owned=len(owned), skipped=len(owned))
+
+
+def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, workers, progress,
+              start_method: str) -> None:
     cuda = extractor.device.type == "cuda"
     loader = DataLoader(
-        _ClipLoads(extractor, dataset.records, todo),
+        # workers get a model-free loader: never the CUDA model (it is pickled under spawn/forkserver)
+        _ClipLoads(extractor.loader() if workers > 0 else extractor, dataset.records, todo),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -355,6 +487,7 @@ def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, work
         pin_memory=cuda,
         prefetch_factor=4 if workers > 0 else None,
         persistent_workers=False,
+        multiprocessing_context=start_method if workers > 0 else None,
     )
     chunk_rows = int(writer.chunk_rows)
     expected: dict[int, int] = defaultdict(int)
@@ -367,25 +500,32 @@ def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, work
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-writer")
     pending: list[Future] = []
     write_time = [0.0]
+    write_error: list[BaseException] = []  # the first failed write; later writes are not tried
 
     def write(rows_data: list[tuple[int, np.ndarray, np.ndarray]], fails: dict[int, str]) -> None:
+        if write_error:
+            return  # the store could not be written (a full disk): more writes would only fail again
         t0 = time.perf_counter()
-        if rows_data:
-            rows = np.array([r for r, _, _ in rows_data], dtype=np.int64)
-            data = np.stack([d for _, d, _ in rows_data])
-            mask = np.stack([m for _, _, m in rows_data])
-            writer.write_rows(rows, data, mask)
-        if fails:
-            writer.record_failures(fails)
+        try:
+            if rows_data:
+                rows = np.array([r for r, _, _ in rows_data], dtype=np.int64)
+                data = np.stack([d for _, d, _ in rows_data])
+                mask = np.stack([m for _, _, m in rows_data])
+                writer.write_rows(rows, data, mask)
+            if fails:
+                writer.record_failures(fails)
+        except BaseException as e:
+            write_error.append(e)
         write_time[0] += time.perf_counter() - t0
 
     def flush(chunk: int) -> None:
         rows_data, fails = buffer.pop(chunk, []), fail_buffer.pop(chunk, {})
-        if not rows_data and not fails:
-            return
-        pending.append(pool.submit(write, rows_data, fails))
+        if rows_data or fails:
+            pending.append(pool.submit(write, rows_data, fails))
         while pending and (pending[0].done() or len(pending) > MAX_PENDING_WRITES):
-            pending.pop(0).result()  # re-raises a write error here, in the main thread
+            pending.pop(0).result()
+        if write_error:
+            raise write_error[0]  # here, in the main thread: the run stops
 
     bar = None
     if progress:
@@ -403,8 +543,15 @@ def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, work
                 batch: list[_Loaded] = next(it)
             except StopIteration:
                 break
+            except RuntimeError as e:  # a worker killed by SIGBUS: its shared memory ran out
+                if _is_shm_fault(e):
+                    raise shm_error(workers, e) from e
+                raise
             summary.wait_s += time.perf_counter() - t0
             summary.load_s += sum(b.load_s for b in batch)
+            full = next((b for b in batch if b.shm_full), None)
+            if full is not None:
+                raise shm_error(workers, full.reason)
             oks = [b for b in batch if b.reason is None]
             if first and not oks and all(b.unexpected for b in batch):
                 raise FerError(
@@ -441,15 +588,18 @@ def _run_loop(dataset, extractor, store, writer, todo, summary, batch_size, work
         summary.seconds = time.perf_counter() - t_start
         if bar is not None:
             bar.close()
-        # write every finished row, even of incomplete chunks (write_rows merges into a chunk)
-        for chunk in sorted(set(buffer) | set(fail_buffer)):
-            flush(chunk)
         try:
+            if not write_error:
+                # write every finished row, even of incomplete chunks (write_rows merges into a chunk)
+                for chunk in sorted(set(buffer) | set(fail_buffer)):
+                    pending.append(pool.submit(write, buffer.pop(chunk, []), fail_buffer.pop(chunk, {})))
             for f in pending:
                 f.result()
         finally:
             pool.shutdown(wait=True)
         summary.write_s = write_time[0]
+    if write_error:
+        raise write_error[0]
     if summary.row_info:
         _merge_row_info(store, writer, summary.row_info)
 
@@ -459,7 +609,11 @@ def _embed_safe(
 ) -> dict[int, tuple[np.ndarray, np.ndarray] | str]:
     """row -> (data fp16, mask) or a failure reason. A failing batch is retried clip by clip so one
     clip that breaks the model fails alone; when every clip of a batch fails on its own (a systemic
-    problem such as a bug or out of memory), or a single-clip first batch fails (``strict``), it raises."""
+    problem such as a bug or out of memory), or a single-clip first batch fails (``strict``), it raises.
+
+    The retries run after the except block has ended, with the device's cache emptied: the failed batch's
+    exception and traceback (which hold its tensors) are gone by then, so after an out-of-memory error the
+    single clips get the memory back."""
     if not oks:
         return {}
 
@@ -470,22 +624,61 @@ def _embed_safe(
         mask = mask.detach().to("cpu", torch.bool).numpy()
         return {b.row: (data[i], mask[i]) for i, b in enumerate(group)}
 
-    try:
-        return run(oks)
-    except Exception as batch_error:
-        if len(oks) == 1:
-            if strict:
-                raise
-            return {oks[0].row: one_line(f"model failed on this clip: {type(batch_error).__name__}: {batch_error}")}
-        out: dict[int, Any] = {}
+    got = _attempt(run, oks)
+    if not isinstance(got, _Failure):
+        return got
+    failure = got
+    if len(oks) == 1 and not strict:
+        return {oks[0].row: one_line(f"model failed on this clip: {failure.reason}")}
+    out: dict[int, Any] = {}
+    if len(oks) > 1:
+        _release_memory(extractor.device)
         for b in oks:
-            try:
-                out.update(run([b]))
-            except Exception as e:
-                out[b.row] = one_line(f"model failed on this clip: {type(e).__name__}: {e}")
-        if all(isinstance(v, str) for v in out.values()):
-            raise batch_error
+            got = _attempt(run, [b])
+            if isinstance(got, _Failure):
+                out[b.row] = one_line(f"model failed on this clip: {got.reason}")
+                failure = got
+                _release_memory(extractor.device)
+            else:
+                out.update(got)
+    if out and not all(isinstance(v, str) for v in out.values()):
         return out
+    raise _systemic_error(extractor, failure, len(oks))
+
+
+@dataclass
+class _Failure:
+    """What is kept of a failed model call: its message, never the exception (whose traceback holds tensors)."""
+
+    reason: str
+    out_of_memory: bool
+
+
+def _attempt(run: Any, group: list[_Loaded]) -> Any:
+    """``run(group)``, or a _Failure when it raises an ordinary exception."""
+    try:
+        return run(group)
+    except Exception as e:  # noqa: BLE001 - any model error: the caller decides per clip
+        oom = isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+        return _Failure(reason=one_line(f"{type(e).__name__}: {e}"), out_of_memory=oom)
+
+
+def _release_memory(device: torch.device) -> None:
+    """Give the caching allocator's free blocks back before a retry (nothing to do on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _systemic_error(extractor: Extractor, failure: _Failure, clips: int) -> FerError:
+    """The one-line error when the model fails on every clip of a batch, one by one too."""
+    what = "the first clip" if clips == 1 else f"every clip of a batch of {clips}, also one at a time"
+    if failure.out_of_memory:
+        return FerEnvError(
+            f"the model ran out of memory on {extractor.device} on {what} ({failure.reason}): free the device "
+            "(other processes on it?), use a smaller --batch-size or --size, or --device cpu"
+        )
+    return FerError(f"the model failed on {what} ({failure.reason}); this looks like a bug or a broken install, "
+                    "not bad clips")
 
 
 def _merge_row_info(store: Any, writer: Any, notes: dict[str, str]) -> None:

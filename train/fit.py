@@ -9,7 +9,6 @@ weights_only=True)` reads it): an interrupted fold resumes from it and reproduce
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.train.batches import EVAL_BATCH, BatchSource, MemorySource, frame_plans
 from fer.train.config import TrainConfig
+from fer.train.disk import check_checkpoint_space, save_checkpoint
 from fer.train.features import LoadedFeatures, ModalityData
 from fer.train.losses import LossFn, make_loss
 from fer.train.metrics import confusion_matrix, per_class_recall, uar, war
@@ -102,9 +102,7 @@ def _clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a kill mid-write never leaves a half checkpoint
+    save_checkpoint(obj, path)  # atomic; a full disk leaves no .tmp and ends in one line
 
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -212,6 +210,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | M
         model.fit_input_norm(lambda m: source.norm_chunks(m, split.train))
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
+    check_checkpoint_space(checkpoint, model, backbone)  # before training, not when the first save fails
     gen = torch.Generator().manual_seed(seed)  # batch order (on the host: a streamed epoch is planned there)
     draw = torch.Generator(device=device).manual_seed(seed + DRAW_SEED)  # frames and views, on the device
     labels_np = features.labels

@@ -20,6 +20,7 @@ from fer.train.config import TrainConfig, resolve_folds
 from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
 from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
                                 memory_budget)
+from fer.train.disk import prepare_run_folder, run_folder_faults
 from fer.train.fit import FoldResult, fit_fold, resolve_device
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
@@ -104,7 +105,7 @@ def _prepare_out(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> N
             _check_resume(out, cfg, class_names)
     elif started:
         raise FerError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_folder(out)
 
 
 def store_protocol(store_path: str | os.PathLike) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -175,6 +176,7 @@ def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.
     return build_backbone(features.sets["face"].provenance, log)
 
 
+@run_folder_faults(lambda cfg, *_, **__: cfg.out)
 def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: LoadedFeatures | None = None,
               log: Log = print) -> dict[str, Any]:
     """Train `cfg.folds` on the store and write the run folder; return the metrics.json dict.

@@ -47,11 +47,14 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
            frames: int | None = None, **kw: Any) -> Extractor:
     if layer:
         raise FerError("--layer applies to the face modality only (audio stores every layer)")
+    unused = [flag for flag, value in (("--size", kw.pop("size", None)), ("--frames", frames)) if value is not None]
+    if unused:
+        raise FerError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to face and pose only; "
+                       "the audio backends take each clip's sound as it is: leave it out")
     try:
         from fer.extract.backbones.audio import make_audio_extractor
     except ImportError as e:
         raise FerError(f"the audio backends are not available ({e})") from None
-    kw.pop("size", None)
     if backend == "mel":
         kw.pop("seed", None)  # mel has no weights
     return make_audio_extractor(backend, weights, device, **kw)
@@ -85,8 +88,23 @@ def normalize_backbone(backbone: str) -> str:
     return b.lower()
 
 
+def local_cuda_index(local_rank: str | None, count: int) -> int:
+    """The GPU of this process: LOCAL_RANK modulo the visible GPUs (0 without LOCAL_RANK). Launchers that show
+    each process only its own GPU (SLURM --gpus-per-task) give every rank one visible device, index 0."""
+    if local_rank is None or local_rank == "":
+        return 0
+    try:
+        rank = int(local_rank)
+    except ValueError:
+        raise FerError(f"LOCAL_RANK={local_rank!r} is not an integer") from None
+    if count < 1:
+        raise FerError("no CUDA GPU is visible; use --device cpu or auto")
+    return rank % count
+
+
 def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun), else CPU."""
+    """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun, modulo the visible
+    GPUs), else CPU. A CUDA device is also made the current one (torch.cuda.set_device)."""
     import os
 
     import torch
@@ -97,9 +115,19 @@ def resolve_device(device: str) -> torch.device:
     if d.startswith("cuda"):
         if not torch.cuda.is_available():
             raise FerError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-        if d == "cuda" and "LOCAL_RANK" in os.environ:
-            d = f"cuda:{int(os.environ['LOCAL_RANK'])}"
-        return torch.device(d)
+        try:
+            dev = torch.device(d)
+        except RuntimeError:
+            raise FerError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:N") from None
+        count = torch.cuda.device_count()
+        if dev.index is None:
+            dev = torch.device("cuda", local_cuda_index(os.environ.get("LOCAL_RANK"), count))
+        elif dev.index >= count:
+            raise FerError(f"--device {device} asks for GPU {dev.index} but {count} GPU(s) are visible "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use cuda:0..{count - 1}")
+        # the current device too, so libraries that use "the current device" (and new contexts) land here
+        torch.cuda.set_device(dev)
+        return dev
     if d != "cpu":
         raise FerError(f"unknown --device {device!r}; choose auto, cpu or cuda")
     return torch.device("cpu")
@@ -151,6 +179,8 @@ def extractor_from_provenance(provenance: dict[str, Any], device: str | torch.de
         raise FerError(f"{spec} does not record how it was extracted (made by an older fer): re-extract it")
     args = dict(args)
     args.setdefault("precision", "fp32")  # sets made before fer recorded a precision were fp32 on the CPU
+    if args.get("modality") == "audio":  # older fer recorded --size/--frames for audio, where they meant nothing
+        args = {k: v for k, v in args.items() if k not in ("size", "frames")}
     return make_extractor(device=device, **args)
 
 

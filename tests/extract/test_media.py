@@ -136,6 +136,15 @@ def test_container_audio_capped(tmp_path):
     assert x.shape == (16000,) and info["capped"]
 
 
+@pytest.mark.parametrize("ext", ["mp4", "mkv", "aac"])
+def test_aac_of_exactly_the_cap_is_not_noted_as_capped(tmp_path, ext):
+    # AAC's priming and padding make a 3.0 s clip decode (and in mkv/adts, declare) a little longer
+    for frames, capped in ((45, False), (48, True)):  # 3.0 s and 3.2 s at 15 fps
+        info: dict = {}
+        x = read_audio(make_clip(tmp_path / f"a{frames}.{ext}", n=frames, fps=15, video=False), max_seconds=3.0, info=info)
+        assert x.shape == (48000,) and info["capped"] is capped, (frames, ext)
+
+
 def test_video_only_has_no_audio(tmp_path):
     clip = make_clip(tmp_path / "v.mp4", audio_sr=None)
     assert read_audio(clip) is None

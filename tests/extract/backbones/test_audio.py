@@ -103,6 +103,15 @@ def test_factory_errors():
         make_audio_extractor("mel", weights="x.pt")
 
 
+@pytest.mark.parametrize("kw", [{"size": 64}, {"frames": 8}, {"size": 64, "frames": 8}])
+def test_audio_refuses_face_and_pose_options(kw):
+    from fer.extract.backbones.registry import make_extractor
+
+    with pytest.raises(FerError, match=r"--(size|frames).*(applies|apply) to face and pose only"):
+        make_extractor("audio", "mel", device="cpu", **kw)
+    assert make_extractor("audio", "mel", device="cpu", size=None, frames=None).spec.startswith("audio.mel.")
+
+
 # ---------------------------------------------------------------- wav2vec2
 def tiny_config(norm: str = "layer"):
     from transformers import Wav2Vec2Config
