@@ -519,6 +519,7 @@ class SpanReader:
     def __init__(self, store: FeatureStore, spec: str) -> None:
         attrs = store.set_attrs(spec)
         cr = int(attrs["chunk_rows"])
+        self._store = store
         self.spec = spec
         self.n = store.n
         self._data = _Span(store.backend, L.data_key(spec), cr)
@@ -531,7 +532,25 @@ class SpanReader:
         """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the data."""
         if not 0 <= start <= stop <= self.n:
             raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
-        return self._data.read(start, stop, out), self._mask.read(start, stop).astype(bool, copy=False)
+        for name, span in (("data", self._data), ("mask", self._mask)):
+            try:
+                got = span.read(start, stop, out if name == "data" else None)
+            except (FerError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # a truncated or unreadable chunk met while streaming
+                raise self._store._unreadable(self.spec, name, span.arr, self.chunk_rows, e,
+                                              chunk=_failed_chunk(e, start, self.chunk_rows)) from e
+            if name == "data":
+                data = got
+        return data, got.astype(bool, copy=False)
+
+
+def _failed_chunk(e: Exception, start: int, chunk_rows: int) -> int:
+    """The chunk a raw read names in its error ("chunk 3 in ..."), else the span's first chunk."""
+    import re
+
+    m = re.match(r"chunk (\d+) in ", str(e))
+    return int(m.group(1)) if m else start // chunk_rows
 
 
 def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_names: Sequence[str] | None,

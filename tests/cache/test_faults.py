@@ -168,6 +168,9 @@ def test_truncated_zarr_chunk_names_the_set_rows_and_what_to_do(tmp_path):
                 s.read(SPEC, **kw)
         assert s.read(SPEC, rows=np.array([0, 9])).done.all()  # the healthy chunks still read
         assert s.read(SPEC, rows=np.array([5])).done.all()  # and so do intact rows of the cut chunk
+        # the trainer's streaming reads spans: the same one-line damage
+        with pytest.raises(FerEnvError, match=rf"{SPEC}: chunk 1 of its data \(rows 4-7.*fer cache verify"):
+            s.span_reader(SPEC).read(3, 8)
         assert any("chunk 1 (rows 4-7)" in p for p in verify_store(s).problems)
 
 
