@@ -1,21 +1,19 @@
 """`fer cache ls|info|verify|rm` end to end, through a real subprocess."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fer.cache import create_store
 from fer.cache import layout as L
+from fer.tests.cli import fer as _fer
 
 SPEC = "face.resnet18.imagenet.pool.224"
 
 
 def fer(*args, input=None):
-    return subprocess.run([sys.executable, "-m", "fer.cli", "cache", *map(str, args)],
-                          capture_output=True, text=True, input=input, timeout=60)
+    return _fer("cache", *args, input=input, timeout=60)
 
 
 @pytest.fixture(params=["zarr", "h5"])

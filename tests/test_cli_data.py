@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from PIL import Image
-
-
-def fer(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fer.cli", *args], capture_output=True, text=True, timeout=120)
+from fer.tests.cli import fer
 
 
 def write_clip(root: Path, cid: str, frames: int = 16) -> None:

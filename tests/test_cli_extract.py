@@ -14,9 +14,9 @@ from fer.cache import open_store
 from fer.cache.errors import FerError
 from fer.cli import app
 from fer.extract.synth import synthesize
+from fer.tests.cli import ENV, fer
 
 SPEC = "face.resnet18.none-s0.pool.{size}.16f"
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +29,6 @@ def roots(tmp_path_factory):
     lines = ["clip_id,faces16,label"] + [f"{i:05d},{root}/Clip/clip_224x224_16f/{i:05d},{1 + i % 7}" for i in range(1, 11)]
     manifest.write_text("\n".join(lines) + "\n")
     return root, manifest
-
-
-def fer(*args, check=None, **kw):
-    p = subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
 
 
 def face_args(root, store, size=32, *extra):

@@ -2,7 +2,6 @@
 the manifest feeding `fer extract`."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -15,15 +14,8 @@ from fer.cache import open_store
 from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL
 from fer.extract.frames import list_frames
 from fer.tests.extract.faces import videos as V
+from fer.tests.cli import ENV, fer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
-
-
-def fer(*args, check=None):
-    p = subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, env=ENV)
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -16,17 +15,10 @@ from fer.extract.datasets import load_dataset
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
 from fer.tests.mounts import can_mount, full, read_only, small_disk
+from fer.tests.cli import fer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
 MEL = "audio.mel.64.25ms10ms.16k.3s"
 FACE = "face.resnet18.none-s0.pool.32.16f"
-
-
-def fer(*args, cwd=None, timeout=120, prefix=()):
-    p = subprocess.run([*prefix, sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True,
-                       env=ENV, cwd=cwd, timeout=timeout)
-    assert "Traceback" not in p.stderr and p.returncode != -11 and p.returncode != 139, p.stderr
-    return p
 
 
 def one_line(p, status, *words):

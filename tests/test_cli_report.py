@@ -1,17 +1,8 @@
 """`fer report` and `fer sweep` end to end, as a user runs them (subprocess)."""
 
-import os
-import subprocess
-import sys
 
 from fer.tests.train.fake_runs import make_run
-
-
-def fer(*args, cwd=None):
-    # one torch thread: the sweep trains a tiny model, where a second thread only adds synchronisation
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                          env=env)
+from fer.tests.cli import fer
 
 
 def test_report_terminal_markdown_and_out(tmp_path):

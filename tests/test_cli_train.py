@@ -1,7 +1,6 @@
 """`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C + --resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,20 +13,16 @@ from typer.testing import CliRunner
 from fer.cache.errors import FerError
 from fer.cli import app
 from fer.tests.train.synth_store import make_store
+from fer.tests.cli import ENV
+from fer.tests.cli import fer as _fer
 
 TINY = ["--layers", "1", "--heads", "2", "--ff", "64", "--hidden", "64", "--lr", "1e-3", "--batch-size", "32",
         "--device", "cpu"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     return make_store(tmp_path_factory.mktemp("cli") / "s.zarr", modalities=("face", "pose", "audio"), audio="mel")
-
-
-def _fer(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize("fusion", ["none", "fc", "transformer"])

@@ -1,23 +1,13 @@
 """The whole job through the real CLI: synth -> extract (face, pose, audio) -> train -> report -> predict."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fer.cache.schema import CLASS_NAMES
+from fer.tests.cli import fer_ok as fer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
-
-
-def fer(*args, check=0):
-    p = subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, env=ENV)
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")

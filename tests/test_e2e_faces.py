@@ -2,25 +2,15 @@
 real photograph -> `fer data faces` -> `fer extract` on its manifest -> `fer train` -> `fer predict VIDEO`."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from fer.cache import open_store
 from fer.tests.extract.faces import videos as V
+from fer.tests.cli import fer_ok as fer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
 SPEC = "face.resnet18.none-s0.pool.32.16f"
-
-
-def fer(*args, check=0):
-    p = subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, env=ENV)
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
 
 
 @pytest.fixture(scope="module")

@@ -5,21 +5,11 @@ validation split; an audio-only run is a standard row of DFER tables.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
+from fer.tests.cli import fer_ok as fer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "FER_OFFLINE": "1"}
 TRAIN = ["--epochs", 3, "--layers", 1, "--heads", 2, "--ff", 32, "--hidden", 32, "--batch-size", 8, "--no-plots"]
-
-
-def fer(*args, check=0):
-    p = subprocess.run([sys.executable, "-m", "fer.cli", *map(str, args)], capture_output=True, text=True, env=ENV)
-    if check is not None:
-        assert p.returncode == check, p.stdout + p.stderr
-    return p
 
 
 def _extract(root, store, *extra):
