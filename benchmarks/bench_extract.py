@@ -57,7 +57,7 @@ def bench_face(data: Path, clips: int, batch_size: int, workers: int, threads: i
     assert s.done == n, s
     bare_after = bare()
     bare_s = (bare_before + bare_after) / 2
-    del items
+
     return {
         "clips": n,
         "batch_size": batch_size,

@@ -31,7 +31,7 @@ from PIL import Image
 from fer.cache.errors import FerError
 from fer.extract.synth.audio import AUDIO_APEX, NEUTRAL_AUDIO, synth_voice
 from fer.extract.synth.face import FACE_APEX, NEUTRAL_FACE, FaceRenderer, random_identity
-from fer.extract.synth.layouts import ANNOTATION_HEADER, LAYOUTS, class_table
+from fer.extract.synth.layouts import LAYOUTS, class_table
 from fer.extract.synth.plan import ClipPlan, plan_dataset
 from fer.extract.synth.scene import BODY_APEX, NEUTRAL_BODY, random_scene, render_frame, video_codec, write_mp4
 

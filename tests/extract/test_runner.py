@@ -8,7 +8,6 @@ from PIL import Image
 from fer.cache import open_store
 from fer.cache.errors import FerError
 from fer.extract.datasets import load_dataset
-from fer.extract.extractor import ClipError
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets.records import ClipRecord, Dataset
 from fer.extract.runner import parse_shard, run_extraction, shard_from_env

@@ -11,7 +11,7 @@ import pytest
 
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_FOLDS
-from fer.extract.datasets import load_dataset, read_dfew, read_manifest, read_split_file
+from fer.extract.datasets import load_dataset, read_dfew, read_split_file
 from fer.tests.shared_data import SHARED_DATA
 
 # the real DFEW split files live in the shared folder next to the repository (../shared)
