@@ -433,7 +433,8 @@ def predict_cmd(
 
     features = run_features(run)
     with tempfile.TemporaryDirectory(prefix="fer-predict-") as tmp:
-        record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp), device=device)
+        record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp), device=device,
+                             need_faces="face" in features)
         inputs = clip_features(record, features, device=device)
     probs = predict_probs(run, inputs, fold=fold)[0]
     classes = run_classes(run)

@@ -32,12 +32,12 @@ def _aligned_faces(video: Path, out_dir: Path, device: str = "auto") -> Path:
 
 
 def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = None,
-                workdir: Path | None = None, device: str = "auto") -> ClipRecord:
+                workdir: Path | None = None, device: str = "auto", need_faces: bool = True) -> ClipRecord:
     """The record for ``clip``: a clip id of the dataset at ``root``, or a video path.
 
-    A video comes with its face frames (``faces``: a folder of aligned face crops) or, without them,
-    its main face is detected, followed and aligned in 16 frames (``fer.extract.faces``, on ``device``)
-    into ``workdir``; FerError when no frame shows a face.
+    A video comes with its face frames (``faces``: a folder of aligned face crops) or, without them and when
+    ``need_faces`` (the run uses the face), its main face is detected, followed and aligned in 16 frames
+    (``fer.extract.faces``, on ``device``) into ``workdir``; FerError when no frame shows a face.
     """
     if root is not None:
         from fer.extract.datasets import load_dataset, normalize_dfew_id
@@ -61,6 +61,8 @@ def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = Non
         if not faces.is_dir():
             raise FerError(f"--faces {faces} is not a folder of face frames")
         return ClipRecord(clip_id=path.stem, faces_all=faces, video=path)
+    if not need_faces:  # an audio or pose run reads the video itself
+        return ClipRecord(clip_id=path.stem, video=path)
     if workdir is None:
         raise FerError("internal: a working folder is needed to cut face frames from the video")
     face_dir = _aligned_faces(path, workdir / "faces", device)

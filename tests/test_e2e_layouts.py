@@ -39,6 +39,10 @@ def test_mafw_eleven_classes_five_folds(tmp_path):
     audio = tmp_path / "runs" / "audio"
     fer("train", store, "-m", "audio", "--fold", 1, "--out", audio, *TRAIN)
     assert json.loads((audio / "metrics.json").read_text())["modalities"] == ["audio"]
+    # an audio-only run labels a bare video without looking for a face in it
+    video = next((root / "data" / "clips").glob("*.mp4"))
+    out = json.loads(fer("predict", video, "--run", audio, "--json").stdout)
+    assert out["top"] in metrics["class_names"] and len(out["probs"]) == 11
 
 
 def test_ferv39k_one_official_split(tmp_path):
