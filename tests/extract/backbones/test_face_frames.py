@@ -158,9 +158,10 @@ def test_a_clip_with_only_a_video_or_only_16_frames_is_read_and_recorded(root, c
     shutil.rmtree(data / "Clip" / "clip_224x224" / only16)
     store = tmp_path / "v.zarr"
     ex = rn18(frames="all", max_frames=CAP)
-    extract(data, store, ex)
+    summary = extract(data, store, ex)
     with open_store(store) as s:
         fs, notes = s.read(ex.spec), s.info(ex.spec)["row_info"]
+    assert f"noted how {len(notes)} clips were read, e.g." in str(summary)  # said at the end of the run too
     n = counts[1]  # the synthetic video has as many frames as the clip's face folder
     kept = f"{CAP} of {n}" if n > CAP else f"all {n}"
     assert notes[video_only] == f"no face folder: {kept} full frames of {video_only}.mp4, centre square crop (not face crops)"
