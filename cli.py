@@ -160,7 +160,21 @@ def extract_cmd(
         "native bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 "
         "to the spec. [default: $FER_PRECISION, else auto]",
     ),
-    frames: Optional[int] = typer.Option(None, "--frames", min=1, help="Frames per clip (face: 16, pose: 3)."),
+    frames: Optional[str] = typer.Option(
+        None, "--frames",
+        help="Frames per clip (face: 16, pose: 3). face: all = every face frame (up to --max-frames), padded with a "
+        "mask, for `fer train --augment jitter`.",
+    ),
+    max_frames: Optional[int] = typer.Option(
+        None, "--max-frames", min=1,
+        help="With --frames all: frames kept per clip; longer clips keep this many at the segment centres (recorded "
+        "per clip). [default: 64]",
+    ),
+    flip: bool = typer.Option(
+        False, "--flip",
+        help="face: also store the horizontally mirrored view of every frame (spec .flip), for `fer train --augment flip` "
+        "and flip averaging at test.",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model batch."),
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (0: decode in the main process). [default: CPUs - 1]"),
@@ -176,7 +190,8 @@ def extract_cmd(
 ) -> None:
     """Run one backbone over every clip into the feature store (stage 1).
 
-    One feature set per call, named by its spec (e.g. face.resnet18.imagenet.pool.224.16f). Rerunning the
+    One feature set per call, named by its spec (e.g. face.resnet18.imagenet.pool.224.16f, or
+    face.resnet18.imagenet.pool.224.all64f.flip with --frames all --flip). Rerunning the
     same command resumes and retries only failed or unfinished clips. Exit status 1 when a clip failed
     (reasons are in the summary and the store), 2 for bad input, 3 for a fault of the machine (no space,
     read-only, damaged store), 130 when interrupted (rerun to resume).
@@ -202,8 +217,9 @@ def extract_cmd(
     store_path = store if store else str(default_store_path(root, fmt))
     check_store_format(store_path, fmt)
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
-    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=frames, seed=seed,
-                               precision=precision)
+    n_frames = None if frames is None else (_parse_frames(frames) or "all")
+    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=n_frames, seed=seed,
+                               precision=precision, max_frames=max_frames, flip=flip or None)
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,
@@ -428,13 +444,13 @@ def predict_cmd(
     import json
     import tempfile
 
-    from fer.extract.clip import clip_features, clip_record
+    from fer.extract.clip import all_frames_cap, clip_features, clip_record
     from fer.train.predict import format_prediction, predict_probs, run_classes, run_features
 
     features = run_features(run)
     with tempfile.TemporaryDirectory(prefix="fer-predict-") as tmp:
         record = clip_record(clip, root=root, faces=faces, workdir=Path(tmp), device=device,
-                             need_faces="face" in features)
+                             need_faces="face" in features, all_frames=all_frames_cap(features))
         inputs = clip_features(record, features, device=device)
     probs = predict_probs(run, inputs, fold=fold)[0]
     classes = run_classes(run)

@@ -15,13 +15,15 @@ FACE_SIZE = 224
 FACE_FRAMES = 16
 
 
-def _aligned_faces(video: Path, out_dir: Path, device: str = "auto") -> Path:
-    """Detect, follow and align the main face of ``video`` in 16 frames, as `fer data faces` does, into jpgs."""
+def _aligned_faces(video: Path, out_dir: Path, device: str = "auto", all_frames: int | None = None) -> Path:
+    """Detect, follow and align the main face of ``video`` as `fer data faces` does, into jpgs: 16 frames, or with
+    ``all_frames`` every frame up to that many (segment centres of a longer video; a short one is not stretched)."""
     from fer.extract.backbones.registry import resolve_device
     from fer.extract.faces.pipeline import NoFaceError, aligned_faces, save_frames
 
     try:
-        clip = aligned_faces(video, FACE_FRAMES, FACE_SIZE, device=resolve_device(device))
+        clip = aligned_faces(video, all_frames or FACE_FRAMES, FACE_SIZE, device=resolve_device(device),
+                             distinct=bool(all_frames))
     except NoFaceError as e:
         raise FerError(f"{video}: no face found ({e}); pass --faces with a folder of the video's aligned "
                        "face frames") from None
@@ -31,13 +33,23 @@ def _aligned_faces(video: Path, out_dir: Path, device: str = "auto") -> Path:
     return out_dir
 
 
+def all_frames_cap(features: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """``max_frames`` of a run's all-frame face set (``features`` as ``clip_features`` takes them), else None."""
+    prov = dict(features.get("face", {}).get("provenance", {}))
+    if str(prov.get("frames", "")).lower() != "all":
+        return None
+    return int(prov.get("max_frames") or 64)
+
+
 def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = None,
-                workdir: Path | None = None, device: str = "auto", need_faces: bool = True) -> ClipRecord:
+                workdir: Path | None = None, device: str = "auto", need_faces: bool = True,
+                all_frames: int | None = None) -> ClipRecord:
     """The record for ``clip``: a clip id of the dataset at ``root``, or a video path.
 
     A video comes with its face frames (``faces``: a folder of aligned face crops) or, without them and when
-    ``need_faces`` (the run uses the face), its main face is detected, followed and aligned in 16 frames
-    (``fer.extract.faces``, on ``device``) into ``workdir``; FerError when no frame shows a face.
+    ``need_faces`` (the run uses the face), its main face is detected, followed and aligned
+    (``fer.extract.faces``, on ``device``) into ``workdir``: in 16 frames, or with ``all_frames`` (the cap of an
+    all-frame run, ``all_frames_cap``) in every frame up to that many; FerError when no frame shows a face.
     """
     if root is not None:
         from fer.extract.datasets import load_dataset, normalize_dfew_id
@@ -65,7 +77,9 @@ def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = Non
         return ClipRecord(clip_id=path.stem, video=path)
     if workdir is None:
         raise FerError("internal: a working folder is needed to cut face frames from the video")
-    face_dir = _aligned_faces(path, workdir / "faces", device)
+    face_dir = _aligned_faces(path, workdir / "faces", device, all_frames)
+    if all_frames:
+        return ClipRecord(clip_id=path.stem, faces_all=face_dir, video=path)
     return ClipRecord(clip_id=path.stem, faces16=face_dir, video=path)
 
 

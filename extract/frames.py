@@ -7,7 +7,9 @@ frames than wanted is stretched by nearest-index interpolation (frames repeated)
 
 All frames (an all-frame set, ``--frames all``): every frame of ``faces_all`` in order, up to
 ``max_frames``; a longer clip keeps ``max_frames`` of them sampled uniformly (segment centres), which the
-note records; a shorter one is padded with zero frames, which its mask marks absent.
+note records. A clip without that folder falls back, with a note, to its 16-frame folder, and a clip with no
+face folder at all to its video's full frames (centre square crop: not face crops). Padding to
+``max_frames`` (zero frames, masked absent) is the extractor's: only real frames travel from the workers.
 """
 
 from __future__ import annotations
@@ -87,30 +89,87 @@ def read_face_frames(record: ClipRecord, frames: int = 16, size: int = 224) -> t
 
 def choose_all_frames(record: ClipRecord, max_frames: int = 64) -> tuple[list[Path], str | None]:
     """Every face frame of the clip's all-frames folder in order, or ``max_frames`` of them sampled uniformly
-    (segment centres) when there are more; the note says so (None when every frame is kept)."""
+    (segment centres) when there are more; the note says so (None when every frame is kept). Without that
+    folder, the 16-frame folder, said in the note; ClipError when neither holds frames."""
     if max_frames < 1:
         raise ValueError("max_frames must be at least 1")
-    folder = Path(record.faces_all) if record.faces_all is not None else None
-    if folder is None:
-        raise ClipError("no folder of every face frame (DFEW clip_224x224, MAFW faces, a manifest's faces column, "
-                        "`fer data faces` output)")
-    files = list_frames(folder) if folder.is_dir() else []
+    files, note = _folder_files(record.faces_all), None
     if not files:
-        raise ClipError(f"face folder missing or empty: {folder}")
-    if len(files) <= max_frames:
-        return files, None
-    return [files[i] for i in sample_indices(len(files), max_frames)], f"sampled {max_frames} of {len(files)} frames"
+        files = _folder_files(record.faces16)
+        if not files:
+            raise ClipError(_no_faces(record))
+        note = f"no all-frames face folder: the {len(files)} frames of the 16-frame folder"
+    return _cap(files, max_frames, note)
+
+
+def read_all_frames(record: ClipRecord, max_frames: int = 64, size: int = 224) -> tuple[np.ndarray, str | None]:
+    """Every frame of a clip, up to ``max_frames``: ``(n, size, size, 3)`` uint8 RGB (n <= max_frames, no padding)
+    and the note (None when every frame of the all-frames folder is kept).
+
+    From the all-frames face folder; else the 16-frame folder; else, when the clip has no face folder at all,
+    the video's full frames (centre square crop, resized: not face crops), each case said in the note.
+    """
+    if record.faces_all is None and record.faces16 is None and record.video is not None:
+        return read_video_square_frames(Path(record.video), max_frames, size)
+    paths, note = choose_all_frames(record, max_frames)
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    _read_images(paths, size, out)
+    return out, note
 
 
 def read_all_face_frames(record: ClipRecord, max_frames: int = 64,
                          size: int = 224) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Decode every face frame of a clip (up to ``max_frames``): ``(max_frames, size, size, 3)`` uint8 RGB with
-    the frames first and zeros after, the ``(max_frames,)`` bool mask of real frames, and the sampling note."""
-    paths, info = choose_all_frames(record, max_frames)
+    """``read_all_frames`` padded: ``(max_frames, size, size, 3)`` uint8 RGB with the frames first and zeros
+    after, the ``(max_frames,)`` bool mask of real frames, and the note."""
+    frames, info = read_all_frames(record, max_frames, size)
     out = np.zeros((max_frames, size, size, 3), np.uint8)
-    _read_images(paths, size, out)
-    mask = np.arange(max_frames) < len(paths)
-    return out, mask, info
+    out[: len(frames)] = frames
+    return out, np.arange(max_frames) < len(frames), info
+
+
+def read_video_square_frames(video: Path, max_frames: int, size: int) -> tuple[np.ndarray, str]:
+    """Every frame of ``video`` (``max_frames`` sampled uniformly when longer), each centre-cropped to a square
+    and resized to ``size``: ``(n, size, size, 3)`` uint8 and the note saying these are not face crops."""
+    from fer.extract.media import read_video_frames
+
+    info: dict = {}
+    # decoded at twice the output side at most: enough for the crop, and 64 frames of a 4K clip stay small
+    data = read_video_frames(video, max_frames, max_side=2 * size, info=info)
+    n = int(info["source_frames"])
+    _, first = np.unique(info["indices"], return_index=True)  # a short clip is sampled with repeats: each frame once
+    frames = data[np.sort(first)]
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    h, w = frames.shape[1:3]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    for i, f in enumerate(frames):
+        im = Image.fromarray(f[top:top + side, left:left + side])
+        out[i] = np.asarray(im.resize((size, size), Image.BILINEAR) if side != size else im)
+    kept = f"{len(frames)} of {n}" if len(frames) < n else f"all {n}"
+    return out, f"no face folder: {kept} full frames of {video.name}, centre square crop (not face crops)"
+
+
+def _folder_files(folder: Path | None) -> list[Path]:
+    """The frame files of ``folder``; [] when it is None, missing or holds no image."""
+    if folder is None or not Path(folder).is_dir():
+        return []
+    return list_frames(Path(folder))
+
+
+def _no_faces(record: ClipRecord) -> str:
+    folders = [str(p) for p in (record.faces_all, record.faces16) if p is not None]
+    if folders:
+        return f"face folder missing or empty: {folders[0]}"
+    return ("no face frames and no video: neither an all-frames folder (DFEW clip_224x224, MAFW faces, a manifest's "
+            "faces column, `fer data faces` output) nor a 16-frame folder")
+
+
+def _cap(files: list[Path], max_frames: int, note: str | None) -> tuple[list[Path], str | None]:
+    """``files``, or ``max_frames`` of them at the segment centres when there are more (the note says so)."""
+    if len(files) <= max_frames:
+        return files, note
+    sampled = f"sampled {max_frames} of {len(files)} frames"
+    return [files[i] for i in sample_indices(len(files), max_frames)], f"{note}; {sampled}" if note else sampled
 
 
 def _read_images(paths: list[Path], size: int, out: np.ndarray) -> None:

@@ -190,6 +190,10 @@ class ExtractSummary:
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
                 f"decoding {self.load_s:.1f} s in workers, writing {self.write_s:.1f} s in background"
             )
+        if self.row_info:  # e.g. frames sampled to the cap, or read from the video: said, not only stored
+            cid, note = next(iter(self.row_info.items()))
+            lines.append(f"noted how {len(self.row_info)} clip{'s were' if len(self.row_info) > 1 else ' was'} read, "
+                         f"e.g. {cid}: {note} (every note: `fer cache info` row_info)")
         lines += failure_lines(self.failed, "in the store: `fer cache info`")
         return "\n".join(lines)
 

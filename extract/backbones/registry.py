@@ -16,12 +16,12 @@ DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2ve
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-          size: int | None = None, frames: int | None = None, seed: int = 0, precision: str | None = None,
-          **_: Any) -> Extractor:
+          size: int | None = None, frames: int | str | None = None, seed: int = 0, precision: str | None = None,
+          max_frames: int | None = None, flip: bool = False, **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
     return FaceExtractor(weights=weights, layer=layer, size=size, frames=frames or 16, device=device, seed=seed,
-                         backbone=backend, precision=precision)
+                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip)
 
 
 def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
@@ -145,7 +145,7 @@ def make_extractor(
     ``backbone``: face ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio
     ``wav2vec2`` | ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``.
     Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: $FER_PRECISION or auto by
-    default) go to the modality's factory.
+    default; face only: ``frames="all"``, ``max_frames``, ``flip``) go to the modality's factory.
     """
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
@@ -159,8 +159,14 @@ def make_extractor(
         raise FerError(f"--backbone {backend} is not a pose backend; choose keypointrcnn or openpifpaf")
     if modality == "audio" and backend.startswith("timm:"):
         raise FerError(f"--backbone {backend} is an image model; audio takes {', '.join(AUDIO_BACKBONES)}")
+    kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
+    if modality != "face":
+        face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
+                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw)) if on]
+        if face_only:
+            raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
+                           f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
     dev = resolve_device(device) if isinstance(device, str) else device
-    kw = {k: v for k, v in kw.items() if v is not None}
     weights = resolve_auto_weights(modality, backend, weights)
     extractor = FACTORIES[modality](backend, weights, dev, **kw)
     # recorded in the feature set's provenance, so `fer predict` can rebuild exactly this extractor;
@@ -168,6 +174,8 @@ def make_extractor(
     extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
     if getattr(extractor, "precision", None):
         extractor.build_args["precision"] = extractor.precision
+    if getattr(extractor, "all_frames", False):  # the cap as resolved, so a changed default cannot change a rebuild
+        extractor.build_args.update(frames="all", max_frames=extractor.max_frames)
     return extractor
 
 

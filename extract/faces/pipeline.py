@@ -7,7 +7,7 @@ for a single video (``fer predict``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +104,14 @@ def save_frames(folder: Path, crops: np.ndarray, quality: int = JPEG_QUALITY) ->
     return folder
 
 
-def aligned_faces(video: str | Path, frames: int | None, size: int, *,
-                  device: torch.device | str = "cpu", detector: MTCNN | None = None) -> AlignedClip:
-    """Decode, detect, follow and align the main face of one video (ClipError: unreadable, or no face)."""
+def aligned_faces(video: str | Path, frames: int | None, size: int, *, device: torch.device | str = "cpu",
+                  detector: MTCNN | None = None, distinct: bool = False) -> AlignedClip:
+    """Decode, detect, follow and align the main face of one video (ClipError: unreadable, or no face).
+
+    ``distinct``: each sampled source frame once, so a clip shorter than ``frames`` gives all its frames, not
+    ``frames`` with repeats (what an all-frame face set reads from a folder of every face)."""
     detector = detector or MTCNN(device)
-    return align_clip(decode_clip(video, frames), detector, size)
+    clip = decode_clip(video, frames)
+    if distinct:
+        clip = replace(clip, order=np.arange(len(clip.times)))
+    return align_clip(clip, detector, size)
