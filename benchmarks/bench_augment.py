@@ -20,6 +20,7 @@ usage: python benchmarks/bench_augment.py [--clips 200] [--dir bench_augment] [-
 from __future__ import annotations
 
 import argparse
+import tempfile
 import subprocess
 import sys
 from pathlib import Path
@@ -56,11 +57,12 @@ def face_specs(store: Path) -> dict[str, str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, default=200)
-    p.add_argument("--dir", default="bench_augment", help="data, store and runs (kept: a rerun resumes)")
+    p.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "fer-bench-augment"),
+                   help="data, store and runs (kept: a rerun resumes)")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--weights", default="auto", help="face backbone weights for both sets (auto: pretrained if cached)")
     p.add_argument("--max-frames", type=int, default=64)
-    p.add_argument("--out", default="benchmarks/results/augment.md")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "augment.md"))
     args = p.parse_args()
     work = Path(args.dir)
     data, store, runs = work / "data", work / "features.zarr", work / "runs"

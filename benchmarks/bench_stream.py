@@ -259,7 +259,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="abc")
     p.add_argument("--dir", default=None)
-    p.add_argument("--out", default="benchmarks/results/stream.md")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "stream.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_stream_", dir=args.dir))

@@ -315,7 +315,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--only", default="abc", help="which parts to run, e.g. bc")
     p.add_argument("--dir", default=None, help="temp folder for the store and runs")
-    p.add_argument("--out", default="benchmarks/results/train.md")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.md"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_train_", dir=args.dir))
