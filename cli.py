@@ -223,7 +223,7 @@ def extract_cmd(
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,
-        workers=default_workers() if workers is None else workers,
+        workers=default_workers(extractor.device) if workers is None else workers,
         shard=shard_kn,
         limit=limit,
         progress=progress,

@@ -1,6 +1,6 @@
 """Extraction throughput per backbone family: `fer extract` (run_extraction) against the bare model.
 
-    python benchmarks/bench_backbones.py [--families resnet,clip] [--clips 16] [--frames 16] [--workers 1]
+    python benchmarks/bench_backbones.py [--families resnet,clip] [--clips 16] [--frames 16] [--workers N]
                                          [--precision auto] [--with-precision-table]
 
 For each family (benchmarks/backbone_families.py: ResNet-18, torchvision ConvNeXt-T and ViT-B/16, HF CLIP
@@ -91,13 +91,17 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=16, help="at least ~16: with fewer, worker start-up dominates")
     ap.add_argument("--frames", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="decoding workers [default: fer extract's own choice]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--with-precision-table", action="store_true", help="also run bench_precision.py")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.workers is None:
+        from fer.extract.runner import default_workers
+
+        args.workers = default_workers(torch.device("cpu"))  # what `fer extract` takes on this machine
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         ds = dataset(args.data, args.clips, Path(tmp))

@@ -1,6 +1,6 @@
 """Face extraction throughput: `run_extraction` vs the bare backbone on frames already in memory.
 
-    python benchmarks/bench_extract.py [--clips 24] [--batch-size 8] [--workers 1] [--threads 2]
+    python benchmarks/bench_extract.py [--clips 24] [--batch-size 8] [--workers N] [--threads 2]
 
 Both sides use the same extractor (ResNet-18, 224x224, 16 frames), batch size and torch threads.
 The bare figure is ``embed`` alone over pre-decoded clips; the pipeline figure is the whole runner
@@ -111,11 +111,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, help="A DFEW-layout root; default: synthesize --clips clips in a temp folder.")
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None, help="decoding workers [default: fer extract's own choice]")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
+    if a.workers is None:
+        from fer.extract.runner import default_workers
+
+        a.workers = default_workers(torch.device("cpu"))  # what `fer extract` takes on this machine
     with tempfile.TemporaryDirectory() as tmp:
         data = a.data
         if data is None:

@@ -101,14 +101,22 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
+def default_workers(device: torch.device | None = None) -> int:
     """Decoding workers for this process: its share of the usable cores (divided among the LOCAL_WORLD_SIZE
-    processes torchrun starts on this machine), less one for the model, at least 1 and at most 8."""
+    processes torchrun starts on this machine), less one for the model, at least 1 and at most 8.
+
+    A model on the CPU with at most 2 cores to itself gets none: its threads use every core, and a decoding
+    process beside them only oversubscribes them (benchmarks/results/backbones.md: HuBERT-base and WavLM-base+
+    ran at 0.82x / 0.79x the bare model with one worker, 0.95x / 0.98x decoding in the main process).
+    """
     try:
         local_world = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     except ValueError:
         raise FerError(f"LOCAL_WORLD_SIZE={os.environ['LOCAL_WORLD_SIZE']!r} is not an integer") from None
-    return max(1, min(8, usable_cores() // local_world - 1))
+    share = usable_cores() // local_world
+    if device is not None and torch.device(device).type == "cpu" and share <= 2:
+        return 0
+    return max(1, min(8, share - 1))
 
 
 def worker_start_method(device: torch.device) -> str:

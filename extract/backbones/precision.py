@@ -30,15 +30,17 @@ ENV = "FER_PRECISION"
 cluster that must give the same numbers on every node; fer's tests set it to fp32."""
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-CPU_BF16_FAMILIES: frozenset[str] = frozenset({"resnet18", "torchvision", "hf-vision", "timm", "hf-speech"})
+CPU_BF16_FAMILIES: frozenset[str] = frozenset(
+    {"resnet18", "torchvision", "hf-vision", "timm", "hf-speech", "hf-whisper"})
 """Backbone families that run in bf16 by default on CPUs with native bf16 (``auto``).
 
-From benchmarks/results/precision.md (bench_precision.py on this project's 2-core AVX512-BF16 machine,
-random weights of the real architectures): a family is listed only when bf16 autocast was at least
-1.5x faster than fp32 and every pooled feature stayed within cosine 0.999 of fp32. Measured: ResNet-18
-1.67x, ConvNeXt-T 2.18x, torchvision ViT-B/16 2.40x, CLIP ViT-B/16 2.36x, DINOv2-B 2.14x, timm ViT-B/16
-1.96x, wav2vec2-large 1.92x, HuBERT-base 2.32x, WavLM-base+ 1.57x (``hf-speech``: the wav2vec2-style
-encoders), every cosine >= 0.99996. Whisper's encoder (``hf-whisper``) was slower in bf16 (0.78x): fp32."""
+From benchmarks/results/precision.md (bench_precision.py on this project's 2-core AVX512-BF16 machine, quiet,
+random weights of the real architectures): a family is listed only when bf16 autocast was at least 1.5x faster
+than fp32 and every pooled feature stayed within cosine 0.999 of fp32. Measured: ResNet-18 1.79x, ConvNeXt-T
+2.74x, torchvision ViT-B/16 3.17x, CLIP ViT-B/16 3.02x, DINOv2-B 1.93x, timm ViT-B/16 2.84x, wav2vec2-large
+2.44x, HuBERT-base 2.53x, WavLM-base+ 2.44x (``hf-speech``: the wav2vec2-style encoders), Whisper-base's encoder
+1.75x (``hf-whisper``); every cosine >= 0.99996. (An earlier run on a loaded machine had Whisper at 0.78x: the
+table is only trusted from a quiet run.)"""
 
 
 def cpu_bf16_native() -> bool:

@@ -111,6 +111,10 @@ def test_workers_share_the_usable_cores_among_the_local_ranks(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})  # a job given 2 of the machine's cores
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert default_workers() == 1
+    assert default_workers(torch.device("cpu")) == 0  # a CPU model on 2 cores: decode in its own process
+    assert default_workers(torch.device("cuda", 0)) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert default_workers(torch.device("cpu")) == 7
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
     with pytest.raises(FerError, match="LOCAL_WORLD_SIZE"):
         default_workers()
