@@ -93,7 +93,7 @@ def to_markdown(r: dict) -> str:
         "|---|---|",
         f"| bare backbone (frames already decoded in memory; mean of before/after) | {r['bare_clips_s']:.3f} clips/s "
         f"({r['bare_before_clips_s']:.3f} before, {r['bare_after_clips_s']:.3f} after) |",
-        f"| `run_extraction` (decode in workers + model + chunk writes) | {r['pipeline_clips_s']:.3f} clips/s |",
+        f"| `run_extraction` (decode (workers, or the main process with 0) + model + chunk writes) | {r['pipeline_clips_s']:.3f} clips/s |",
         f"| ratio pipeline / bare (target >= 0.8) | {r['ratio']:.2f} |",
         f"| decoding, one process | {r['decode_ms_per_clip']:.1f} ms/clip |",
         f"| model | {r['model_ms_per_clip']:.1f} ms/clip |",

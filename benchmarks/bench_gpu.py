@@ -82,7 +82,7 @@ def bench_extract(data: Path, backbone: str, clips: int, batch: int, workers: in
     after = bare()
     bare_s = (before + after) / 2
     # the same clips on the CPU in fp32: what a CPU machine (or a CPU shard) would have stored
-    cpu = make_extractor("face", backbone, "none", "cpu", **({"precision": "fp32"} if _takes_precision() else {}))
+    cpu = make_extractor("face", backbone, "none", "cpu", precision="fp32")
     with torch.inference_mode():
         g = torch.cat([ex.embed(items[i:i + batch])[0].float().cpu() for i in range(0, min(n, 16), batch)])
         c = torch.cat([cpu.embed(items[i:i + batch])[0].float().cpu() for i in range(0, min(n, 16), batch)])
@@ -90,15 +90,6 @@ def bench_extract(data: Path, backbone: str, clips: int, batch: int, workers: in
     return {"backbone": backbone, "spec": ex.spec, "clips": n, "bare_clips_s": n / bare_s,
             "pipeline_clips_s": s.clips_per_s, "ratio": s.clips_per_s / (n / bare_s),
             "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}
-
-
-def _takes_precision() -> bool:
-    import inspect
-
-    from fer.extract.backbones.registry import make_extractor
-
-    src = inspect.getsource(make_extractor)
-    return "precision" in src
 
 
 def bench_train(store: Path, work: Path) -> dict:
