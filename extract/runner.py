@@ -166,6 +166,8 @@ class ExtractSummary:
     """clip id -> note on how the clip was read (e.g. frames repeated)."""
     seconds: float = 0.0
     """Wall time of the extraction loop (after the model is loaded)."""
+    workers: int = 0
+    """Decoding workers used (0: the main process decoded)."""
     load_s: float = 0.0
     """Time spent decoding clips, summed over workers (CPU seconds of ``load``)."""
     wait_s: float = 0.0
@@ -196,7 +198,9 @@ class ExtractSummary:
         if self.todo and self.seconds > 0:
             lines.append(
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
-                f"decoding {self.load_s:.1f} s in workers, writing {self.write_s:.1f} s in background"
+                f"decoding {self.load_s:.1f} s "
+                + (f"in {self.workers} worker(s)" if self.workers else "in the main process")
+                + f", writing {self.write_s:.1f} s in background"
             )
         if self.row_info:  # e.g. frames sampled to the cap, or read from the video: said, not only stored
             cid, note = next(iter(self.row_info.items()))
@@ -435,7 +439,8 @@ def run_extraction(
         except BaseException:
             store.close()
             raise
-    summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n), source=describe(dataset))
+    summary = ExtractSummary(spec=spec, store=str(store_path), shard=(k, n), source=describe(dataset),
+                             workers=workers)
     try:
         owned = np.asarray(writer.owned_rows(), dtype=np.int64)
         done = np.asarray(writer.done(), dtype=bool)

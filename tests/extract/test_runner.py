@@ -39,6 +39,7 @@ def test_writes_all_rows_then_rerun_does_nothing(synth_root, extractor, tmp_path
     ds = load_dataset(synth_root)
     s = run(ds, extractor, tmp_path / "f.zarr", workers=1)
     assert s.done == 10 and s.skipped == 0 and s.owned == 12
+    assert "s in 1 worker(s)" in str(s)
     assert set(s.failed) == {"00011", "00012"}  # garbage jpg, missing faces; a truncated mp4 does not matter to faces
     assert "unreadable image" in s.failed["00011"] and "no face frames" in s.failed["00012"]
     with open_store(tmp_path / "f.zarr") as st:
@@ -52,6 +53,7 @@ def test_writes_all_rows_then_rerun_does_nothing(synth_root, extractor, tmp_path
     again = run(ds, extractor, tmp_path / "f.zarr")
     assert again.done == 0 and again.skipped == 10 and again.todo == 2  # only the failed rows are retried
     assert set(again.failed) == {"00011", "00012"}
+    assert "s in the main process" in str(again)  # workers=0
     with open_store(tmp_path / "f.zarr") as st:
         assert np.array_equal(st.read(extractor.spec).data[:10], before[:10])
 
