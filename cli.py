@@ -177,7 +177,8 @@ def extract_cmd(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (0: decode in the main process). [default: CPUs - 1]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (0: decode in the main process). [default: this process's share of the "
+                                 "cores less one, at most 8; 0 for a CPU model with 2 cores or fewer]"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Extract at most N more clips in this call."),
     shard: Optional[str] = typer.Option(

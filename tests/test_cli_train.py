@@ -120,16 +120,18 @@ def test_augmented_training_from_the_cli(tmp_path):
 
 def test_ctrl_c_then_resume(store, tmp_path):
     out = tmp_path / "run"
+    # Ctrl-C as at a terminal: a shell without job control starts background jobs (`make test &`, nohup) with
+    # SIGINT ignored, which the child would inherit, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-m", "fer.cli", "train", str(store), "--epochs", "500", "--patience", "0",
                           "--out", str(out), "--no-plots", *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=ENV)
+                         text=True, env=ENV, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     ckpt = out / "checkpoint_fold1.pt"
     deadline = time.time() + 90
     while not ckpt.exists() and p.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     outs, err = p.communicate(timeout=60)
-    assert p.returncode == 130 and "interrupted" in outs + err and "--resume" in outs + err
+    assert p.returncode == 130 and "interrupted" in outs + err and "--resume" in outs + err, (outs + err)[-2000:]
     assert (out / "config.json").is_file() and not (out / "metrics.json").exists()
     done = torch.load(ckpt, weights_only=True)["epoch"]
     assert 1 <= done < 500
