@@ -135,7 +135,8 @@ def config_options(cls: type = TrainConfig) -> tuple[ConfigOption, ...]:
             default = ",".join(map(str, default)) if default else ("all" if f.name == "folds" else "none")
         flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
         flags = (flag, SHORT[f.name]) if f.name in SHORT else (flag,)
-        help_ = docs.get(f.name, "")
+        # docstrings speak Python (``x``, None: unset); the command line does not
+        help_ = docs.get(f.name, "").replace("``", "").replace("None: ", "default: ")
         if kind in ("tuple", "parsed"):
             help_ = f"{help_} Form: {(TUPLES if kind == 'tuple' else PARSED)[f.name][1]}."
         out.append(ConfigOption(f.name, flags, kind, default, help_))

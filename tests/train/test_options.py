@@ -18,6 +18,9 @@ def test_every_field_has_an_option_with_its_docstring():
     assert opts["balance"].kind == "bool" and not opts["balance"].sweepable and opts["segments"].sweepable
     assert opts["epochs"].help == "Maximum number of epochs per fold." and opts["epochs"].default == 30
     assert opts["augment"].default == "none" and opts["modalities"].default == "face"
+    # written for the command line, not as Python
+    assert opts["face"].help.startswith("Feature-set spec for the face (default: the store's only")
+    assert not any("``" in o.help or "None:" in o.help for o in opts.values())
 
 
 def test_a_new_field_becomes_an_option():
