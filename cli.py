@@ -86,7 +86,7 @@ def data_faces(
     frames: str = typer.Option("all", "--frames", help="all | N: every frame, or N frames sampled uniformly."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
     shard: Optional[str] = typer.Option(None, "--shard", help="k/n, 1-based: this process does the clips i with i % n == k-1."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes. [default: CPUs - 1]"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes. [default: this process's share of the cores less one, at most 8]"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Frames per detector pass. [default: 8 on CPU, 32 on GPU]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
