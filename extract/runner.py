@@ -142,18 +142,14 @@ def check_store_outside(store_path: str | Path, root: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- summary
-@dataclass
-class ExtractSummary:
-    """What one run did; ``str()`` gives the closing lines the CLI prints."""
+@dataclass(kw_only=True)
+class RunSummary:
+    """The counts every per-clip run keeps (fer extract, fer data faces); subclasses add what they wrote."""
 
-    spec: str
-    """The feature set written."""
-    store: str
-    """Store path."""
     shard: tuple[int, int] = (0, 1)
     """0-based (k, n)."""
     owned: int = 0
-    """Rows of this shard's chunks."""
+    """Rows (clips) this shard owns."""
     skipped: int = 0
     """Rows already done before this run."""
     todo: int = 0
@@ -162,39 +158,53 @@ class ExtractSummary:
     """Rows written by this run."""
     failed: dict[str, str] = field(default_factory=dict)
     """clip id -> one-line reason, for rows that failed in this run."""
-    row_info: dict[str, str] = field(default_factory=dict)
-    """clip id -> note on how the clip was read (e.g. frames repeated)."""
     seconds: float = 0.0
-    """Wall time of the extraction loop (after the model is loaded)."""
-    workers: int = 0
-    """Decoding workers used (0: the main process decoded)."""
-    load_s: float = 0.0
-    """Time spent decoding clips, summed over workers (CPU seconds of ``load``)."""
+    """Wall time of the loop (after the model is loaded)."""
     wait_s: float = 0.0
-    """Time the main loop waited for decoded batches (decoding not hidden behind compute)."""
+    """Time the main loop waited for decoded clips (decoding not hidden behind compute)."""
     model_s: float = 0.0
-    """Time in ``embed``."""
-    write_s: float = 0.0
-    """Time the writer thread spent writing (overlaps compute)."""
+    """Time in the model (for faces: detection, tracking and alignment)."""
     interrupted: bool = False
     """Stopped by Ctrl-C / SIGTERM; finished rows were flushed."""
-    source: str = ""
-    """The dataset as read: its root, layout, clips, classes and folds."""
 
     @property
     def clips_per_s(self) -> float:
         n = self.done + len(self.failed)
         return n / self.seconds if self.seconds > 0 else 0.0
 
-    def __str__(self) -> str:
+    def _where(self, what: str) -> str:
         k, n = self.shard
+        return what + (f" (shard {k + 1}/{n})" if n > 1 else "")
+
+    def _counts(self, rate: str) -> str:
+        """The 'done, skipped, failed, left' line; ``rate`` (e.g. '1.2 clips/s') is added when this run tried rows."""
+        return (f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
+                f"left {max(self.owned - self.skipped - self.done, 0)}"
+                + (f"; {rate} over {self.seconds:.1f} s" if self.todo else ""))
+
+
+@dataclass(kw_only=True)
+class ExtractSummary(RunSummary):
+    """What one ``fer extract`` run did; ``str()`` gives the closing lines the CLI prints."""
+
+    spec: str
+    """The feature set written."""
+    store: str
+    """Store path."""
+    row_info: dict[str, str] = field(default_factory=dict)
+    """clip id -> note on how the clip was read (e.g. frames repeated)."""
+    workers: int = 0
+    """Decoding workers used (0: the main process decoded)."""
+    load_s: float = 0.0
+    """Time spent decoding clips, summed over workers (CPU seconds of ``load``)."""
+    write_s: float = 0.0
+    """Time the writer thread spent writing (overlaps compute)."""
+    source: str = ""
+    """The dataset as read: its root, layout, clips, classes and folds."""
+
+    def __str__(self) -> str:
         lines = [self.source] if self.source else []
-        lines += [
-            f"feature set {self.spec} in {self.store}" + (f" (shard {k + 1}/{n})" if n > 1 else ""),
-            f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
-            f"left {max(self.owned - self.skipped - self.done, 0)}"
-            + (f"; {self.clips_per_s:.2f} clips/s over {self.seconds:.1f} s" if self.todo else ""),
-        ]
+        lines += [self._where(f"feature set {self.spec} in {self.store}"), self._counts(f"{self.clips_per_s:.2f} clips/s")]
         if self.todo and self.seconds > 0:
             lines.append(
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "

@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 from urllib.parse import quote
@@ -38,7 +38,7 @@ from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.runner import _sigterm_as_interrupt, failure_lines, one_line
+from fer.extract.runner import RunSummary, _sigterm_as_interrupt, failure_lines, one_line
 
 MARKER = ".fer-faces.json"
 """A finished clip folder holds its record under this name (written before the folder is renamed into place)."""
@@ -81,47 +81,23 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------- summary
-@dataclass
-class FacesSummary:
-    """What one run did; ``str()`` gives the closing lines the CLI prints."""
+@dataclass(kw_only=True)
+class FacesSummary(RunSummary):
+    """What one ``fer data faces`` run did; ``str()`` gives the closing lines the CLI prints."""
 
     out: Path
-    shard: tuple[int, int] = (0, 1)
-    owned: int = 0
-    """Clips this shard owns."""
-    skipped: int = 0
-    """Clips already finished before this run."""
-    todo: int = 0
-    done: int = 0
     frames: int = 0
     """Face frames written by this run."""
     borrowed: int = 0
     """Of those, frames aligned with a neighbour's landmarks (the face was missed there)."""
-    failed: dict[str, str] = field(default_factory=dict)
-    seconds: float = 0.0
-    wait_s: float = 0.0
-    """Time the main loop waited for decoded clips."""
-    model_s: float = 0.0
-    """Time in detection, tracking and alignment."""
-    interrupted: bool = False
-
-    @property
-    def clips_per_s(self) -> float:
-        return (self.done + len(self.failed)) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def frames_per_s(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
-        k, n = self.shard
-        lines = [
-            f"face frames in {self.out}" + (f" (shard {k + 1}/{n})" if n > 1 else ""),
-            f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
-            f"left {max(self.owned - self.skipped - self.done, 0)}"
-            + (f"; {self.clips_per_s:.2f} clips/s, {self.frames_per_s:.1f} frames/s over {self.seconds:.1f} s"
-               if self.todo else ""),
-        ]
+        lines = [self._where(f"face frames in {self.out}"),
+                 self._counts(f"{self.clips_per_s:.2f} clips/s, {self.frames_per_s:.1f} frames/s")]
         if self.frames:
             lines.append(f"frames: {self.frames} written, {self.borrowed} borrowed the alignment of a neighbour "
                          "(face missed there)")
