@@ -86,11 +86,20 @@ def _torch_dtype(md: ModalityData | DiskSet) -> torch.dtype:
     return torch.from_numpy(np.zeros(1, dtype=md.dtype)).dtype
 
 
+def _itemsize(md: ModalityData | DiskSet) -> int:
+    return torch.zeros((), dtype=_torch_dtype(md)).element_size()
+
+
+def _token_shape(m: str, md: ModalityData | DiskSet, plans: Mapping[str, FramePlan]) -> tuple[int, ...]:
+    """A row as the model sees it: the face's drawn tokens (one view), other sets' rows as stored."""
+    return plans[m].token_shape(tuple(md.row_shape)) if m in plans else tuple(md.row_shape)
+
+
 def model_sets(sets: Mapping[str, ModalityData | DiskSet], plans: Mapping[str, FramePlan]) -> dict[str, ModalityData]:
     """One zero row per modality, shaped as the model sees it (FerModel reads only shapes, spec, provenance)."""
     out = {}
     for m, md in sets.items():
-        shape = plans[m].token_shape(tuple(md.row_shape)) if m in plans else tuple(md.row_shape)
+        shape = _token_shape(m, md, plans)
         out[m] = ModalityData(md.spec, torch.zeros((1, *shape), dtype=_torch_dtype(md)),
                               torch.ones((1, shape[0]), dtype=torch.bool), md.provenance)
     return out
@@ -98,12 +107,8 @@ def model_sets(sets: Mapping[str, ModalityData | DiskSet], plans: Mapping[str, F
 
 def model_row_bytes(sets: Mapping[str, ModalityData | DiskSet], plans: Mapping[str, FramePlan]) -> int:
     """Bytes of one clip as held for evaluation: the face's drawn tokens in every view, other sets' rows."""
-    total = 0
-    for m, md in sets.items():
-        shape = plans[m].token_shape(tuple(md.row_shape)) if m in plans else tuple(md.row_shape)
-        views = plans[m].views if m in plans else 1
-        total += int(np.prod(shape, dtype=np.int64)) * views * torch.zeros((), dtype=_torch_dtype(md)).element_size()
-    return total
+    return sum(int(np.prod(_token_shape(m, md, plans), dtype=np.int64)) * (plans[m].views if m in plans else 1)
+               * _itemsize(md) for m, md in sets.items())
 
 
 def make_inputs(sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig, plans: Mapping[str, FramePlan],
@@ -121,7 +126,7 @@ def make_inputs(sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: Train
 
 def _norm_rows(md: ModalityData | DiskSet) -> int:
     """Clips per chunk of the input-standardisation pass: NORM_CHUNK_BYTES of stored data."""
-    row = int(np.prod(md.row_shape, dtype=np.int64)) * torch.zeros((), dtype=_torch_dtype(md)).element_size()
+    row = int(np.prod(md.row_shape, dtype=np.int64)) * _itemsize(md)
     return max(1, NORM_CHUNK_BYTES // row)
 
 
@@ -294,8 +299,8 @@ class StreamSource:
 
     def _slots(self, blks: list[int], entries: np.ndarray, by_block: np.ndarray) -> np.ndarray:
         """Buffer rows of ``entries`` (loaded positions whose blocks are ``blks``, in that order)."""
-        slot_of = {b: i for i, b in enumerate(blks)}
-        slot = np.fromiter((slot_of[b] for b in by_block), dtype=np.int64, count=len(by_block))
+        order = np.argsort(blks)  # the blocks' slots, looked up without a Python loop over the rows
+        slot = order[np.searchsorted(np.asarray(blks)[order], by_block)]
         return slot * self.block_rows + self.store_rows[entries] - by_block * self.block_rows
 
     def _take(self, which: int, local: np.ndarray) -> dict[str, ModalityData]:
