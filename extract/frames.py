@@ -117,16 +117,6 @@ def read_all_frames(record: ClipRecord, max_frames: int = 64, size: int = 224) -
     return out, note
 
 
-def read_all_face_frames(record: ClipRecord, max_frames: int = 64,
-                         size: int = 224) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """``read_all_frames`` padded: ``(max_frames, size, size, 3)`` uint8 RGB with the frames first and zeros
-    after, the ``(max_frames,)`` bool mask of real frames, and the note."""
-    frames, info = read_all_frames(record, max_frames, size)
-    out = np.zeros((max_frames, size, size, 3), np.uint8)
-    out[: len(frames)] = frames
-    return out, np.arange(max_frames) < len(frames), info
-
-
 def read_video_square_frames(video: Path, max_frames: int, size: int) -> tuple[np.ndarray, str]:
     """Every frame of ``video`` (``max_frames`` sampled uniformly when longer), each centre-cropped to a square
     and resized to ``size``: ``(n, size, size, 3)`` uint8 and the note saying these are not face crops."""

@@ -260,9 +260,6 @@ class SpeechAudio(_AudioBase):
         return self._mean_over_frames(out.hidden_states, torch.tensor([n for _, n in items]))
 
 
-Wav2Vec2Audio = SpeechAudio
-"""The name this extractor had when it ran wav2vec2 only."""
-
 
 # ---------------------------------------------------------------- log-mel
 def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:

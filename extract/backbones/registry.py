@@ -62,8 +62,6 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
 
 FACTORIES: dict[str, Callable[..., Extractor]] = {"face": _face, "pose": _pose, "audio": _audio}
 
-FACE_BACKBONES = ("resnet18", "<any torchvision classification model>", "hf:<model id or folder>", "timm:<model name>")
-"""What ``--backbone`` takes for the face (the torchvision names: ``torchvision.models.list_models``)."""
 AUDIO_BACKBONES = ("wav2vec2", "mel", "hf:<speech model id or folder>")
 
 

@@ -1,5 +1,6 @@
-"""fer.extract.frames for all-frame sets: every face frame in order, padded with a mask, sampled above the cap;
-the 16-frame folder and the video as recorded fallbacks."""
+"""fer.extract.frames for all-frame sets: every face frame in order, sampled above the cap; the 16-frame folder
+and the video as recorded fallbacks (the padding with a mask is the extractor's: tests/extract/backbones/
+test_face_frames.py)."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from PIL import Image
 
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError
-from fer.extract.frames import read_all_face_frames, read_all_frames
+from fer.extract.frames import read_all_frames
 from fer.extract.synth.scene import write_mp4
 
 
@@ -21,22 +22,21 @@ def folder(tmp_path):
     return d
 
 
-def test_every_frame_in_order_then_zero_padding(folder):
-    frames, mask, info = read_all_face_frames(ClipRecord("1", faces_all=folder), max_frames=12, size=32)
-    assert frames.shape == (12, 32, 32, 3) and frames.dtype == np.uint8 and info is None
-    assert mask.tolist() == [True] * 10 + [False] * 2
-    assert frames[:10, 0, 0, 0].tolist() == [20 * i for i in range(1, 11)] and not frames[10:].any()
+def test_every_frame_in_order(folder):
+    frames, info = read_all_frames(ClipRecord("1", faces_all=folder), max_frames=12, size=32)
+    assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8 and info is None
+    assert frames[:, 0, 0, 0].tolist() == [20 * i for i in range(1, 11)]
 
 
 def test_longer_clips_keep_segment_centres_and_say_so(folder):
-    frames, mask, info = read_all_face_frames(ClipRecord("1", faces_all=folder), max_frames=4, size=16)
-    assert mask.all() and frames.shape == (4, 16, 16, 3) and info == "sampled 4 of 10 frames"
+    frames, info = read_all_frames(ClipRecord("1", faces_all=folder), max_frames=4, size=16)
+    assert frames.shape == (4, 16, 16, 3) and info == "sampled 4 of 10 frames"
     assert frames[:, 0, 0, 0].tolist() == [20 * (i + 1) for i in (1, 3, 6, 8)]  # centres of 4 segments of 10
 
 
 def test_the_16_frame_folder_only_when_it_is_all_there_is_and_said(folder, tmp_path):
-    frames, mask, info = read_all_face_frames(ClipRecord("1", faces16=folder), max_frames=12, size=32)
-    assert mask.sum() == 10 and info == "no all-frames face folder: the 10 frames of the 16-frame folder"
+    frames, info = read_all_frames(ClipRecord("1", faces16=folder), max_frames=12, size=32)
+    assert len(frames) == 10 and info == "no all-frames face folder: the 10 frames of the 16-frame folder"
     frames, info = read_all_frames(ClipRecord("1", faces16=folder), max_frames=4, size=16)
     assert frames.shape == (4, 16, 16, 3) and info.endswith("; sampled 4 of 10 frames")
     # an all-frames folder wins over the 16-frame one, and over the video
@@ -46,12 +46,12 @@ def test_the_16_frame_folder_only_when_it_is_all_there_is_and_said(folder, tmp_p
 
 def test_missing_folders_are_clip_errors(folder, tmp_path):
     with pytest.raises(ClipError, match="missing or empty"):
-        read_all_face_frames(ClipRecord("1", faces_all=tmp_path / "gone"))
+        read_all_frames(ClipRecord("1", faces_all=tmp_path / "gone"))
     # a face folder that is named but broken is the clip's fault, not a reason to read the video instead
     with pytest.raises(ClipError, match="missing or empty"):
-        read_all_face_frames(ClipRecord("1", faces_all=tmp_path / "gone", video=tmp_path / "v.mp4"))
+        read_all_frames(ClipRecord("1", faces_all=tmp_path / "gone", video=tmp_path / "v.mp4"))
     with pytest.raises(ClipError, match="no face frames and no video"):
-        read_all_face_frames(ClipRecord("1"))
+        read_all_frames(ClipRecord("1"))
 
 
 def video(path, n, w=96, h=64):
