@@ -52,6 +52,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k - 1, n
 
 
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """A 0-based ``(k, n)`` as given to the runners; FerError unless 0 <= k < n."""
+    k, n = shard
+    if n < 1 or not 0 <= k < n:
+        raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
+    return k, n
+
+
 def shard_from_env() -> tuple[int, int] | None:
     """``(RANK, WORLD_SIZE)`` under torchrun (or any launcher setting both), else None."""
     rank, world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
@@ -411,9 +419,7 @@ def run_extraction(
         raise FerError(f"--workers must be >= 0, got {workers}")
     if limit is not None and limit < 1:
         raise FerError(f"--limit must be >= 1, got {limit}")
-    k, n = shard
-    if n < 1 or not 0 <= k < n:
-        raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
+    k, n = check_shard(shard)
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to extract")
     if not dataset.class_names:

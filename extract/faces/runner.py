@@ -38,7 +38,7 @@ from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.runner import RunSummary, _sigterm_as_interrupt, failure_lines, one_line
+from fer.extract.runner import RunSummary, _sigterm_as_interrupt, check_shard, failure_lines, one_line
 
 MARKER = ".fer-faces.json"
 """A finished clip folder holds its record under this name (written before the folder is renamed into place)."""
@@ -213,9 +213,7 @@ def run_faces(
         raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
     if frames is not None and frames < 1:
         raise FerError(f"--frames must be 'all' or >= 1, got {frames}")
-    k, n = shard
-    if n < 1 or not 0 <= k < n:
-        raise FerError(f"shard {k}/{n} is invalid: need 0 <= k < n")
+    k, n = check_shard(shard)
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to align")
     out = Path(out)
