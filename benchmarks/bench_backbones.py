@@ -70,8 +70,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace) -> str:
         f"{args.threads} torch threads, {args.workers} decoding worker(s), batch {args.batch_size} clips, "
         f"{args.frames} face frames per clip, --precision {args.precision}; {args.clips} synthetic clips; load average "
         f"{os.getloadavg()[0]:.1f} at the end. Bare = `embed` on clips already decoded in memory (mean of before and "
-        "after the pipeline run); pipeline = `run_extraction` (decode (in the workers, or the main process with 0), model, background writes). "
-        "Target: ratio >= 0.9.",
+        "after the pipeline run); pipeline = `run_extraction` (decode (in the workers, or the main process with "
+        "0), model, background writes). Target: ratio >= 0.9.",
         "",
         "| family | weights | precision | bare clips/s | pipeline clips/s | ratio | waiting for decode |",
         "|---|---|---|---:|---:|---:|---:|",
