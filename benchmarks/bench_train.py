@@ -252,7 +252,7 @@ def bench_c(args: argparse.Namespace, work: Path) -> dict:
 # ------------------------------------------------------------------ table
 def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespace) -> str:
     load = os.getloadavg()
-    out = [f"# Training benchmark (stage 2)\n",
+    out = ["# Training benchmark (stage 2)\n",
            f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average "
            f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__}, "
            f"{torch.get_num_threads()} torch threads, CPU only. Model: the trainer's default (face tokens 16x512, "

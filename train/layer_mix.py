@@ -18,7 +18,6 @@ from torch import nn
 
 from fer.cache.errors import FerError
 
-from fer.train.config import WEIGHTED, parse_audio_layer  # noqa: F401  (re-exported)
 STATE_KEY = "audio_norm.logits"
 """Where a FerModel checkpoint keeps the mix's logits (the mix takes the place of the audio InputNorm)."""
 

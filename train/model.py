@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
-from fer.train.config import TrainConfig
+from fer.train.config import WEIGHTED, TrainConfig
 from fer.train.features import ModalityData
-from fer.train.layer_mix import WEIGHTED, LayerMix, audio_rows, check_weighted
+from fer.train.layer_mix import LayerMix, audio_rows, check_weighted
 
 AUDIO_DIM = 128
 NO_FACE_DIM = 256

@@ -33,9 +33,6 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
-from fer.extract.backbones.torchvision_models import (  # noqa: F401  (fer's ResNet-18 API lives on here)
-    IMAGENET_MEAN, IMAGENET_STD, ResNetTrunk, build_resnet18, map_size,
-)
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames

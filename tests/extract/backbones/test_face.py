@@ -8,7 +8,8 @@ from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError
-from fer.extract.backbones.face import FaceExtractor, map_size
+from fer.extract.backbones.face import FaceExtractor
+from fer.extract.backbones.torchvision_models import map_size
 from fer.extract.frames import read_face_frames, sample_indices
 from fer.extract.datasets.records import ClipRecord
 

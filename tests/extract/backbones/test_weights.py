@@ -5,7 +5,7 @@ import torch
 from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
-from fer.extract.backbones.face import build_resnet18
+from fer.extract.backbones.torchvision_models import build_resnet18
 from fer.extract.backbones.weights import fetch_all, read_state_dict, sha256_file
 
 
