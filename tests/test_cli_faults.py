@@ -166,7 +166,7 @@ def test_workers_out_of_shared_memory_is_one_line_naming_workers_and_dev_shm(dat
     if probe.returncode != 0:
         pytest.skip(f"unshare -m is not permitted here: {probe.stderr.decode().strip()}")
     # a 64 KB /dev/shm, in this command's own mount namespace only
-    inner = f"mount -t tmpfs -o size=64k tmpfs /dev/shm && exec \"$@\""
+    inner = "mount -t tmpfs -o size=64k tmpfs /dev/shm && exec \"$@\""
     p = fer("extract", data / "d20", "-m", "face", "--weights", "none", "--size", 32, "--store", tmp_path / "s.zarr",
             "--workers", 1, "--no-progress", prefix=("unshare", "-m", "sh", "-c", inner, "sh"))
     one_line(p, 3, "shared memory", "/dev/shm", "--workers 0", "--shm-size")
