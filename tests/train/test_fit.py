@@ -217,3 +217,4 @@ def test_cuda_runs_are_made_deterministic(monkeypatch):
         restore()
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
             torch.backends.cudnn.benchmark) == before
+    assert not torch.backends.cuda.matmul.allow_tf32  # TF32, on for the run, is given back too (torch's default)
