@@ -157,6 +157,13 @@ def extract_cmd(
         "auto (pretrained when in the local cache, else random, with a warning) | "
         "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
     ),
+    transforms: Optional[str] = typer.Option(
+        None, "--transforms",
+        help="face: whose preprocessing to use when --weights PATH does not say: a torchvision weights entry "
+        "(IMAGENET1K_V1), a timm pretrained tag (mae), an HF model id or folder with an image processor. "
+        "[default: the entry whose hash the file's sha256 starts with, else the default entry, said in a "
+        "note]",
+    ),
     layer: Optional[str] = typer.Option(
         None, "--layer", help="face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | "
         "layer3 | layer2 (resnet18 feature maps).",
@@ -232,7 +239,8 @@ def extract_cmd(
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
     n_frames = None if frames is None else (_parse_frames(frames) or "all")
     extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=n_frames, seed=seed,
-                               precision=precision, max_frames=max_frames, flip=flip or None)
+                               precision=precision, max_frames=max_frames, flip=flip or None,
+                               transforms=transforms)
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,

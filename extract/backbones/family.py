@@ -75,6 +75,10 @@ class Family:
     top: str = ""
     """The model's top as fer takes it: what is removed or what the output is, e.g. ``fc (the ImageNet
     classifier), removed``."""
+    transforms: str | None = None
+    """What ``--transforms`` names for this family (whose preprocessing to use when the weights do not say),
+    e.g. ``an entry of the model's weights enum (IMAGENET1K_V1)``; None: the family takes no ``--transforms``.
+    A family that takes it gets ``transforms=NAME`` as a keyword of ``build`` when one is given."""
     folders: bool = False
     """The name after the prefix may be a local folder (recorded absolute, so ``fer predict`` finds it)."""
 
