@@ -25,6 +25,7 @@ are scattered into the padded rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
+from fer.extract.backbones.precision_check import settle
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
@@ -130,6 +132,7 @@ class FaceExtractor(Extractor):
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
                            "--frames 16 (for --finetune layer4), or every frame with --layer pool")
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -187,7 +190,7 @@ class FaceExtractor(Extractor):
             **({"max_frames": self.max_frames} if self.all_frames else {}),
             **views,
             "width": e.out_shape[0],
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 f"{frames}, RGB, resized to {e.size}x{e.size} bilinear when needed; then {e.preprocessing}"
             ),
@@ -196,6 +199,10 @@ class FaceExtractor(Extractor):
         }
 
     # ---------------------------------------------------------------- work
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
+
     def to(self, device: torch.device | str) -> "FaceExtractor":
         self.device = torch.device(device)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, self.encoder.family)
