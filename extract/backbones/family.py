@@ -15,6 +15,15 @@ from typing import Any, Callable
 WILDCARD = "*"
 
 
+def cut_matches(name: str, layer: str) -> bool:
+    """True when ``--layer layer`` is the cut ``name``; a name ending in ``:K`` stands for every non-negative
+    integer K (``block:3`` is the cut ``block:K``)."""
+    if name.endswith(":K"):
+        head, _, k = layer.partition(":")
+        return head == name[:-2] and k.isdigit()
+    return layer == name
+
+
 @dataclass(frozen=True)
 class Cut:
     """A place where a family's model can be cut: what ``--layer NAME`` stores, and what lies above it."""
@@ -30,10 +39,7 @@ class Cut:
 
     def matches(self, layer: str) -> bool:
         """True when ``layer`` is this cut (``block:3`` is the cut ``block:K``)."""
-        if self.name.endswith(":K"):
-            head, _, k = layer.partition(":")
-            return head == self.name[:-2] and k.isdigit()
-        return layer == self.name
+        return cut_matches(self.name, layer)
 
 
 @dataclass(frozen=True)

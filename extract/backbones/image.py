@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
+from fer.extract.backbones.family import cut_matches
 
 
 def slug(name: str, limit: int = 60) -> str:
@@ -88,9 +89,10 @@ def probe_width(model: nn.Module, size: int, what: str) -> tuple[int, ...]:
 
 
 def check_layer(layer: str | None, allowed: Sequence[str], what: str) -> str:
-    """``layer`` or the first allowed one; FerError naming the choices otherwise."""
+    """``layer`` or the first allowed one; FerError naming the choices otherwise (an allowed ``block:K`` takes
+    any ``block:<integer>``, fer.extract.backbones.family.cut_matches)."""
     layer = layer or allowed[0]
-    if layer not in allowed:
+    if not any(cut_matches(a, layer) for a in allowed):
         raise FerError(f"--layer {layer} is not available for {what}; choose from {', '.join(allowed)}")
     return layer
 
