@@ -25,6 +25,7 @@ are scattered into the padded rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
+from fer.extract.backbones.precision_check import settle
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
@@ -45,10 +47,12 @@ VIEWS = ("original", "hflip")
 
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
-                        size: int | None = None, seed: int = 0) -> ImageEncoder:
+                        size: int | None = None, seed: int = 0,
+                        transforms: str | None = None) -> ImageEncoder:
     """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
-    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ..."""
-    from fer.extract.backbones.families import family_of, normalize_backbone
+    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``transforms`` names
+    whose preprocessing to use, for the families that take it."""
+    from fer.extract.backbones.families import FAMILIES, family_of, normalize_backbone
 
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
@@ -57,7 +61,14 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     if layer is not None and family.cuts and family.cut(layer) is None:
         names = ", ".join(c.name for c in family.cuts)
         raise FerError(f"unknown --layer {layer!r} for {backbone}; choose from {names}")
-    return family.build(family.model_name(backbone), weights, layer, size, seed)
+    if transforms is None:
+        return family.build(family.model_name(backbone), weights, layer, size, seed)
+    if family.transforms is None:
+        takes = "; ".join(f"{f.name}: {f.transforms}" for f in FAMILIES
+                          if f.transforms and "face" in f.modalities)
+        raise FerError(f"--transforms does not apply to {backbone}, whose preprocessing is fixed; it applies "
+                       f"to {takes}")
+    return family.build(family.model_name(backbone), weights, layer, size, seed, transforms=transforms)
 
 
 def parse_frames(frames: int | str) -> int | str:
@@ -94,11 +105,13 @@ class FaceExtractor(Extractor):
         max_frames: int | None = None,
         flip: bool = False,
         frame_batch: int = FRAME_BATCH,
+        transforms: str | None = None,
     ):
         """``backbone`` + ``weights``/``layer``/``size``/``seed`` build the encoder (or pass ``encoder``);
         ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision).
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
-        ``frame_batch``: images per model forward."""
+        ``frame_batch``: images per model forward; ``transforms``: whose preprocessing to use (a weights
+        entry, a timm pretrained tag, an HF model), for the families that take it."""
         frames = parse_frames(frames)
         self.all_frames = frames == "all"
         if not self.all_frames and max_frames is not None:
@@ -108,7 +121,7 @@ class FaceExtractor(Extractor):
         if frame_batch < 1:
             raise FerError(f"frame_batch must be >= 1, got {frame_batch}")
         self.max_frames = (max_frames or MAX_FRAMES) if self.all_frames else None
-        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed)
+        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed, transforms)
         self.model = self.encoder.model.eval()
         self.preprocess = self.encoder.preprocess
         self.layer, self.size, self.frames, self.seed = self.encoder.layer, self.encoder.size, frames, seed
@@ -119,6 +132,7 @@ class FaceExtractor(Extractor):
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
                            "--frames 16 (for --finetune layer4), or every frame with --layer pool")
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -176,7 +190,7 @@ class FaceExtractor(Extractor):
             **({"max_frames": self.max_frames} if self.all_frames else {}),
             **views,
             "width": e.out_shape[0],
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 f"{frames}, RGB, resized to {e.size}x{e.size} bilinear when needed; then {e.preprocessing}"
             ),
@@ -185,6 +199,10 @@ class FaceExtractor(Extractor):
         }
 
     # ---------------------------------------------------------------- work
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
+
     def to(self, device: torch.device | str) -> "FaceExtractor":
         self.device = torch.device(device)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, self.encoder.family)

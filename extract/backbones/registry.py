@@ -21,11 +21,13 @@ def _family(modality: str, backend: str) -> Family:
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
           size: int | None = None, frames: int | str | None = None, seed: int = 0, precision: str | None = None,
-          max_frames: int | None = None, flip: bool = False, **_: Any) -> Extractor:
+          max_frames: int | None = None, flip: bool = False, transforms: str | None = None,
+          **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
     return FaceExtractor(weights=weights, layer=layer, size=size, frames=frames or 16, device=device, seed=seed,
-                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip)
+                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip,
+                         transforms=transforms)
 
 
 def _pose(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
@@ -132,12 +134,14 @@ def make_extractor(
     if family.folders and family.prefix:
         backend = family.prefix + str(_absolute(family.model_name(backend)))
     weights = _absolute(weights)
-    if kw.get("model"):
-        kw["model"] = _absolute(kw["model"])
+    for key in ("model", "transforms"):  # model folders, recorded absolute
+        if kw.get(key):
+            kw[key] = _absolute(kw[key])
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
     if modality != "face":
         face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
-                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw)) if on]
+                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw),
+                                     ("--transforms", "transforms" in kw)) if on]
         if face_only:
             raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
                            f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
@@ -149,6 +153,9 @@ def make_extractor(
     extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
     if getattr(extractor, "precision", None):
         extractor.build_args["precision"] = extractor.precision
+    transforms = getattr(getattr(extractor, "encoder", None), "transforms", None)
+    if transforms:  # as chosen, so a rebuild preprocesses the same way even where the defaults have changed
+        extractor.build_args["transforms"] = transforms
     if getattr(extractor, "all_frames", False):  # the cap as resolved, so a changed default cannot change a rebuild
         extractor.build_args.update(frames="all", max_frames=extractor.max_frames)
     return extractor
