@@ -20,8 +20,8 @@ from fer.train.config import TrainConfig, resolve_folds
 from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
 from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
                                 memory_budget)
-from fer.train.disk import prepare_run_folder, run_folder_faults
 from fer.train.fit import FoldResult, fit_fold, resolve_device
+from fer.train.disk import own_run_folder, prepare_run_folder, run_folder_faults
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
 
@@ -194,6 +194,13 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     cfg.folds = resolve_folds(cfg.folds, fold_names, str(store_path))
     out = Path(cfg.out or cfg.default_out(len(fold_names)))
     cfg.out = str(out)
+    with own_run_folder(out):  # before anything is written; a second process on this --out stops here
+        return _train_in(out, cfg, store_path, class_names, features, log)
+
+
+def _train_in(out: Path, cfg: TrainConfig, store_path: str | os.PathLike, class_names: tuple[str, ...],
+              features: LoadedFeatures | None, log: Log) -> dict[str, Any]:
+    """The rest of train_run, in the run folder it owns."""
     _prepare_out(out, cfg, class_names)
     specs = {"face": cfg.face, "pose": cfg.pose, "audio": cfg.audio}
     device = resolve_device(cfg.device)
