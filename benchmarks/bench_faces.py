@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the best time of each is kept")
     args = ap.parse_args()
 
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
     from fer.extract.datasets import load_dataset
     from fer.extract.faces.detect import MTCNN
     from fer.extract.faces.pipeline import decode_clip

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fer import __version__
+from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.report import human_bytes
@@ -20,8 +21,8 @@ from fer.train.config import TrainConfig, resolve_folds
 from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
 from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
                                 memory_budget)
-from fer.train.fit import FoldResult, fit_fold, resolve_device
 from fer.train.disk import own_run_folder, prepare_run_folder, run_folder_faults
+from fer.train.fit import FoldResult, fit_fold
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
 
