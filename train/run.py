@@ -129,6 +129,7 @@ def deterministic(device: torch.device) -> Callable[[], None]:
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
               torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
@@ -141,6 +142,8 @@ def deterministic(device: torch.device) -> Callable[[], None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[4], before[5]
+        if cublas is None:  # cuBLAS read it when it started; the variable itself goes back to unset
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
     return restore
 
