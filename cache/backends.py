@@ -52,6 +52,11 @@ def local_path(path: str | os.PathLike) -> Path | None:
     return Path(s)
 
 
+def no_store(path: str | os.PathLike) -> str:
+    """The message for a store path where there is none."""
+    return f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store"
+
+
 def native_order(dt: np.dtype) -> bool:
     """Whether values of ``dt`` lie in this machine's byte order, so chunk bytes can be read as they are."""
     return dt.itemsize <= 1 or dt.byteorder in ("=", "|", _NATIVE)

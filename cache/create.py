@@ -24,7 +24,9 @@ from fer.cache.store import FeatureStore, open_backend
 
 
 def check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_names: Sequence[str] | None,
-                 fold_names: Sequence[str] | None) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[str]]:
+                fold_names: Sequence[str] | None
+                ) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[str]]:
+    """The clip index as the store keeps it, checked (FerError on repeated ids, wrong shapes, bad codes)."""
     ids = [str(i) for i in ids]
     n = len(ids)
     if n == 0:
@@ -40,12 +42,15 @@ def check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_
             raise FerError(f"votes have {votes.shape[1]} columns: name the classes (class_names=...)")
         class_names = DFEW_CLASSES
     class_names = [str(c) for c in class_names]
-    if len(class_names) != votes.shape[1] or len(set(class_names)) != len(class_names) or not all(class_names):
-        raise FerError(f"class names {class_names} must be {votes.shape[1]} distinct non-empty names, one per vote column")
+    if (len(class_names) != votes.shape[1] or len(set(class_names)) != len(class_names)
+            or not all(class_names)):
+        raise FerError(f"class names {class_names} must be {votes.shape[1]} distinct non-empty names, "
+                       "one per vote column")
     if folds.ndim != 2 or folds.shape[0] != n:
         raise FerError(f"folds must have shape ({n}, folds), got {folds.shape}")
     if fold_names is None:
-        fold_names = list(DFEW_FOLDS) if folds.shape[1] == len(DFEW_FOLDS) else [f"fold_{k + 1}" for k in range(folds.shape[1])]
+        k = folds.shape[1]
+        fold_names = list(DFEW_FOLDS) if k == len(DFEW_FOLDS) else [f"fold_{i + 1}" for i in range(k)]
     fold_names = [str(f) for f in fold_names]
     if len(fold_names) != folds.shape[1]:
         raise FerError(f"{len(fold_names)} fold names for {folds.shape[1]} fold columns")
@@ -80,7 +85,8 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
                                        description, attrs)
     except BaseException:
         if made_lock_dir and local is not None and not local.exists():
-            shutil.rmtree(lock_dir, ignore_errors=True)  # the store is gone: so is the lock folder we made for it
+            # the store is gone: so is the lock folder we made for it
+            shutil.rmtree(lock_dir, ignore_errors=True)
         raise
 
 
@@ -104,8 +110,8 @@ def refuse_foreign_folder(local: Path, path: str | os.PathLike) -> None:
                and not (x.startswith("zarr.") and x.endswith(".partial"))]
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise FerError(f"{path} is a folder that is not a fer feature store (it holds {shown}); fer never writes into "
-                       "a folder it did not make: give --store a new path (or an empty folder)")
+        raise FerError(f"{path} is a folder that is not a fer feature store (it holds {shown}); fer never "
+                       "writes into a folder it did not make: give --store a new path (or an empty folder)")
 
 
 def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout, description,
@@ -161,7 +167,8 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
 
 
 def _undo_create(local: Path, existed: bool) -> None:
-    """Remove what a failed store creation wrote: the whole store when we made it, else the entries we added."""
+    """Remove what a failed store creation wrote: the whole store when we made it, else the entries we
+    added."""
     try:
         if not existed:
             remove_tree(local)

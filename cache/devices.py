@@ -1,5 +1,5 @@
-"""Which torch device a run uses (``--device`` of `fer extract`, `fer data faces`, `fer train`), in the layer both
-stages share: one rule, one set of one-line errors. torch is imported when a device is resolved."""
+"""Which torch device a run uses (``--device`` of `fer extract`, `fer data faces`, `fer train`), in the layer
+both stages share: one rule, one set of one-line errors. torch is imported when a device is resolved."""
 
 from __future__ import annotations
 

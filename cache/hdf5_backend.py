@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fer.cache.backends import HDF5_COMPRESSORS, Backend, RawChunks, local_path, native_order
+from fer.cache.backends import HDF5_COMPRESSORS, Backend, RawChunks, local_path, native_order, no_store
 from fer.cache.errors import FORBIDDEN, READ_ONLY, FerEnvError, FerError, env_error, env_faults, errno_of
 
 HDF5_WRITE_MARGIN = 1 << 20
@@ -26,7 +26,8 @@ def _h5_filter(name: str) -> dict[str, Any]:
     m = re.fullmatch(r"gzip-(\d)", name)
     if m:
         return {"compression": "gzip", "compression_opts": int(m.group(1)), "shuffle": True}
-    raise FerError(f"unknown compressor {name!r} for an HDF5 store; choose one of {', '.join(HDF5_COMPRESSORS)}")
+    raise FerError(f"unknown compressor {name!r} for an HDF5 store; choose one of "
+                   f"{', '.join(HDF5_COMPRESSORS)}")
 
 
 class Hdf5Backend(Backend):
@@ -48,7 +49,7 @@ class Hdf5Backend(Backend):
         self.location = str(self.local)
         self.readonly = mode == "r"
         if mode == "r" and not self.local.exists():
-            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
+            raise FerError(no_store(path))
         self._write_failed = False
         if mode == "a" and not self.local.exists():
             with env_faults(path, "creating the store"):
@@ -56,7 +57,7 @@ class Hdf5Backend(Backend):
         try:
             self.f = h5py.File(self.local, {"r": "r", "r+": "r+", "a": "a"}[mode])
         except FileNotFoundError as e:
-            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
+            raise FerError(no_store(path)) from e
         except OSError as e:
             raise _h5_open_error(e, path, mode) from e
 
@@ -114,7 +115,8 @@ class Hdf5Backend(Backend):
 
         obj = self.f[key]
         total = 0
-        items = [obj] if isinstance(obj, h5py.Dataset) else [v for v in obj.values() if isinstance(v, h5py.Dataset)]
+        items = [obj] if isinstance(obj, h5py.Dataset) else [v for v in obj.values()
+                                                             if isinstance(v, h5py.Dataset)]
         for ds in items:
             total += ds.id.get_storage_size()
         return total
@@ -153,7 +155,8 @@ class Hdf5Backend(Backend):
             raise
 
     def mark_write_failed(self) -> None:
-        """A write into the file failed (e.g. no space): close() then drops what HDF5 still holds unwritten."""
+        """A write into the file failed (e.g. no space): close() then drops what HDF5 still holds
+        unwritten."""
         self._write_failed = True
 
     def reserve(self, nbytes: int) -> None:
@@ -168,15 +171,17 @@ class Hdf5Backend(Backend):
             return
         free = st.f_bavail * st.f_frsize
         if free < nbytes + HDF5_WRITE_MARGIN:
-            raise OSError(errno.ENOSPC, f"{free} bytes free, {nbytes + HDF5_WRITE_MARGIN} needed", str(self.local))
+            need = nbytes + HDF5_WRITE_MARGIN
+            raise OSError(errno.ENOSPC, f"{free} bytes free, {need} needed", str(self.local))
 
     def close(self) -> None:
         """Close the file, deterministically even after a failed write.
 
-        HDF5 cannot close a file whose cached changes it cannot write (no space): h5py then leaves it open and
-        the process crashes when it is garbage-collected at exit. So when a write failed, or the last flush
-        fails, the file's descriptor is pointed at /dev/null first: HDF5 finishes closing, and the file on disk
-        stays as it was after the last write that succeeded (rows not yet marked done are redone on resume).
+        HDF5 cannot close a file whose cached changes it cannot write (no space): h5py then leaves it open
+        and the process crashes when it is garbage-collected at exit. So when a write failed, or the last
+        flush fails, the file's descriptor is pointed at /dev/null first: HDF5 finishes closing, and the file
+        on disk stays as it was after the last write that succeeded (rows not yet marked done are redone on
+        resume).
         """
         if not self.f.id.valid:
             return
@@ -215,15 +220,17 @@ def _h5_open_error(e: OSError, path: str | os.PathLike, mode: str) -> FerError:
         )
     if mode != "r" and code in READ_ONLY + FORBIDDEN:
         why = "it is on a read-only file system" if code in READ_ONLY else "permission denied"
-        return FerEnvError(f"{path} cannot be opened for writing ({why}); it can still be read (fer cache ls, "
-                           "fer train): to write, copy it somewhere writable, or give another --store")
+        return FerEnvError(f"{path} cannot be opened for writing ({why}); it can still be read "
+                           "(fer cache ls, fer train): to write, copy it somewhere writable, or give another "
+                           "--store")
     env = env_error(e, path, "creating the store" if mode == "a" else "opening the store")
     if env is not None:
         return env
     m = re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", msg)
     if m:
         return FerEnvError(
-            f"{path} is damaged: the file is cut short ({m.group(1)} of {m.group(2)} bytes; a copy that stopped early or "
-            "a disk that filled up): copy it again from its source, or re-extract into a new store"
+            f"{path} is damaged: the file is cut short ({m.group(1)} of {m.group(2)} bytes; a copy that "
+            "stopped early or a disk that filled up): copy it again from its source, or re-extract into a new "
+            "store"
         )
     return FerError(f"{path} is not a readable HDF5 file ({e}); check the path")

@@ -2,14 +2,14 @@
 
 One mechanism underneath all of them: POSIX record locks (``lockf``) on a lock file. The kernel drops a
 process's locks when it dies (even by SIGKILL), so a rerun can take over straight away: a lock file left
-behind by a killed process is stale, not held. Record locks work across machines on NFS (v4, or v3 with its
-lock daemon). They belong to the process, not the file descriptor, and closing *any* descriptor of a file drops
-all the process's locks on it, so this module keeps one descriptor per lock file per process and an in-process
-table to keep two holders inside one process apart.
+behind by a killed process is stale, not held. Record locks work across machines on NFS (v4, or v3 with
+its lock daemon). They belong to the process, not the file descriptor, and closing *any* descriptor of a
+file drops all the process's locks on it, so this module keeps one descriptor per lock file per process
+and an in-process table to keep two holders inside one process apart.
 
 Public API:
-- ``StoreLocks``: the locks of one store (``FeatureStore.locks``): ``chunks(spec, ...)`` for a writer's chunks,
-  ``creating()`` while a feature set is created or its attrs are changed.
+- ``StoreLocks``: the locks of one store (``FeatureStore.locks``): ``chunks(spec, ...)`` for a writer's
+  chunks, ``creating()`` while a feature set is created or its attrs are changed.
 - ``ChunkLocks``: exclusive, non-blocking locks on chunks of one feature set.
 - ``exclusive(lock_file, key)``: a short blocking lock.
 - ``FolderLock`` / ``own_folder``: one process owns a folder (a run folder of ``fer train`` / ``fer sweep``);
@@ -59,7 +59,8 @@ def _holder_pid(fd: int, slot: int) -> int | None:
 
 
 def _open_fd(lock_file: Path, fix: str) -> int:
-    """This process's one descriptor of ``lock_file`` (made with its folder when missing); call under _lock."""
+    """This process's one descriptor of ``lock_file`` (made with its folder when missing); call under
+    _lock."""
     path = str(lock_file)
     entry = _fds.get(path)
     if entry is None:
@@ -293,7 +294,8 @@ class FolderLock:
         note: dict = {}
         try:
             with _lock:
-                fd = _open_fd(self.file, _LOCK_FIX)  # through the shared descriptor: closing another drops locks
+                # through the shared descriptor: closing another one would drop this process's locks
+                fd = _open_fd(self.file, _LOCK_FIX)
                 try:
                     note = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
                 finally:

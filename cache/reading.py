@@ -1,6 +1,6 @@
-"""Reading feature sets: a whole set (or chosen rows) in blocks of whole chunks, and row spans for readers that
-hold only part of a set at a time. Uncompressed local chunks are read straight from their files (only the bytes
-asked for); the rest goes through the format library.
+"""Reading feature sets: a whole set (or chosen rows) in blocks of whole chunks, and row spans for readers
+that hold only part of a set at a time. Uncompressed local chunks are read straight from their files (only
+the bytes asked for); the rest goes through the format library.
 
 A chunk that cannot be read is reported through the ``damaged`` callback the store passes in (it turns a
 one-line description into the store's FerEnvError), so this module needs nothing of the store itself.
@@ -83,7 +83,8 @@ class SpanReader:
     serialises reads behind h5py's lock. Made by ``FeatureStore.span_reader``.
     """
 
-    def __init__(self, backend: Backend, spec: str, chunk_rows: int, ids: np.ndarray, damaged: Damaged) -> None:
+    def __init__(self, backend: Backend, spec: str, chunk_rows: int, ids: np.ndarray,
+                 damaged: Damaged) -> None:
         cr = int(chunk_rows)
         self.spec = spec
         self.n = len(ids)
@@ -96,7 +97,8 @@ class SpanReader:
         self.chunk_rows = cr
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the data."""
+        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the
+        data."""
         if not 0 <= start <= stop <= self.n:
             raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
         for name, span in (("data", self._data), ("mask", self._mask)):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.backends import Backend, format_for, local_path
+from fer.cache.backends import Backend, format_for, local_path, no_store
 from fer.cache.errors import FerEnvError, FerError, env_faults
 from fer.cache.hdf5_backend import Hdf5Backend
 from fer.cache.locks import StoreLocks
@@ -45,7 +45,8 @@ class FeatureStore:
         except (FerError, KeyboardInterrupt):
             raise
         except Exception as e:
-            raise self.damaged(f"its clip index cannot be read ({type(e).__name__}: {L.one_line(e, 120)})") from e
+            why = f"{type(e).__name__}: {L.one_line(e, 120)}"
+            raise self.damaged(f"its clip index cannot be read ({why})") from e
         self.class_names, self.fold_names = self._protocol()
 
     def damaged(self, what: str, spec: str | None = None) -> FerEnvError:
@@ -336,7 +337,7 @@ def open_store(path: str | os.PathLike, mode: str = "r") -> FeatureStore:
         raise FerError(f"mode must be 'r' or 'r+', not {mode!r}")
     local = local_path(path)
     if local is not None and not local.exists():
-        raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store")
+        raise FerError(no_store(path))
     b = open_backend(path, mode)
     try:
         return FeatureStore(b, path, mode)

@@ -61,8 +61,8 @@ def open_writer(store: WritableStore, spec: str, *, row_shape: tuple[int, ...] |
             have = store.set_attrs(spec)
             if row_shape is not None and tuple(row_shape) != tuple(have["row_shape"]):
                 raise FerError(
-                    f"feature set {spec!r} holds rows of shape {tuple(have['row_shape'])}, not {tuple(row_shape)}; "
-                    "a different shape needs a different spec"
+                    f"feature set {spec!r} holds rows of shape {tuple(have['row_shape'])}, not "
+                    f"{tuple(row_shape)}; a different shape needs a different spec"
                 )
             if np.dtype(dtype) != np.dtype(have["dtype"]):
                 raise FerError(f"feature set {spec!r} holds {have['dtype']}, not {dtype}")
@@ -71,7 +71,8 @@ def open_writer(store: WritableStore, spec: str, *, row_shape: tuple[int, ...] |
 
 def _create_set(store: WritableStore, spec, row_shape, attrs, dtype, chunk_bytes, compressor) -> None:
     if row_shape is None or attrs is None or "modality" not in attrs:
-        raise FerError(f"feature set {spec!r} does not exist yet: give row_shape and attrs (with 'modality') to create it")
+        raise FerError(f"feature set {spec!r} does not exist yet: give row_shape and attrs (with 'modality') "
+                       "to create it")
     row_shape = tuple(int(x) for x in row_shape)
     if len(row_shape) < 1 or min(row_shape) < 1:
         raise FerError(f"row_shape must be (T, ...) with positive sizes, got {row_shape}")
@@ -100,7 +101,8 @@ def _create_set(store: WritableStore, spec, row_shape, attrs, dtype, chunk_bytes
 
 
 def _drop_half_set(store: WritableStore, spec: str) -> None:
-    """Remove what a failed _create_set made, so no half-made set is left (best effort: the disk may be full)."""
+    """Remove what a failed _create_set made, so no half-made set is left (best effort: the disk may be
+    full)."""
     b = store.backend
     try:
         if not store.has(spec):

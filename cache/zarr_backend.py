@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from fer.cache.backends import ZARR_COMPRESSORS, Backend, RawChunks, bytes_under, local_path, native_order
+from fer.cache.backends import (ZARR_COMPRESSORS, Backend, RawChunks, bytes_under, local_path, native_order,
+                                no_store)
 from fer.cache.errors import FerEnvError, FerError, env_faults
 
 
@@ -28,7 +29,8 @@ def _zarr_codecs(name: str) -> Any:
     m = re.fullmatch(r"zstd-(\d+)", name)
     if m:
         return zc.ZstdCodec(level=int(m.group(1)))
-    raise FerError(f"unknown compressor {name!r} for a zarr store; choose one of {', '.join(ZARR_COMPRESSORS)}")
+    raise FerError(f"unknown compressor {name!r} for a zarr store; choose one of "
+                   f"{', '.join(ZARR_COMPRESSORS)}")
 
 
 class ZarrBackend(Backend):
@@ -43,16 +45,19 @@ class ZarrBackend(Backend):
         target: Any = str(self.local) if self.local is not None else str(path)
         zmode = {"r": "r", "r+": "r+", "a": "a"}[mode]
         if self.local is not None and self.local.exists() and not self.local.is_dir():
-            raise FerError(f"{path} is a file, not a zarr store (a folder): check the path, or name an HDF5 store *.h5")
+            raise FerError(f"{path} is a file, not a zarr store (a folder): check the path, or name an HDF5 "
+                           "store *.h5")
         try:
-            with env_faults(path, {"r": "opening the store", "r+": "opening the store for writing", "a": "creating the store"}[mode]):
+            doing = {"r": "opening the store", "r+": "opening the store for writing",
+                     "a": "creating the store"}[mode]
+            with env_faults(path, doing):
                 self.root = zarr.open_group(target, mode=zmode, zarr_format=3)
         except FileNotFoundError as e:
-            raise FerError(f"no feature store at {path}: create one with `fer extract` or fer.cache.create_store") from e
+            raise FerError(no_store(path)) from e
         except (ValueError, TypeError, KeyError) as e:
             if self.local is not None and (self.local / "zarr.json").is_file():
-                raise FerEnvError(f"{path} is damaged: its zarr.json cannot be read ({type(e).__name__}); restore the "
-                                  "store from a copy, or re-extract into a new store") from e
+                raise FerEnvError(f"{path} is damaged: its zarr.json cannot be read ({type(e).__name__}); "
+                                  "restore the store from a copy, or re-extract into a new store") from e
             raise FerError(f"{path} is not a readable zarr v3 store ({e}); check the path") from e
 
     # attrs ---------------------------------------------------------------
@@ -97,7 +102,8 @@ class ZarrBackend(Backend):
         return arr.with_config({"write_empty_chunks": True})
 
     def array(self, key: str):
-        # Write every chunk, even one equal to the fill value, so a missing chunk always means "never written".
+        # Write every chunk, even one equal to the fill value, so a missing chunk always means "never
+        # written".
         return self.root[key].with_config({"write_empty_chunks": True})
 
     def delete(self, key: str) -> None:
@@ -124,7 +130,8 @@ class ZarrBackend(Backend):
         out[...] = arr[start:stop]
 
     def raw_chunks(self, key: str, arr) -> RawChunks | None:
-        """Where each chunk's bytes lie, when chunks are stored uncompressed in native byte order on local disk."""
+        """Where each chunk's bytes lie, when chunks are stored uncompressed in native byte order on local
+        disk."""
         from zarr.codecs import BytesCodec
         from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 

@@ -1,5 +1,6 @@
-"""Shared test setup: keep torch to the 2 CI cores, never touch the network, and check that no test leaves a
-global setting changed (threads, deterministic flags, backends, default dtype, environment, working folder)."""
+"""Shared test setup: keep torch to the 2 CI cores, never touch the network, and check that no test leaves
+a global setting changed (threads, deterministic flags, backends, default dtype, environment, working
+folder)."""
 
 import os
 
@@ -45,13 +46,12 @@ _NOT_SETTINGS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR")
 def global_state() -> dict:
     """The process-wide settings a test could change and leave behind; kernels' results depend on several of
     them (the thread count changes reduction order, TF32 and the matmul precision change the rounding)."""
-    m = torch.backends.cuda.matmul
+    m, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
     return {
         "torch threads": torch.get_num_threads(),
         "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
                                      torch.is_deterministic_algorithms_warn_only_enabled()),
-        "cudnn": (torch.backends.cudnn.enabled, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
-                  torch.backends.cudnn.allow_tf32),
+        "cudnn": (cudnn.enabled, cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32),
         "cuda matmul": (m.allow_tf32, m.allow_fp16_reduced_precision_reduction,
                         m.allow_bf16_reduced_precision_reduction),
         "float32 matmul precision": torch.get_float32_matmul_precision(),
@@ -77,6 +77,6 @@ def global_state_unchanged(request):
     if changed:
         env = [k for k in set(before["environment"]) | set(after["environment"])
                if before["environment"].get(k) != after["environment"].get(k)]
-        what = ", ".join(f"{k} ({before[k]} -> {after[k]})" if k != "environment" else f"environment ({', '.join(env)})"
-                         for k in changed)
+        what = ", ".join(f"environment ({', '.join(env)})" if k == "environment"
+                         else f"{k} ({before[k]} -> {after[k]})" for k in changed)
         pytest.fail(f"{request.node.nodeid} left global settings changed: {what}", pytrace=False)

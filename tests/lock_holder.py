@@ -1,4 +1,5 @@
-"""A real process that owns a folder (fer.cache.locks.own_folder, the lock of `fer train`) until it is killed."""
+"""A real process that owns a folder (fer.cache.locks.own_folder, the lock of `fer train`) until it is
+killed."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C + --resume,
-one process owns a run folder (two trains, two sweeps on one --out)."""
+"""`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C +
+--resume, one process owns a run folder (two trains, two sweeps on one --out)."""
 
 import csv
 import json
@@ -154,8 +154,8 @@ def _start(*args: object) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=ENV)
 
 
-SMALL = ["--heads", "2", "--ff", "64", "--hidden", "64", "--batch-size", "32", "--device", "cpu", "--patience", "0",
-         "--no-plots"]
+SMALL = ["--heads", "2", "--ff", "64", "--hidden", "64", "--batch-size", "32", "--device", "cpu",
+         "--patience", "0", "--no-plots"]
 
 
 def test_two_trains_started_together_into_one_out_one_runs_and_the_folder_is_its(store, tmp_path):
@@ -175,7 +175,8 @@ def test_two_trains_started_together_into_one_out_one_runs_and_the_folder_is_its
     assert {k: cfg[k] for k in settings[won]} == settings[won]
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [(r["fold"], int(r["epoch"])) for r in rows] == [("1", e) for e in range(1, settings[won]["epochs"] + 1)]
+    epochs = settings[won]["epochs"]
+    assert [(r["fold"], int(r["epoch"])) for r in rows] == [("1", e) for e in range(1, epochs + 1)]
 
 
 def test_two_sweeps_on_one_grid_and_out_run_every_point_once(store, tmp_path):
@@ -192,6 +193,7 @@ def test_two_sweeps_on_one_grid_and_out_run_every_point_once(store, tmp_path):
         cfg = json.loads((out / name / "config.json").read_text())
         assert name == f"lr-{cfg['lr']:g}_layers-{cfg['layers']}"
         assert (out / name / "history.csv").read_text().count("\n") == 3  # one run's 2 epochs
-    assert all("sweep: table written to" in r[0] for r in res)  # each ends with the report of what is complete
+    # each ends with the report of what is complete
+    assert all("sweep: table written to" in r[0] for r in res)
     report = (out / "report.md").read_text()
     assert all(f"| {name} |" in report for name in points)

@@ -1,6 +1,6 @@
 """The run folder on disk: owned by one process, made and tested writable up front, checked for room for
-checkpoints, checkpoints saved atomically, and disk faults (no space, read-only, permission) turned into one-line
-FerEnvErrors."""
+checkpoints, checkpoints saved atomically, and disk faults (no space, read-only, permission) turned into
+one-line FerEnvErrors."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ SLACK_BYTES = 4 << 20
 
 
 def try_run_folder(out: Path) -> FolderLock | Holder:
-    """Make ``out`` and take it for this process (the held lock), or say who holds it. One process owns a run
-    folder until it releases the lock; the lock dies with its process, so a killed run never blocks a rerun."""
+    """Make ``out`` and take it for this process (the held lock), or say who holds it. One process owns a
+    run folder until it releases the lock; the lock dies with its process, so a killed run never blocks a
+    rerun."""
     with env_faults(out, "creating the run folder", _OUT_FIX):
         out.mkdir(parents=True, exist_ok=True)
     return own_folder(out, _OUT_FIX)

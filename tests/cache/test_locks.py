@@ -44,7 +44,8 @@ def test_another_process_is_named_and_its_sigkilled_lock_is_stale(tmp_path):
         p.wait()
     got = own_folder(folder, "")  # the lock file is still there, its lock died with the process
     assert isinstance(got, FolderLock)
-    assert json.loads((folder / FOLDER_LOCK).read_text())["pid"] == os.getpid()  # the note names the new holder
+    # the note names the new holder
+    assert json.loads((folder / FOLDER_LOCK).read_text())["pid"] == os.getpid()
     got.release()
 
 

@@ -86,10 +86,11 @@ def test_a_read_only_place_for_the_run_is_refused_before_loading(store, tmp_path
     assert list(ro.iterdir()) == []
 
 
-def test_a_run_folder_held_by_another_process_is_refused_naming_it_and_free_once_it_is_killed(store, tmp_path):
+def test_a_run_folder_held_by_another_process_is_refused_naming_it_and_free_after_a_kill(store, tmp_path):
     out = tmp_path / "run"
     with holder(out) as p:
-        with pytest.raises(FerError, match=rf"{out} is in use by process {p.pid} on host {socket.gethostname()}.*--out"):
+        who = rf"{out} is in use by process {p.pid} on host {socket.gethostname()}.*--out"
+        with pytest.raises(FerError, match=who):
             train_run(TrainConfig(out=str(out), **TINY), store, log=quiet)
         assert not (out / "config.json").exists()  # refused before anything was written
         os.kill(p.pid, signal.SIGKILL)

@@ -1,5 +1,5 @@
-"""fer.train.sweep: a 2x2 grid on a tiny real store -> 4 run folders + report.md, features loaded once, resume;
-a point another process holds is left to it."""
+"""fer.train.sweep: a 2x2 grid on a tiny real store -> 4 run folders + report.md, features loaded once,
+resume; a point another process holds is left to it."""
 
 import json
 
@@ -93,7 +93,7 @@ def test_sweep_2x2_loads_once_and_resumes(tmp_path, monkeypatch, one_thread):
     assert len(calls) == 2 and (out / "report.md").is_file()
 
 
-def test_a_point_another_process_holds_is_left_to_it_and_run_once_that_process_is_killed(tmp_path, one_thread):
+def test_a_point_another_process_holds_is_left_to_it_and_run_once_it_is_killed(tmp_path, one_thread):
     store = make_store(tmp_path / "s.zarr")
     base = TrainConfig(layers=1, heads=2, ff=64, hidden=32, epochs=2, batch_size=16, folds=(1,), device="cpu",
                        plots=False)
