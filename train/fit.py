@@ -52,15 +52,6 @@ def fold_seed(seed: int, fold: int) -> int:
     return seed * 1000 + fold
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; a cuda request without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FerError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
-    return torch.device(name)
-
-
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

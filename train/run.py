@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from fer import __version__
+from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.report import human_bytes
@@ -20,8 +21,8 @@ from fer.train.config import TrainConfig, resolve_folds
 from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
 from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
                                 memory_budget)
-from fer.train.disk import prepare_run_folder, run_folder_faults
-from fer.train.fit import FoldResult, fit_fold, resolve_device
+from fer.train.disk import own_run_folder, prepare_run_folder, run_folder_faults
+from fer.train.fit import FoldResult, fit_fold
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
 
@@ -128,6 +129,7 @@ def deterministic(device: torch.device) -> Callable[[], None]:
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
               torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
@@ -140,6 +142,8 @@ def deterministic(device: torch.device) -> Callable[[], None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[4], before[5]
+        if cublas is None:  # cuBLAS read it when it started; the variable itself goes back to unset
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
     return restore
 
@@ -194,6 +198,13 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
     cfg.folds = resolve_folds(cfg.folds, fold_names, str(store_path))
     out = Path(cfg.out or cfg.default_out(len(fold_names)))
     cfg.out = str(out)
+    with own_run_folder(out):  # before anything is written; a second process on this --out stops here
+        return _train_in(out, cfg, store_path, class_names, features, log)
+
+
+def _train_in(out: Path, cfg: TrainConfig, store_path: str | os.PathLike, class_names: tuple[str, ...],
+              features: LoadedFeatures | None, log: Log) -> dict[str, Any]:
+    """The rest of train_run, in the run folder it owns."""
     _prepare_out(out, cfg, class_names)
     specs = {"face": cfg.face, "pose": cfg.pose, "audio": cfg.audio}
     device = resolve_device(cfg.device)

@@ -207,7 +207,7 @@ def run_faces(
     pass (default: ``default_batch``). ``threads``: torch threads on the CPU (default: ``cpu_threads``).
     Failed clips (unreadable, no face) are listed in the summary and in ``faces.json``.
     """
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
 
     if not 32 <= size <= 1024:
         raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fer.cache import open_store
@@ -13,7 +12,6 @@ from fer.extract.datasets.records import ClipRecord, Dataset
 from fer.extract.runner import parse_shard, run_extraction, shard_from_env
 from fer.extract.synth import synthesize
 
-torch.set_num_threads(1)
 SIZE = 32  # tiny input keeps the real ResNet-18 fast on CPU
 CHUNK = 3 * 16 * 512 * 2  # 3 rows per chunk: several chunks even for a dozen clips
 

@@ -12,12 +12,10 @@ import pytest
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_FOLDS
 from fer.extract.datasets import load_dataset, read_dfew, read_split_file
-from fer.tests.shared_data import SHARED_DATA
+from fer.tests.shared_data import shared
 
-# the real DFEW split files live in the shared folder next to the repository (../shared)
-REAL_SPLITS = SHARED_DATA / "dfew" / "EmoLabel_DataSplit"
-
-# ../shared/data/README.md
+# the real DFEW split files: $FER_SHARED_DATA or ../shared/data (tests/shared_data.py); the counts below
+# are from ../shared/data/README.md
 REAL_FOLDS = {1: (9356, 2341), 2: (9356, 2341), 3: (9357, 2340), 4: (9358, 2339), 5: (9361, 2336)}
 REAL_TEST_TOTALS = {"happy": 2445, "sad": 1894, "neutral": 2669, "angry": 2173, "surprise": 1469,
                     "disgust": 145, "fear": 902}
@@ -89,7 +87,7 @@ ANNOTATION = [
 def real_root(tmp_path_factory) -> Path:
     """The real split files plus an (empty-frame) 16f face folder for every one of their clips."""
     root = tmp_path_factory.mktemp("dfew") / "root"
-    shutil.copytree(REAL_SPLITS, root / "EmoLabel_DataSplit")
+    shutil.copytree(shared("dfew", "EmoLabel_DataSplit"), root / "EmoLabel_DataSplit")
     ids: set[str] = set()
     for f in (root / "EmoLabel_DataSplit").rglob("set_*.csv"):
         ids |= set(read_split_file(f))
@@ -125,7 +123,8 @@ def test_real_protocol_fold_sizes_and_class_totals(real_root: Path):
 
 def test_real_split_ids_are_written_without_zeros():
     # the shared copy writes ids as integers: the reader pads them
-    first = next(iter(read_split_file(REAL_SPLITS / "test(single-labeled)" / "set_1.csv")))
+    splits = shared("dfew", "EmoLabel_DataSplit")
+    first = next(iter(read_split_file(splits / "test(single-labeled)" / "set_1.csv")))
     assert first == "00001"
 
 
