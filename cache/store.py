@@ -65,6 +65,8 @@ class FeatureStore:
                 self._ids = L.decode_strings(np.asarray(backend.array(L.CLIPS_ID)[:]))
                 self._votes = np.asarray(backend.array(L.CLIPS_VOTES)[:], dtype=np.float32)
                 self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
+                self._labels = (np.asarray(backend.array(L.CLIPS_LABEL)[:], dtype=np.int64)
+                                if backend.has(L.CLIPS_LABEL) else None)
         except (FerError, KeyboardInterrupt):
             raise
         except Exception as e:
@@ -113,6 +115,9 @@ class FeatureStore:
         if self._votes.ndim != 2 or self._folds.ndim != 2 or len(self._votes) != self.n or len(self._folds) != self.n:
             raise FerError(f"{self.path} is damaged: clips/votes {self._votes.shape} and clips/fold {self._folds.shape} "
                            f"do not match the {self.n} clip ids; re-extract into a new store")
+        labels, c = self._labels, self._votes.shape[1]
+        if labels is not None and (labels.shape != (self.n,) or (labels >= c).any()):
+            raise self._damaged(f"clips/label has shape {labels.shape} or labels past the {c} classes")
         if a.get("format_version") == 1:
             classes = classes or DFEW_CLASSES
             folds = folds or DFEW_FOLDS[: self._folds.shape[1]]
@@ -136,11 +141,15 @@ class FeatureStore:
         return attrs
 
     def index_mismatch(self, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray,
-                       class_names: Sequence[str]) -> str | None:
-        """Why this store's clip index is not the given one (a one-line reason), or None when it is the same."""
+                       class_names: Sequence[str], labels: np.ndarray | None = None) -> str | None:
+        """Why this store's clip index is not the given one (a one-line reason), or None when it is the same.
+        Official labels are compared when both sides have them (a store made before they existed has none)."""
         votes = np.asarray(votes, dtype=np.float32)
         same = (list(self.ids) == [str(i) for i in ids] and self.votes.shape == votes.shape
-                and np.array_equal(self.votes, votes) and np.array_equal(self.folds, np.asarray(folds, dtype=np.int8)))
+                and np.array_equal(self.votes, votes)
+                and np.array_equal(self.folds, np.asarray(folds, dtype=np.int8))
+                and (labels is None or self._labels is None
+                     or np.array_equal(self._labels, np.asarray(labels))))
         if not same:
             return (f"{self.path} holds another dataset's clips (different ids, votes or folds); "
                     "use a new store path or remove the old store")
@@ -165,6 +174,11 @@ class FeatureStore:
     @property
     def folds(self) -> np.ndarray:
         return self._folds
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(N,) int64 official label per clip (-1: none named); None for a store made before clips/label."""
+        return self._labels
 
     @property
     def n(self) -> int:
@@ -586,8 +600,12 @@ def _check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class
 
 def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, *,
                  class_names: Sequence[str] | None = None, fold_names: Sequence[str] | None = None,
-                 layout: str = "manifest", description: str = "", attrs: dict | None = None) -> FeatureStore:
+                 layout: str = "manifest", description: str = "", attrs: dict | None = None,
+                 labels: np.ndarray | None = None) -> FeatureStore:
     """Create a store for a clip index, or open the existing one for writing if it holds the same index.
+
+    ``labels`` (N,) are the official labels (class indices, -1 where the dataset names none): they decide a
+    clip whose votes tie (fer.cache.schema.scored_labels). An existing store without them gets them.
 
     ``votes`` is (N, C) with one column per name in ``class_names`` (default: DFEW's 7 classes when C is 7);
     ``folds`` is (N, K), one column per fold of the protocol (codes in fer.cache.schema), named by
@@ -606,7 +624,7 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
         with env_faults(path, "creating the store"):
             with exclusive(None if lock_dir is None else lock_dir / "_create.lock", f"{path}::create"):
                 return _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout,
-                                       description, attrs)
+                                       description, attrs, _check_labels(labels, len(ids), len(class_names)))
     except BaseException:
         if made_lock_dir and local is not None and not local.exists():
             shutil.rmtree(lock_dir, ignore_errors=True)  # the store is gone: so is the lock folder we made for it
@@ -637,8 +655,22 @@ def refuse_foreign_folder(local: Path, path: str | os.PathLike) -> None:
                        "a folder it did not make: give --store a new path (or an empty folder)")
 
 
+def _check_labels(labels: np.ndarray | None, n: int, c: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int16)
+    if labels.shape != (n,) or (labels < -1).any() or (labels >= c).any():
+        raise FerError(f"labels must be ({n},) class indices in -1..{c - 1}, got shape {labels.shape}")
+    return labels
+
+
+def _write_labels(b: Backend, labels: np.ndarray) -> None:
+    b.create_array(L.CLIPS_LABEL, labels.shape, np.int16, (max(1, len(labels)),), -1)
+    b.array(L.CLIPS_LABEL)[:] = labels
+
+
 def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout, description,
-                    attrs) -> FeatureStore:
+                    attrs, labels) -> FeatureStore:
     existed = local is None or local.exists()
     try:
         b = open_backend(path, "a")
@@ -654,9 +686,13 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
         root = b.root_attrs()
         if root.get("format") == STORE_FORMAT_NAME:
             store = FeatureStore(b, path, "r+")
-            differs = store.index_mismatch(ids, votes, folds, class_names)
+            differs = store.index_mismatch(ids, votes, folds, class_names, labels)
             if differs:
                 raise FerError(differs)
+            if labels is not None and store.labels is None:  # a store made before clips/label: add them
+                _write_labels(b, labels)
+                b.flush()
+                store = FeatureStore(b, path, "r+")
             return store
         others = [k for k in b.children("") if k not in ("clips", "features")]
         if others or b.children(L.FEATURES):
@@ -672,6 +708,8 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
         b.array(L.CLIPS_VOTES)[:] = votes
         b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, tuple(max(1, x) for x in folds.shape), 0)
         b.array(L.CLIPS_FOLD)[:] = folds
+        if labels is not None:
+            _write_labels(b, labels)
         b.create_group(L.FEATURES)
         meta = dict(attrs or {})
         meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,
