@@ -102,7 +102,7 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete), then prints the
-    comparison table and writes it to out_dir/report.md.
+    comparison table, which names the best point by validation UAR, and writes it to out_dir/report.md.
     """
     from fer.train.features import load_features
     from fer.train.report import report
@@ -139,8 +139,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             train_run(cfg, str(store_path), features=features_for(cfg), log=log)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
-    if finished:
-        log(report(finished))
-        (out_dir / "report.md").write_text(report(finished, markdown=True))
+    if finished:  # the best point named by validation UAR, never by test
+        log(report(finished, best=True, strict=False))
+        (out_dir / "report.md").write_text(report(finished, markdown=True, best=True, strict=False))
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs
