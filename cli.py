@@ -218,8 +218,6 @@ def extract_cmd(
     store_path = store if store else str(default_store_path(root, fmt))
     check_store_format(store_path, fmt)
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
-    for w in dataset.warnings:  # e.g. two class names that look like one spelled twice
-        typer.echo(f"warning: {w}", err=True)
     n_frames = None if frames is None else (_parse_frames(frames) or "all")
     extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=n_frames, seed=seed,
                                precision=precision, max_frames=max_frames, flip=flip or None)

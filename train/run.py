@@ -32,7 +32,7 @@ HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_war", "val_ua
 # settings a resumed run may change (they do not change what the finished epochs mean)
 # finished folds of an unfinished run; metrics.json appears only when every fold is done
 PARTIAL = "metrics_partial.json"
-RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out", "plots"}
+RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out", "plots", "stream"}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -107,7 +107,8 @@ def _check_resume(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> 
             if k not in RESUMABLE_CHANGES and k in old and old.get(k) != v]
     if diff:
         raise FerError(f"--resume with other settings than {out} was started with: {', '.join(diff)}; "
-                       "repeat the original options (only --epochs, --patience, --device may change)")
+                       "repeat the original options (only --epochs, --patience, --device, --stream may "
+                       "change)")
 
 
 def _prepare_out(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> None:

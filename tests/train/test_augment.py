@@ -122,8 +122,8 @@ def test_same_numbers_under_any_memory_budget(store, tmp_path, monkeypatch):
     _under(BUDGETS["stream-tiny"][0], monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         train_run(TrainConfig(out=str(tmp_path / "cut"), **cfg), store, log=ctrl_c)
-    _under(None, monkeypatch)  # resumed with the whole set in memory
-    train_run(TrainConfig(out=str(tmp_path / "cut"), resume=True, **cfg), store, log=quiet)
+    _under(None, monkeypatch)  # resumed under the default budget with --stream: whole blocks
+    train_run(TrainConfig(out=str(tmp_path / "cut"), resume=True, stream=True, **cfg), store, log=quiet)
     assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "memory")
 
 
