@@ -305,12 +305,13 @@ def caption(summaries: list[RunSummary], metric: str = "uar", *, best: bool = Fa
 def report(run_dirs: list[Path], *, markdown: bool = False, best: bool = False, metric: str = "uar",
            strict: bool = True) -> str:
     """Comparison table of runs: modalities, fusion, loss, test WAR and UAR and validation WAR and UAR, mean
-    ± std over folds (in %), folds, epochs, time; sorted by the validation ``metric``. The plain table is
-    followed by its caption; a markdown table gets one only with ``best`` (the best run by validation).
+    ± std over folds (in %), folds, epochs, time; sorted by the validation ``metric``. The plain table
+    comes under its caption; a markdown table gets one below it, only with ``best`` (the best run by
+    validation).
     Accepts run folders or parent folders holding runs; a folder that is neither -> FerError."""
     summaries = by_validation([summarize(r) for r in find_runs(list(run_dirs))], metric)
     table = format_table(HEADER, rows(summaries), markdown=markdown)
     if markdown and not best:
         return table
     text = caption(summaries, metric, best=best, strict=strict)
-    return table + ("\n" + text if markdown else text)
+    return table + "\n" + text if markdown else text + table
