@@ -105,6 +105,7 @@ class StreamSource:
         self.views = self.plans["face"].test_views if "face" in self.plans else 1
         self.store = open_store(features.store_path, mode="r")
         self.readers = {m: self.store.span_reader(md.spec) for m, md in self.sets.items()}
+        self._masks = {m: md.mask.numpy() for m, md in self.sets.items()}  # of the loaded rows, read at load
         self.store_rows = np.asarray(features.rows, dtype=np.int64)
         self.n_store = self.store.n
         _, self.block_rows = sampling_blocks(features, tuple(self.sets))
@@ -131,7 +132,7 @@ class StreamSource:
             f"buffers, {READ_THREADS} reader threads")
 
     # ------------------------------------------------------------ reading
-    def _plan(self, rows: np.ndarray) -> list[tuple[np.ndarray, list[tuple[int, int]]]]:
+    def _plan(self, rows: np.ndarray) -> list[tuple[np.ndarray, list[tuple[int, int]], np.ndarray]]:
         """Per stretch of ``rows`` (loaded positions, in order): its buffer rows, the store spans to read."""
         at = self.store_rows[rows]
         unit = at // self.block_rows if self.whole_blocks else at
@@ -147,13 +148,12 @@ class StreamSource:
             starts = np.array([s for s, _ in spans], dtype=np.int64)
             offsets = np.cumsum([0] + [e - s for s, e in spans[:-1]]).astype(np.int64)
             k = np.searchsorted(starts, at[a:b], side="right") - 1
-            out.append((offsets[k] + at[a:b] - starts[k], spans))
+            out.append((offsets[k] + at[a:b] - starts[k], spans, rows[a:b]))
         return out
 
     def _read(self, which: int, m: str, spans: list[tuple[int, int, int]]) -> None:
-        for offset, a, b in spans:
-            _, mask = self.readers[m].read(a, b, out=self._data[which][m][offset:offset + b - a])
-            self._mask[which][m][offset:offset + b - a] = mask
+        for offset, a, b in spans:  # the data only: the masks of the loaded rows are in memory already
+            self.readers[m].read(a, b, out=self._data[which][m][offset:offset + b - a], mask=False)
 
     def _fill(self, which: int, spans: list[tuple[int, int]]) -> list[Future]:
         offsets = np.cumsum([0] + [b - a for a, b in spans[:-1]]).tolist()
@@ -169,11 +169,13 @@ class StreamSource:
             return
         self._pending = self._fill(0, plan[0][1])
         try:
-            for g, (local, _) in enumerate(plan):
+            for g, (local, _, entries) in enumerate(plan):
                 for f in self._pending:
                     f.result()
                 which = g % 2
                 self._pending = self._fill(1 - which, plan[g + 1][1]) if g + 1 < len(plan) else []
+                for m, mask in self._masks.items():
+                    self._mask[which][m][local] = mask[entries]
                 yield which, local
         finally:
             for f in self._pending:  # a loop left early: let its reads land before the buffers are reused
