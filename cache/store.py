@@ -544,8 +544,8 @@ class SpanReader:
 
     def read(self, start: int, stop: int, out: np.ndarray | None = None, *,
              mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the data.
-        ``mask=False`` reads the data alone (mask None), for readers that hold the masks already."""
+        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the
+        data. ``mask=False`` reads the data alone (mask None), for readers that hold the masks already."""
         if not 0 <= start <= stop <= self.n:
             raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
         got = None
