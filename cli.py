@@ -362,11 +362,16 @@ def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or folders holding runs, e.g. a sweep's --out)."),
     markdown: bool = typer.Option(False, "--markdown", "-m", help="Print a markdown table instead of a plain one."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table to this file."),
+    best: bool = typer.Option(False, "--best", help="Name the best run by its validation score (never by "
+                              "test); runs without validation clips (--protocol literature) are not ranked."),
+    metric: str = typer.Option("uar", "--metric", help="Validation score that sorts the runs and names the "
+                               "best: uar, war or loss."),
 ) -> None:
-    """Compare runs side by side: WAR and UAR mean ± std over folds (the paper's Table 1, from runs)."""
+    """Compare runs side by side: test WAR and UAR, and validation WAR and UAR, mean ± std over folds (the
+    paper's Table 1, from runs), sorted by validation."""
     from fer.train.report import report
 
-    text = report(runs, markdown=markdown)
+    text = report(runs, markdown=markdown, best=best, metric=metric.strip().lower())
     typer.echo(text, nl=False)
     if out is not None:
         try:

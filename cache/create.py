@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache import layout as L
-from fer.cache.backends import format_for, local_path, remove_tree
+from fer.cache.backends import Backend, format_for, local_path, remove_tree
 from fer.cache.errors import FerEnvError, FerError, env_faults
 from fer.cache.locks import StoreLocks
 from fer.cache.provenance import library_versions, now_iso
@@ -61,8 +61,12 @@ def check_index(ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, class_
 
 def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray, *,
                  class_names: Sequence[str] | None = None, fold_names: Sequence[str] | None = None,
-                 layout: str = "manifest", description: str = "", attrs: dict | None = None) -> FeatureStore:
+                 layout: str = "manifest", description: str = "", attrs: dict | None = None,
+                 labels: np.ndarray | None = None) -> FeatureStore:
     """Create a store for a clip index, or open the existing one for writing if it holds the same index.
+
+    ``labels`` (N,) are the official labels (class indices, -1 where the dataset names none): they decide a
+    clip whose votes tie (fer.cache.schema.scored_labels). An existing store without them gets them.
 
     ``votes`` is (N, C) with one column per name in ``class_names`` (default: DFEW's 7 classes when C is 7);
     ``folds`` is (N, K), one column per fold of the protocol (codes in fer.cache.schema), named by
@@ -82,7 +86,7 @@ def create_store(path: str | os.PathLike, ids: Sequence[str], votes: np.ndarray,
         with env_faults(path, "creating the store"):
             with locks.creating():
                 return _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout,
-                                       description, attrs)
+                                       description, attrs, _check_labels(labels, len(ids), len(class_names)))
     except BaseException:
         if made_lock_dir and local is not None and not local.exists():
             # the store is gone: so is the lock folder we made for it
@@ -114,8 +118,22 @@ def refuse_foreign_folder(local: Path, path: str | os.PathLike) -> None:
                        "writes into a folder it did not make: give --store a new path (or an empty folder)")
 
 
+def _check_labels(labels: np.ndarray | None, n: int, c: int) -> np.ndarray | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels, dtype=np.int16)
+    if labels.shape != (n,) or (labels < -1).any() or (labels >= c).any():
+        raise FerError(f"labels must be ({n},) class indices in -1..{c - 1}, got shape {labels.shape}")
+    return labels
+
+
+def _write_labels(b: Backend, labels: np.ndarray) -> None:
+    b.create_array(L.CLIPS_LABEL, labels.shape, np.int16, (max(1, len(labels)),), -1)
+    b.array(L.CLIPS_LABEL)[:] = labels
+
+
 def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, layout, description,
-                    attrs) -> FeatureStore:
+                    attrs, labels) -> FeatureStore:
     existed = local is None or local.exists()
     try:
         b = open_backend(path, "a")
@@ -131,9 +149,13 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
         root = b.root_attrs()
         if root.get("format") == STORE_FORMAT_NAME:
             store = FeatureStore(b, path, "r+")
-            differs = store.index_mismatch(ids, votes, folds, class_names)
+            differs = store.index_mismatch(ids, votes, folds, class_names, labels)
             if differs:
                 raise FerError(differs)
+            if labels is not None and store.labels is None:  # a store made before clips/label: add them
+                _write_labels(b, labels)
+                b.flush()
+                store = FeatureStore(b, path, "r+")
             return store
         others = [k for k in b.children("") if k not in ("clips", "features")]
         if others or b.children(L.FEATURES):
@@ -149,6 +171,8 @@ def _create_or_open(path, local, ids, votes, folds, class_names, fold_names, lay
         b.array(L.CLIPS_VOTES)[:] = votes
         b.create_array(L.CLIPS_FOLD, folds.shape, np.int8, tuple(max(1, x) for x in folds.shape), 0)
         b.array(L.CLIPS_FOLD)[:] = folds
+        if labels is not None:
+            _write_labels(b, labels)
         b.create_group(L.FEATURES)
         meta = dict(attrs or {})
         meta.update(format=STORE_FORMAT_NAME, format_version=FORMAT_VERSION, description=description,

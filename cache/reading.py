@@ -96,12 +96,14 @@ class SpanReader:
         self.dtype = self._data.dtype
         self.chunk_rows = cr
 
-    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, start: int, stop: int, out: np.ndarray | None = None, *,
+             mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the
-        data."""
+        data. ``mask=False`` reads the data alone (mask None), for readers that hold the masks already."""
         if not 0 <= start <= stop <= self.n:
             raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
-        for name, span in (("data", self._data), ("mask", self._mask)):
+        got = None
+        for name, span in (("data", self._data), ("mask", self._mask))[:2 if mask else 1]:
             try:
                 got = span.read(start, stop, out if name == "data" else None)
             except (FerError, KeyboardInterrupt, MemoryError):
@@ -110,8 +112,8 @@ class SpanReader:
                 raise self._damaged(unreadable(name, span.arr, self._ids, self.chunk_rows, e,
                                                chunk=_failed_chunk(e, start, self.chunk_rows))) from e
             if name == "data":
-                data = got
-        return data, got.astype(bool, copy=False)
+                data, got = got, None
+        return data, None if got is None else got.astype(bool, copy=False)
 
 
 def read_set(backend: Backend, spec: str, attrs: dict, ids: np.ndarray, rows: np.ndarray | None,

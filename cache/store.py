@@ -42,6 +42,8 @@ class FeatureStore:
                 self._ids = L.decode_strings(np.asarray(backend.array(L.CLIPS_ID)[:]))
                 self._votes = np.asarray(backend.array(L.CLIPS_VOTES)[:], dtype=np.float32)
                 self._folds = np.asarray(backend.array(L.CLIPS_FOLD)[:], dtype=np.int8)
+                self._labels = (np.asarray(backend.array(L.CLIPS_LABEL)[:], dtype=np.int64)
+                                if backend.has(L.CLIPS_LABEL) else None)
         except (FerError, KeyboardInterrupt):
             raise
         except Exception as e:
@@ -92,6 +94,9 @@ class FeatureStore:
         if self._votes.ndim != 2 or self._folds.ndim != 2 or len(self._votes) != self.n or len(self._folds) != self.n:
             raise FerError(f"{self.path} is damaged: clips/votes {self._votes.shape} and clips/fold {self._folds.shape} "
                            f"do not match the {self.n} clip ids; re-extract into a new store")
+        labels, c = self._labels, self._votes.shape[1]
+        if labels is not None and (labels.shape != (self.n,) or (labels >= c).any()):
+            raise self._damaged(f"clips/label has shape {labels.shape} or labels past the {c} classes")
         if a.get("format_version") == 1:
             classes = classes or DFEW_CLASSES
             folds = folds or DFEW_FOLDS[: self._folds.shape[1]]
@@ -115,11 +120,15 @@ class FeatureStore:
         return attrs
 
     def index_mismatch(self, ids: Sequence[str], votes: np.ndarray, folds: np.ndarray,
-                       class_names: Sequence[str]) -> str | None:
-        """Why this store's clip index is not the given one (a one-line reason), or None when it is the same."""
+                       class_names: Sequence[str], labels: np.ndarray | None = None) -> str | None:
+        """Why this store's clip index is not the given one (a one-line reason), or None when it is the same.
+        Official labels are compared when both sides have them (a store made before they existed has none)."""
         votes = np.asarray(votes, dtype=np.float32)
         same = (list(self.ids) == [str(i) for i in ids] and self.votes.shape == votes.shape
-                and np.array_equal(self.votes, votes) and np.array_equal(self.folds, np.asarray(folds, dtype=np.int8)))
+                and np.array_equal(self.votes, votes)
+                and np.array_equal(self.folds, np.asarray(folds, dtype=np.int8))
+                and (labels is None or self._labels is None
+                     or np.array_equal(self._labels, np.asarray(labels))))
         if not same:
             return (f"{self.path} holds another dataset's clips (different ids, votes or folds); "
                     "use a new store path or remove the old store")
@@ -144,6 +153,11 @@ class FeatureStore:
     @property
     def folds(self) -> np.ndarray:
         return self._folds
+
+    @property
+    def labels(self) -> np.ndarray | None:
+        """(N,) int64 official label per clip (-1: none named); None for a store made before clips/label."""
+        return self._labels
 
     @property
     def n(self) -> int:

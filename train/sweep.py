@@ -106,8 +106,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete, and points another process
-    is running), then prints the comparison table of the complete points and writes it to
-    out_dir/report.md.
+    is running), then prints the comparison table of the complete points, which names the best point by
+    validation UAR, and writes it to out_dir/report.md.
     """
     from fer.train.disk import try_run_folder
     from fer.train.features import load_features
@@ -159,11 +159,11 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     if running:
         log(f"sweep: {len(finished)} of {len(runs)} points complete; still running in other processes: "
             + ", ".join(running))
-    if finished:
-        log(report(finished))
+    if finished:  # the best point named by validation UAR, never by test
+        log(report(finished, best=True, strict=False))
         # several sweeps may end at once: each writes its own temp file and renames it into place
         tmp = out_dir / f".report.md.{os.getpid()}.tmp"
-        tmp.write_text(report(finished, markdown=True))
+        tmp.write_text(report(finished, markdown=True, best=True, strict=False))
         os.replace(tmp, out_dir / "report.md")
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs

@@ -385,7 +385,8 @@ def _manifest_text(dataset: Dataset, out: Path, rows: list[tuple[ClipRecord, dic
     w.writerow(header)
     for rec, info in rows:
         votes = np.asarray(rec.votes, np.float64)
-        label = dataset.class_names[int(votes.argmax())] if votes.sum() > 0 else ""
+        cls = rec.label if rec.label is not None else int(votes.argmax())  # the official label decides a tie
+        label = dataset.class_names[cls] if votes.sum() > 0 or rec.label is not None else ""
         row = [rec.clip_id, str(Path(rec.video).resolve()) if rec.video else "",
                clip_dir(out, rec.clip_id).relative_to(out).as_posix()]
         if with_audio:

@@ -318,3 +318,25 @@ def test_error_annotation_without_id_column(tmp_path: Path):
     root = small_tree(tmp_path / "r")
     write_annotation_csv(root / "Annotation" / "annotation.csv", [r[1:] for r in ANNOTATION], DFEW_COLS[1:])
     assert "no clip id column" in _error(root)
+
+
+def test_a_vote_tie_takes_the_split_label_and_conflicts_are_counted(tmp_path: Path):
+    """Issue 19: votes sad=5, happy=5 with the split file saying sad score the clip as sad, not happy."""
+    from fer.extract.datasets.common import vote_conflicts
+
+    root = small_tree(tmp_path / "root")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [
+        [1, 8, 1, 1, 0, 0, 0, 0],   # happy (split: happy)
+        [2, 5, 5, 0, 0, 0, 0, 0],   # a tie of happy and sad (split: sad)
+        [3, 0, 0, 4, 6, 0, 0, 0],   # angry by the votes, neutral by the split file: a real disagreement
+        [4, 0, 0, 1, 0, 0, 2, 7],   # fear
+        [5, 4, 0, 0, 4, 2, 0, 0],   # a tie with no split label: the class order decides (no official label)
+    ])
+    ds = read_dfew(root)
+    assert [r.label for r in ds.records] == [0, 1, 2, 6, None]
+    np.testing.assert_array_equal(ds.votes()[1], [5, 5, 0, 0, 0, 0, 0])  # the votes stay as annotated
+    assert ds.votes().argmax(1).tolist()[:3] == [0, 0, 3]  # what the clips were scored as before
+    assert ds.labels().tolist() == [0, 1, 2, 6, 0]
+    assert ds.official().tolist() == [0, 1, 2, 6, -1]
+    assert vote_conflicts(ds.votes(), ds.official()) == {"disagree": 1, "tie": 1}
+    assert "00002" not in ds.problems and "neutral but the votes' majority is angry" in ds.problems["00003"]
