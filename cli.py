@@ -98,7 +98,8 @@ def data_faces(
     """
     from fer.extract.datasets import load_dataset
     from fer.extract.faces.runner import run_faces
-    from fer.extract.runner import default_workers, parse_shard, shard_from_env
+    from fer.extract.loading import default_workers
+    from fer.extract.shards import parse_shard, shard_from_env
 
     n_frames = _parse_frames(frames)
     shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
@@ -210,9 +211,10 @@ def extract_cmd(
 
     from fer.extract.backbones.registry import make_extractor
     from fer.extract.datasets import load_dataset, parse_classes
-    from fer.extract.runner import (
-        check_store_format, default_store_path, default_workers, parse_shard, run_extraction, shard_from_env,
-    )
+    from fer.extract.loading import default_workers
+    from fer.extract.runner import run_extraction
+    from fer.extract.shards import parse_shard, shard_from_env
+    from fer.extract.stores import check_store_format, default_store_path
 
     shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
     store_path = store if store else str(default_store_path(root, fmt))
