@@ -40,19 +40,21 @@ def check_store_format(store: str | Path, fmt: str | None) -> None:
     s = str(store).rstrip("/").lower()
     is_h5 = s.endswith((".h5", ".hdf5"))
     if (fmt.lower() == "h5") != is_h5:
-        raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr store *.zarr")
+        raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr "
+                       "store *.zarr")
 
 
 def check_store_outside(store_path: str | Path, root: str | Path) -> None:
-    """FerError when the store would be written inside the dataset folder (fer never writes into a dataset)."""
+    """FerError when the store would be written inside the dataset folder (fer never writes into one)."""
     local = local_path(store_path)
     root = Path(root)
     if local is None or not root.is_dir():
         return
     store, data = local.expanduser().resolve(), root.expanduser().resolve()
     if store == data or data in store.parents:
-        raise FerError(f"--store {store_path} lies inside the dataset folder {root}; fer never writes into a dataset: "
-                       "put the store elsewhere (leave --store out for ./<dataset name>.zarr in the current folder)")
+        raise FerError(f"--store {store_path} lies inside the dataset folder {root}; fer never writes into a "
+                       "dataset: put the store elsewhere (leave --store out for ./<dataset name>.zarr in the "
+                       "current folder)")
 
 
 @contextlib.contextmanager
@@ -83,8 +85,8 @@ def dir_lock(store_path: str | Path) -> Iterator[None]:
 
 
 def set_attrs(dataset: Dataset, extractor: Extractor, command: str | None = None) -> dict[str, Any]:
-    """The feature set's provenance: the extractor's own, its build arguments (so `fer predict` can rebuild it),
-    the command line, the dataset as read, and how `fer data faces` made the face frames."""
+    """The feature set's provenance: the extractor's own, its build arguments (so `fer predict` can rebuild
+    it), the command line, the dataset as read, and how `fer data faces` made the face frames."""
     attrs = dict(extractor.provenance())
     attrs.setdefault("modality", extractor.modality)
     attrs["spec"] = extractor.spec
@@ -99,10 +101,11 @@ def set_attrs(dataset: Dataset, extractor: Extractor, command: str | None = None
     return attrs
 
 
-def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_shape: tuple, attrs: dict[str, Any],
-                     shard: tuple[int, int], chunk_bytes: int | None = None) -> tuple[Any, Any]:
-    """``(store, writer)``: the store for ``dataset`` (created if missing, its clip index checked) and a writer
-    of this shard's chunks of the feature set ``spec`` (created if missing); close both when done."""
+def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_shape: tuple,
+                     attrs: dict[str, Any], shard: tuple[int, int],
+                     chunk_bytes: int | None = None) -> tuple[Any, Any]:
+    """``(store, writer)``: the store for ``dataset`` (created if missing, its clip index checked) and a
+    writer of this shard's chunks of the feature set ``spec`` (created if missing); close both when done."""
     from fer.cache import create_store
 
     with dir_lock(store_path):
@@ -113,7 +116,8 @@ def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_sh
             attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol},
         )
         try:
-            writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=shard, chunk_bytes=chunk_bytes)
+            writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=shard,
+                                  chunk_bytes=chunk_bytes)
         except BaseException:
             store.close()
             raise

@@ -33,6 +33,7 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
+from fer.extract.config import check_frames
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
@@ -67,20 +68,6 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     return torchvision_encoder(backbone, weights, layer, size, seed)
 
 
-def parse_frames(frames: int | str) -> int | str:
-    """``frames`` as the face extractor takes it: a positive int, or ``"all"``; FerError otherwise."""
-    if isinstance(frames, str):
-        text = frames.strip().lower()
-        if text == "all":
-            return "all"
-        if not text.isdigit():
-            raise FerError(f"--frames {frames!r} is neither 'all' nor a number of frames")
-        frames = int(text)
-    if int(frames) < 1:
-        raise FerError(f"frames must be >= 1, got {frames}")
-    return int(frames)
-
-
 class FaceExtractor(Extractor):
     """Face features for ``frames`` face frames per clip (or every frame, up to ``max_frames``), from any image
     encoder; with ``flip``, the mirrored view of every frame too."""
@@ -108,12 +95,8 @@ class FaceExtractor(Extractor):
         ``frame_batch``: images per model forward."""
         if layer is not None and backbone == "resnet18" and layer not in LAYERS:
             raise FerError(f"unknown --layer {layer!r} for the face backbone; choose from {', '.join(LAYERS)}")
-        frames = parse_frames(frames)
+        frames = check_frames(frames, max_frames)
         self.all_frames = frames == "all"
-        if not self.all_frames and max_frames is not None:
-            raise FerError("--max-frames caps --frames all; with a fixed --frames N leave it out")
-        if max_frames is not None and max_frames < 1:
-            raise FerError(f"--max-frames must be >= 1, got {max_frames}")
         if frame_batch < 1:
             raise FerError(f"frame_batch must be >= 1, got {frame_batch}")
         self.max_frames = (max_frames or MAX_FRAMES) if self.all_frames else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 from fer.cache.errors import FerError
+from fer.extract.config import check_options
 
 if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
     import torch
@@ -25,9 +26,7 @@ def _face(backend: str, weights: str | None, device: torch.device, layer: str | 
 
 
 def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
-          layer: str | None = None, **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only")
+          **kw: Any) -> Extractor:
     try:
         from fer.extract.backbones.pose import make_pose_extractor
     except ImportError as e:
@@ -43,14 +42,7 @@ def _pose(backend: str, weights: str | None, device: torch.device, frames: int |
     return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
 
 
-def _audio(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-           frames: int | None = None, **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only (audio stores every layer)")
-    unused = [flag for flag, value in (("--size", kw.pop("size", None)), ("--frames", frames)) if value is not None]
-    if unused:
-        raise FerError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to face and pose only; "
-                       "the audio backends take each clip's sound as it is: leave it out")
+def _audio(backend: str, weights: str | None, device: torch.device, **kw: Any) -> Extractor:
     try:
         from fer.extract.backbones.audio import make_audio_extractor
     except ImportError as e:
@@ -158,12 +150,7 @@ def make_extractor(
     if modality == "audio" and backend.startswith("timm:"):
         raise FerError(f"--backbone {backend} is an image model; audio takes {', '.join(AUDIO_BACKBONES)}")
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
-    if modality != "face":
-        face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
-                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw)) if on]
-        if face_only:
-            raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
-                           f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
+    check_options(modality, **kw)  # which option applies to which modality: said once, in fer.extract.config
     dev = resolve_device(device) if isinstance(device, str) else device
     weights = resolve_auto_weights(modality, backend, weights)
     extractor = FACTORIES[modality](backend, weights, dev, **kw)

@@ -34,9 +34,10 @@ from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.loading import Loaded, clip_batches, usable_cores
+from fer.extract.config import FacesConfig, check_size, parse_frames
+from fer.extract.loading import Loaded, clip_batches, default_workers, usable_cores
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
-from fer.extract.shards import check_shard, owned_items
+from fer.extract.shards import check_shard, owned_items, pick_shard
 from fer.extract.summary import RunSummary, failure_lines, one_line
 from fer.extract.writes import BackgroundWrites
 
@@ -144,7 +145,7 @@ def _check_free(out: Path, clip_id: str) -> None:
 
 # ---------------------------------------------------------------- decoding in workers
 class FaceDecoder:
-    """What decoding workers run per clip: refuse a folder fer did not write, then decode the video's frames."""
+    """What decoding workers run per clip: refuse a folder fer did not write, then decode the frames."""
 
     def __init__(self, out: Path, frames: int | None):
         self.out, self.frames = out, frames
@@ -180,10 +181,9 @@ def run_faces(
     """
     from fer.extract.backbones.registry import resolve_device
 
-    if not 32 <= size <= 1024:
-        raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
-    if frames is not None and frames < 1:
-        raise FerError(f"--frames must be 'all' or >= 1, got {frames}")
+    check_size(size)
+    if frames is not None:
+        parse_frames(frames)
     k, n = check_shard(shard)
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to align")
@@ -202,16 +202,27 @@ def run_faces(
     try:
         if len(todo):
             cpu = detector.device.type == "cpu"
-            batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1, workers=workers,
-                                   pin=detector.device.type == "cuda", prefetch=2)
+            batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1,
+                                   workers=workers, pin=detector.device.type == "cuda", prefetch=2)
             with _torch_threads((threads or cpu_threads(workers)) if cpu else None):
-                run_clip_loop(batches, AlignWork(out, detector, size, batch, summary), summary, total=len(todo),
-                              progress=progress, workers=workers, strict_loads=False)
+                work = AlignWork(out, detector, size, batch, summary)
+                run_clip_loop(batches, work, summary, total=len(todo), progress=progress, workers=workers,
+                              strict_loads=False)
     finally:
         with _locked(out):
             write_index(dataset, out, settings, summary.failed)
         _tidy_partial(out)
     return summary
+
+
+def faces_from_config(src: str | Path, out: str | Path, cfg: FacesConfig) -> FacesSummary:
+    """`fer data faces SRC OUT` with the settings ``cfg`` (validated), for this process's shard."""
+    from fer.extract.datasets import load_dataset
+
+    dataset = load_dataset(src)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return run_faces(dataset, out, size=cfg.size, frames=cfg.frame_count, device=cfg.device,
+                     shard=pick_shard(cfg.shard), workers=workers, batch=cfg.batch, progress=cfg.progress)
 
 
 class AlignWork(ClipWork):
@@ -245,7 +256,8 @@ class AlignWork(ClipWork):
                 self._write(item.clip_id, aligned)
             else:
                 self.summary.failed[item.clip_id] = reason
-                shutil.rmtree(partial_dir(self.out, item.clip_id), ignore_errors=True)  # a killed run's leftovers
+                # a killed run's leftovers
+                shutil.rmtree(partial_dir(self.out, item.clip_id), ignore_errors=True)
 
     def _write(self, cid: str, aligned: AlignedClip) -> None:
         def written() -> None:
