@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from fer import __version__
 from fer.cache.errors import FerError
@@ -111,6 +112,21 @@ def _escape(text: str) -> str:
     return text.replace("[", "\\[")  # rich markup would read [0, 1) as a tag
 
 
+class FamiliesInHelp(TyperCommand):
+    """A command whose option help may say ``{families}`` (or ``{fetchable families}``): the backbone
+    families of fer.extract.backbones.families, filled in when the help is shown (the table imports torch,
+    which `fer` does not at start-up, so bad arguments come back fast)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from fer.extract.backbones.families import backbone_help
+
+        for p in self.params:
+            if isinstance(getattr(p, "help", None), str) and "families}" in p.help:
+                p.help = p.help.replace("{fetchable families}", backbone_help(fetchable=True)).replace(
+                    "{families}", backbone_help())
+        super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------- data
 @data_app.command("synth")
 def data_synth(
@@ -169,7 +185,8 @@ def data_faces(src: Path, out: Path, **options: Any) -> None:
 
 
 # ---------------------------------------------------------------- extract
-@_options_command(app, "extract", _extract_options, args=[_argument("root", Path, ROOT_HELP)])
+@_options_command(app, "extract", _extract_options, args=[_argument("root", Path, ROOT_HELP)],
+                  cls=FamiliesInHelp)
 def extract_cmd(root: Path, **options: Any) -> None:
     """Run one backbone over every clip into the feature store (stage 1).
 
@@ -198,22 +215,21 @@ def _finish(summary, saved: str) -> None:
 
 
 # ---------------------------------------------------------------- weights
-@weights_app.command("fetch")
+@weights_app.command("fetch", cls=FamiliesInHelp)
 def weights_fetch(
     modality: Optional[str] = typer.Option(
         None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
     ),
     backbone: Optional[list[str]] = typer.Option(
         None, "--backbone", "-b",
-        help="Fetch this backbone instead of the defaults (repeatable): resnet18, any torchvision model name, "
-        "hf:<model id>, timm:<model name>, wav2vec2, keypointrcnn.",
+        help="Fetch this backbone instead of the defaults (repeatable): {fetchable families}",
     ),
 ) -> None:
     """Download every default backbone weight into its normal cache (TORCH_HOME, HF cache), for offline use.
 
     Copy TORCH_HOME (default ~/.cache/torch) and HF_HOME (~/.cache/huggingface) to the offline machine.
     """
-    from fer.extract.backbones.weights import fetch_all
+    from fer.extract.backbones.families import fetch_all
 
     mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
     fetch_all(mods, echo=typer.echo, backbones=[b for b in backbone or [] if b.strip()] or None)

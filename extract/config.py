@@ -2,19 +2,17 @@
 docstring each, from which the commands' options and help are derived (fer.options; ``extract_options`` and
 ``faces_options`` say only what a field's type cannot), validated here once.
 
-Which option applies to which modality is said once, in ``APPLIES_TO``, and checked by ``check_options``:
-ExtractConfig.validate and make_extractor ask it (and the face extractor asks ``check_frames``). The fields in
-``BUILD_FIELDS`` build the extractor; the feature set records them, as resolved, as its ``extractor``
-attribute, from which `fer predict` rebuilds exactly that extractor
-(fer.extract.backbones.registry.extractor_from_provenance).
+Which option applies to which modality is said once, in ``APPLIES_TO``, and checked by ``check_options``;
+which option applies to which backbone family is said in the family's record of the family table
+(fer.extract.backbones.families: its ``cuts`` for --layer, its ``only`` for options it takes one value of,
+such as mel's --weights none and the pose backends' fp32), and checked by ``check_family``.
+ExtractConfig.validate asks both; so do make_extractor and the per-modality builders, the library's own entry
+points (and the face extractor asks ``check_frames``). The fields in ``BUILD_FIELDS`` build the extractor; the
+feature set records them, as resolved, as its ``extractor`` attribute, from which `fer predict` rebuilds
+exactly that extractor (fer.extract.backbones.registry.extractor_from_provenance).
 
-Per-family rules (which layers, precisions and weights a backbone family takes) are still checked by each
-family's builder in fer.extract.backbones (resnet18's --layer in FaceExtractor, mel's --weights and
---precision in make_audio_extractor, the pose backends' --precision in registry); they join ``check_options``
-from the family table (fer.extract.backbones.families) when it lands, at the place marked in
-ExtractConfig.validate.
-
-Nothing here imports torch: the CLI reads these classes at start-up, and bad arguments come back fast.
+Nothing here imports torch when it is imported (the family table is read inside ``validate``): the CLI reads
+these classes at start-up, and bad arguments come back fast.
 """
 
 from __future__ import annotations
@@ -96,6 +94,21 @@ def check_options(modality: str, *, layer: str | None = None, size: int | None =
                    f"{'them' if many else 'it'} out for {modality}{why}")
 
 
+def check_family(family: Any, name: str, *, layer: str | None = None, **options: Any) -> None:
+    """FerError for an option the family of backbone ``name`` does not take, read from its record in the
+    family table (fer.extract.backbones.family.Family): a ``layer`` none of its ``cuts`` names, or another
+    value of an option it takes one value of (its ``only``)."""
+    if layer is not None and family.cuts and family.cut(layer) is None:
+        names = ", ".join(c.name for c in family.cuts)
+        raise FerError(f"unknown --layer {layer!r} for {name}; choose from {names}")
+    for option, value, why in family.only:
+        given = options.get(option)
+        if given is None or (value is not None and str(given).lower() in (value, "auto")):
+            continue
+        flag = "--" + option.replace("_", "-")
+        raise FerError(f"{flag} {given} does not apply to {name}: {why}; leave {flag} out")
+
+
 def check_run_settings(batch_size: int = 1, workers: int | None = None, limit: int | None = None) -> None:
     """FerError for a batch size, worker count or limit no run can use."""
     if batch_size < 1:
@@ -130,9 +143,7 @@ class ExtractConfig:
     format: str | None = None
     """zarr | h5, for the default store name. [default: zarr]"""
     backbone: str | None = None
-    """face: resnet18 (default) | any torchvision classification model (convnext_tiny, vit_b_16 ...) |
-    hf:<model id or folder> (CLIP, DINOv2, ViT) | timm:<model name>; pose: keypointrcnn | openpifpaf;
-    audio: wav2vec2 (default) | mel | hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...)."""
+    """The backbone, by family: {families}"""
     weights: str | None = None
     """imagenet (face) | coco (pose) | an HF model id or folder (audio) | none (random init, seeded) | auto
     (pretrained when in the local cache, else random, with a warning) | PATH to a state dict or a `fer train`
@@ -199,7 +210,10 @@ class ExtractConfig:
         check_options(**self.build_args())
         if self.frames is not None:
             check_frames(self.frames, self.max_frames)
-        # per-family rules go here, from the family table (see the module docstring)
+        from fer.extract.backbones.families import DEFAULT_BACKBONE, family_of, normalize_backbone
+
+        name = normalize_backbone(self.backbone or DEFAULT_BACKBONE[self.modality])
+        check_family(family_of(self.modality, name), name, **self.build_args())
         return self
 
     def build_args(self) -> dict[str, Any]:

@@ -33,12 +33,11 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
-from fer.extract.config import check_frames
+from fer.extract.config import check_family, check_frames
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
 
-LAYERS = ("pool", "layer3", "layer2")
 MAX_FRAMES = 64
 """Default cap on the frames an all-frame set keeps per clip (``--max-frames``)."""
 FRAME_BATCH = 256
@@ -48,24 +47,16 @@ VIEWS = ("original", "hflip")
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
                         size: int | None = None, seed: int = 0) -> ImageEncoder:
-    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>``."""
+    """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
+    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ..."""
+    from fer.extract.backbones.families import family_of, normalize_backbone
+
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
-    if backbone.startswith("hf:"):
-        from fer.extract.backbones.hf import hf_vision_encoder
-
-        return hf_vision_encoder(backbone[3:], weights, layer, size, seed)
-    if backbone.startswith("timm:"):
-        from fer.extract.backbones.timm_models import timm_encoder
-
-        return timm_encoder(backbone[5:], weights, layer, size, seed)
-    if backbone == "resnet18":
-        from fer.extract.backbones.torchvision_models import resnet18_encoder
-
-        return resnet18_encoder(weights, layer, size, seed)
-    from fer.extract.backbones.torchvision_models import torchvision_encoder
-
-    return torchvision_encoder(backbone, weights, layer, size, seed)
+    backbone = normalize_backbone(backbone)
+    family = family_of("face", backbone)
+    check_family(family, backbone, layer=layer)
+    return family.build(family.model_name(backbone), weights, layer, size, seed)
 
 
 class FaceExtractor(Extractor):
@@ -93,8 +84,6 @@ class FaceExtractor(Extractor):
         ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision).
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
         ``frame_batch``: images per model forward."""
-        if layer is not None and backbone == "resnet18" and layer not in LAYERS:
-            raise FerError(f"unknown --layer {layer!r} for the face backbone; choose from {', '.join(LAYERS)}")
         frames = check_frames(frames, max_frames)
         self.all_frames = frames == "all"
         if frame_batch < 1:

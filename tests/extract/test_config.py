@@ -103,3 +103,40 @@ def test_the_feature_set_records_the_config_s_build_arguments():
     mel_cfg = extract_config({"modality": "audio", "backbone": "mel", "device": "cpu"})
     mel = make_extractor(device=mel_cfg.device, **mel_cfg.build_args())
     assert set(mel.build_args) <= set(BUILD_FIELDS)
+
+
+@pytest.mark.parametrize("values, says", [
+    ({"modality": "audio", "backbone": "mel", "weights": "x.pt"},
+     "--weights x.pt does not apply to mel: the mel audio backend has no weights; leave --weights out"),
+    ({"modality": "audio", "backbone": "mel", "precision": "bf16"}, "mel audio backend runs in fp32 only"),
+    ({"modality": "pose", "precision": "fp16"},
+     "--precision fp16 does not apply to keypointrcnn: the pose backends run in fp32 only"),
+    ({"modality": "pose", "backbone": "openpifpaf", "size": 256}, "--size 256 does not apply to openpifpaf"),
+    ({"modality": "face", "layer": "layer9"}, "unknown --layer 'layer9' for resnet18; choose from pool, layer3"),
+    ({"modality": "audio", "backbone": "timm:vit_tiny_patch16_224"}, "is an image model"),
+])
+def test_what_a_family_takes_is_read_from_its_record_in_the_table(values, says):
+    one_line_error(lambda: extract_config(values), says)
+    args = {k: v for k, v in values.items() if k not in ("modality", "backbone", "weights")}
+    with pytest.raises(FerError, match=says.split(":")[0].split(";")[0]):  # the library says it too
+        make_extractor(values["modality"], values.get("backbone"), values.get("weights", "none"), "cpu", **args)
+    extract_config({"modality": "audio", "backbone": "mel", "weights": "none", "precision": "auto"})
+
+
+def test_a_toy_family_s_record_says_what_it_takes():
+    from fer.extract.backbones.families import family_of, register, unregister
+    from fer.extract.backbones.family import Family
+    from fer.extract.config import check_family
+
+    toy = register(Family(name="toy-cfg", modalities=("audio",), pattern="toycfg", help="toycfg",
+                          build=lambda *a, **k: None, spec="audio.toycfg",
+                          only=(("weights", None, "it computes, it learns nothing"),
+                                ("precision", "fp32", "fp32 only"))))
+    try:
+        assert family_of("audio", "toycfg") is toy
+        one_line_error(lambda: extract_config({"modality": "audio", "backbone": "toycfg", "weights": "w.pt"}),
+                       "--weights w.pt does not apply to toycfg: it computes, it learns nothing; leave --weights out")
+        one_line_error(lambda: check_family(toy, "toycfg", precision="bf16"), "--precision bf16", "fp32 only")
+        check_family(toy, "toycfg", precision="auto", seed=0)
+    finally:
+        unregister("toy-cfg")
