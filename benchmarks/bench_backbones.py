@@ -99,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.workers is None:
-        from fer.extract.runner import default_workers
+        from fer.extract.loading import default_workers
 
         args.workers = default_workers(torch.device("cpu"))  # what `fer extract` takes on this machine
     rows = []

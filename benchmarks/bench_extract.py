@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     if a.workers is None:
-        from fer.extract.runner import default_workers
+        from fer.extract.loading import default_workers
 
         a.workers = default_workers(torch.device("cpu"))  # what `fer extract` takes on this machine
     with tempfile.TemporaryDirectory() as tmp:

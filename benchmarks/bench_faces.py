@@ -57,7 +57,7 @@ def main() -> None:
     from fer.extract.faces.detect import MTCNN
     from fer.extract.faces.pipeline import decode_clip
     from fer.extract.faces.runner import cpu_threads, default_batch, run_faces
-    from fer.extract.runner import default_workers
+    from fer.extract.loading import default_workers
 
     device = resolve_device(args.device)
     batch = args.batch or default_batch(device)

@@ -25,6 +25,7 @@ from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.family import Family
 from fer.extract.backbones.hf import SPEECH_HINT, fetch_hub, hub_cached
+from fer.extract.config import check_family
 from fer.extract.backbones.image import slug
 from fer.extract.backbones.precision_check import settle
 from fer.extract.extractor import ClipError, Extractor
@@ -387,11 +388,7 @@ def hf_speech_extractor(name: str, weights: str | None, device: torch.device | s
 
 def mel_extractor(name: str, weights: str | None, device: torch.device | str, seed: int | None = None,
                   precision: str | None = None, **kw: Any) -> MelAudio:
-    """Log-mel: no weights (``seed`` is ignored), fp32 only."""
-    if weights not in (None, "none"):
-        raise FerError("the mel audio backend has no weights; leave --weights out")
-    if (precision or "auto") not in ("fp32", "auto"):
-        raise FerError("the mel audio backend runs in fp32 only; leave --precision out")
+    """Log-mel: no weights (``seed`` is ignored), fp32 only (MEL.only, checked before it is built)."""
     return MelAudio(device=device, **kw)
 
 
@@ -406,6 +403,8 @@ WAV2VEC2 = Family(
 MEL = Family(
     name="mel", modalities=("audio",), pattern="mel", help="mel", build=mel_extractor,
     spec="audio.mel.<bands>.<window>ms<hop>ms.16k.<seconds>s", top="a log-mel spectrogram; no weights",
+    only=(("weights", "none", "the mel audio backend has no weights"),
+          ("precision", "fp32", "the mel audio backend runs in fp32 only")),
 )
 """Log-mel spectrogram: a fixed front end, no weights."""
 
@@ -434,4 +433,5 @@ def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, 
     if family is None:
         raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or "
                        f"hf:<speech model> (e.g. {SPEECH_HINT})")
+    check_family(family, backend, weights=weights, **kw)
     return family.build(family.model_name(backend), weights, device, **kw)

@@ -35,6 +35,7 @@ from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
 from fer.extract.backbones.precision_check import settle
+from fer.extract.config import check_family, check_frames
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
@@ -58,9 +59,7 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
         raise FerError(f"face input size {size} is out of range (32..1024)")
     backbone = normalize_backbone(backbone)
     family = family_of("face", backbone)
-    if layer is not None and family.cuts and family.cut(layer) is None:
-        names = ", ".join(c.name for c in family.cuts)
-        raise FerError(f"unknown --layer {layer!r} for {backbone}; choose from {names}")
+    check_family(family, backbone, layer=layer)
     if transforms is None:
         return family.build(family.model_name(backbone), weights, layer, size, seed)
     if family.transforms is None:
@@ -69,20 +68,6 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
         raise FerError(f"--transforms does not apply to {backbone}, whose preprocessing is fixed; it applies "
                        f"to {takes}")
     return family.build(family.model_name(backbone), weights, layer, size, seed, transforms=transforms)
-
-
-def parse_frames(frames: int | str) -> int | str:
-    """``frames`` as the face extractor takes it: a positive int, or ``"all"``; FerError otherwise."""
-    if isinstance(frames, str):
-        text = frames.strip().lower()
-        if text == "all":
-            return "all"
-        if not text.isdigit():
-            raise FerError(f"--frames {frames!r} is neither 'all' nor a number of frames")
-        frames = int(text)
-    if int(frames) < 1:
-        raise FerError(f"frames must be >= 1, got {frames}")
-    return int(frames)
 
 
 class FaceExtractor(Extractor):
@@ -112,12 +97,8 @@ class FaceExtractor(Extractor):
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
         ``frame_batch``: images per model forward; ``transforms``: whose preprocessing to use (a weights
         entry, a timm pretrained tag, an HF model), for the families that take it."""
-        frames = parse_frames(frames)
+        frames = check_frames(frames, max_frames)
         self.all_frames = frames == "all"
-        if not self.all_frames and max_frames is not None:
-            raise FerError("--max-frames caps --frames all; with a fixed --frames N leave it out")
-        if max_frames is not None and max_frames < 1:
-            raise FerError(f"--max-frames must be >= 1, got {max_frames}")
         if frame_batch < 1:
             raise FerError(f"frame_batch must be >= 1, got {frame_batch}")
         self.max_frames = (max_frames or MAX_FRAMES) if self.all_frames else None

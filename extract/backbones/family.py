@@ -87,6 +87,11 @@ class Family:
     A family that takes it gets ``transforms=NAME`` as a keyword of ``build`` when one is given."""
     folders: bool = False
     """The name after the prefix may be a local folder (recorded absolute, so ``fer predict`` finds it)."""
+    only: tuple[tuple[str, str | None, str], ...] = ()
+    """Options of its modality the family takes one value of, as ``(option, value, why)``: e.g.
+    ``("precision", "fp32", "it runs in fp32 only")``; value None: the option does not apply at all. Another
+    value given (``auto`` aside) is a one-line error (fer.extract.config.check_family); None suits options
+    that are unset by default (--size, --weights), not --seed."""
 
     @property
     def prefix(self) -> str | None:

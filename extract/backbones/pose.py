@@ -23,6 +23,7 @@ from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.backbones.family import Family
+from fer.extract.config import check_family
 from fer.extract.backbones.weights import (
     WeightsIdentity, fetch_torchvision, resolve_torchvision, torchvision_file,
 )
@@ -304,6 +305,7 @@ KEYPOINTRCNN = Family(
     fetch=lambda _: str(fetch_torchvision(_coco_weights(), what="Keypoint R-CNN COCO")),
     cached=lambda _: torchvision_file(_coco_weights()).is_file(),
     top="COCO-17 keypoints and their scores of the main person (the detector's own output)",
+    only=(("precision", "fp32", "the pose backends run in fp32 only"),),
 )
 """torchvision's Keypoint R-CNN ResNet-50 FPN, COCO weights."""
 
@@ -311,6 +313,8 @@ OPENPIFPAF = Family(
     name="openpifpaf", modalities=("pose",), pattern="openpifpaf", help="openpifpaf",
     build=openpifpaf_extractor,
     spec="pose.openpifpaf.<checkpoint>.k<frames>.<max side>", top="COCO-17 keypoints of the main person",
+    only=(("precision", "fp32", "the pose backends run in fp32 only"),
+          ("size", None, "it decodes frames at its own max_side")),
 )
 """OpenPifPaf (its own package and checkpoints, which it fetches itself)."""
 
@@ -329,4 +333,5 @@ def make_pose_extractor(backend: str = "keypointrcnn", weights: str = "coco", fr
     family = next((f for f in POSE_FAMILIES if f.matches(backend)), None)
     if family is None:
         raise FerError(f"unknown pose backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_family(family, backend, **kw)
     return family.build(family.model_name(backend), weights, device, frames=frames, **kw)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
+from fer.extract.config import check_family, check_options
 
 if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
     import torch
@@ -32,24 +33,13 @@ def _face(backend: str, weights: str | None, device: torch.device, layer: str | 
                          transforms=transforms)
 
 
-def _pose(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-          **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only")
-    if (kw.pop("precision", None) or "auto") not in ("auto", "fp32"):
-        raise FerError("the pose backends run in fp32 only; leave --precision out")
+def _pose(backend: str, weights: str | None, device: torch.device, **kw: Any) -> Extractor:
+    kw.pop("precision", None)  # fp32 only: KEYPOINTRCNN.only, OPENPIFPAF.only, checked by make_extractor
     family = _family("pose", backend)
     return family.build(family.model_name(backend), weights, device, **kw)
 
 
-def _audio(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-           frames: int | None = None, **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only (audio stores every layer)")
-    unused = [flag for flag, value in (("--size", kw.pop("size", None)), ("--frames", frames)) if value is not None]
-    if unused:
-        raise FerError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to face and pose only; "
-                       "the audio backends take each clip's sound as it is: leave it out")
+def _audio(backend: str, weights: str | None, device: torch.device, **kw: Any) -> Extractor:
     family = _family("audio", backend)
     return family.build(family.model_name(backend), weights, device, **kw)
 
@@ -97,13 +87,9 @@ def make_extractor(
         if kw.get(key):
             kw[key] = _absolute(kw[key])
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
-    if modality != "face":
-        face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
-                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw),
-                                     ("--transforms", "transforms" in kw)) if on]
-        if face_only:
-            raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
-                           f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
+    # which option applies to which modality, and to which family (its record): fer.extract.config
+    check_options(modality, **kw)
+    check_family(family, backend, weights=weights, **kw)
     dev = resolve_device(device) if isinstance(device, str) else device
     weights = resolve_auto_weights(modality, backend, weights)
     extractor = FACTORIES[modality](backend, weights, dev, **kw)

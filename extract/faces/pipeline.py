@@ -42,6 +42,11 @@ class ClipFrames:
     source_frames: int
     """Frames in the source video."""
 
+    def pin_memory(self) -> "ClipFrames":
+        """Pin the frames, so the device copies them without waiting (the DataLoader calls this on CUDA)."""
+        self.frames = self.frames.pin_memory()
+        return self
+
 
 def decode_clip(video: str | Path, frames: int | None) -> ClipFrames:
     """Decode ``frames`` frames sampled uniformly (DFEW's rule), or every frame when ``frames`` is None."""

@@ -17,9 +17,7 @@ import io
 import json
 import os
 import shutil
-import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -27,8 +25,6 @@ from urllib.parse import quote
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
@@ -38,7 +34,12 @@ from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.runner import RunSummary, _sigterm_as_interrupt, check_shard, failure_lines, one_line
+from fer.extract.config import FacesConfig, check_size, parse_frames
+from fer.extract.loading import Loaded, clip_batches, default_workers, usable_cores
+from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
+from fer.extract.shards import check_shard, owned_items, pick_shard
+from fer.extract.summary import RunSummary, failure_lines, one_line
+from fer.extract.writes import BackgroundWrites
 
 MARKER = ".fer-faces.json"
 """A finished clip folder holds its record under this name (written before the folder is renamed into place)."""
@@ -62,11 +63,7 @@ def cpu_threads(workers: int) -> int:
 
     MTCNN is many small operations; threads that must wait for a core a decoding worker holds stall
     every one of them (on 2 shared cores, 2 threads ran several times slower than 1)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - workers))
+    return max(1, min(torch.get_num_threads(), usable_cores() - workers))
 
 
 @contextlib.contextmanager
@@ -147,42 +144,17 @@ def _check_free(out: Path, clip_id: str) -> None:
 
 
 # ---------------------------------------------------------------- decoding in workers
-@dataclass
-class _Decoded:
-    index: int
-    clip_id: str
-    clip: ClipFrames | None = None
-    reason: str | None = None
+class FaceDecoder:
+    """What decoding workers run per clip: refuse a folder fer did not write, then decode the frames."""
 
-    def pin_memory(self) -> "_Decoded":
-        if self.clip is not None:
-            self.clip.frames = self.clip.frames.pin_memory()
-        return self
+    def __init__(self, out: Path, frames: int | None):
+        self.out, self.frames = out, frames
 
-
-class _ClipDecodes(TorchDataset):
-    def __init__(self, records: list[ClipRecord], todo: list[int], out: Path, frames: int | None):
-        self.records, self.todo, self.out, self.frames = records, todo, out, frames
-
-    def __len__(self) -> int:
-        return len(self.todo)
-
-    def __getitem__(self, i: int) -> _Decoded:
-        idx = self.todo[i]
-        rec = self.records[idx]
-        try:
-            _check_free(self.out, rec.clip_id)
-            if rec.video is None:
-                raise ClipError("no video to find the face in (the record has no video file)")
-            return _Decoded(idx, rec.clip_id, decode_clip(rec.video, self.frames))
-        except ClipError as e:
-            return _Decoded(idx, rec.clip_id, reason=one_line(e))
-        except Exception as e:  # one bad clip must not stop the run
-            return _Decoded(idx, rec.clip_id, reason=one_line(f"{type(e).__name__}: {e}"))
-
-
-def _first(batch: list[_Decoded]) -> _Decoded:
-    return batch[0]
+    def load(self, rec: ClipRecord) -> ClipFrames:
+        _check_free(self.out, rec.clip_id)
+        if rec.video is None:
+            raise ClipError("no video to find the face in (the record has no video file)")
+        return decode_clip(rec.video, self.frames)
 
 
 # ---------------------------------------------------------------- the run
@@ -209,10 +181,9 @@ def run_faces(
     """
     from fer.cache.devices import resolve_device
 
-    if not 32 <= size <= 1024:
-        raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
-    if frames is not None and frames < 1:
-        raise FerError(f"--frames must be 'all' or >= 1, got {frames}")
+    check_size(size)
+    if frames is not None:
+        parse_frames(frames)
     k, n = check_shard(shard)
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to align")
@@ -225,14 +196,18 @@ def run_faces(
     with _locked(out):
         _check_settings(out, settings)
 
-    owned = [i for i in range(len(dataset.records)) if i % n == k]
-    todo = [i for i in owned if not is_finished(out, dataset.records[i].clip_id)]
-    summary = FacesSummary(out=out, shard=(k, n), owned=len(owned), skipped=len(owned) - len(todo), todo=len(todo))
+    summary = FacesSummary(out=out, shard=(k, n))
+    todo = plan_todo(summary, owned_items(len(dataset.records), (k, n)),
+                     lambda i: is_finished(out, dataset.records[i].clip_id))
     try:
-        if todo:
+        if len(todo):
             cpu = detector.device.type == "cpu"
-            with _sigterm_as_interrupt(), _torch_threads((threads or cpu_threads(workers)) if cpu else None):
-                _run_loop(dataset, out, todo, detector, size, frames, workers, batch, progress, summary)
+            batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1,
+                                   workers=workers, pin=detector.device.type == "cuda", prefetch=2)
+            with _torch_threads((threads or cpu_threads(workers)) if cpu else None):
+                work = AlignWork(out, detector, size, batch, summary)
+                run_clip_loop(batches, work, summary, total=len(todo), progress=progress, workers=workers,
+                              strict_loads=False)
     finally:
         with _locked(out):
             write_index(dataset, out, settings, summary.failed)
@@ -240,80 +215,71 @@ def run_faces(
     return summary
 
 
-def _run_loop(dataset, out, todo, detector, size, frames, workers, batch, progress, summary) -> None:
-    loader = DataLoader(
-        _ClipDecodes(dataset.records, todo, out, frames),
-        batch_size=1, shuffle=False, num_workers=workers, collate_fn=_first,
-        pin_memory=detector.device.type == "cuda", prefetch_factor=2 if workers > 0 else None,
-    )
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fer-faces-writer")
-    pending: list[tuple[Future, str, AlignedClip]] = []
+def faces_from_config(src: str | Path, out: str | Path, cfg: FacesConfig) -> FacesSummary:
+    """`fer data faces SRC OUT` with the settings ``cfg`` (validated), for this process's shard."""
+    from fer.extract.datasets import load_dataset
 
-    def settle(limit: int) -> None:
-        while pending and (pending[0][0].done() or len(pending) > limit):
-            fut, cid, aligned = pending.pop(0)
-            try:
-                fut.result()
-            except OSError as e:  # disk full, permissions: this clip fails, the next may fit
-                summary.failed[cid] = one_line(f"cannot write its frames: {e}")
-                shutil.rmtree(partial_dir(out, cid), ignore_errors=True)
-                continue
-            summary.done += 1
-            summary.frames += len(aligned.crops)
-            summary.borrowed += aligned.borrowed
+    dataset = load_dataset(src)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return run_faces(dataset, out, size=cfg.size, frames=cfg.frame_count, device=cfg.device,
+                     shard=pick_shard(cfg.shard), workers=workers, batch=cfg.batch, progress=cfg.progress)
 
-    bar = None
-    if progress:
-        from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), unit="clip", desc="faces", dynamic_ncols=True, file=sys.stderr, smoothing=0.1)
-    t_start = time.perf_counter()
-    first = True
-    try:
-        it = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item: _Decoded = next(it)
-            except StopIteration:
-                break
-            summary.wait_s += time.perf_counter() - t0
-            if item.reason is None:
+class AlignWork(ClipWork):
+    """``fer data faces``' half of the loop: each decoded clip's main face aligned on the device, its frames
+    written as jpgs in the background (a clip that cannot be written fails alone)."""
+
+    desc = "faces"
+
+    def __init__(self, out: Path, detector: MTCNN, size: int, batch: int, summary: FacesSummary):
+        self.out, self.detector, self.size, self.batch, self.summary = out, detector, size, batch, summary
+        self.writes = BackgroundWrites(MAX_PENDING_WRITES, "fer-faces-writer", absorb=(OSError,))
+        self.queued_frames = 0
+        """Frames handed to the writer and not yet written."""
+        self.t_start = time.perf_counter()
+
+    def process(self, batch: list[Loaded], first: bool) -> None:
+        for item in batch:
+            reason = item.reason
+            if reason is None:
                 t1 = time.perf_counter()
                 try:
-                    aligned = align_clip(item.clip, detector, size, batch=batch)
+                    aligned = align_clip(item.item, self.detector, self.size, batch=self.batch)
                 except ClipError as e:
-                    item.reason = one_line(e)
+                    reason = one_line(e)
                 except Exception as e:
                     if first:  # the very first clip breaking the model is a bug or a broken install
                         raise
-                    item.reason = one_line(f"face alignment failed: {type(e).__name__}: {e}")
-                summary.model_s += time.perf_counter() - t1
-            first = False
-            if item.reason is None:
-                pending.append((pool.submit(write_clip, out, item.clip_id, aligned), item.clip_id, aligned))
-                settle(MAX_PENDING_WRITES)
+                    reason = one_line(f"face alignment failed: {type(e).__name__}: {e}")
+                self.summary.model_s += time.perf_counter() - t1
+            if reason is None:
+                self._write(item.clip_id, aligned)
             else:
-                summary.failed[item.clip_id] = item.reason
-                shutil.rmtree(partial_dir(out, item.clip_id), ignore_errors=True)  # a killed run's leftovers
-            if bar is not None:
-                bar.update(1)
-                elapsed = time.perf_counter() - t_start
-                written = summary.frames + sum(len(a.crops) for _, _, a in pending)
-                post = {"frames/s": f"{written / max(elapsed, 1e-9):.1f}"}
-                if summary.failed:
-                    post["failed"] = len(summary.failed)
-                bar.set_postfix(post, refresh=False)
-    except KeyboardInterrupt:
-        summary.interrupted = True
-    finally:
-        try:
-            settle(0)
-        finally:
-            pool.shutdown(wait=True)
-            summary.seconds = time.perf_counter() - t_start
-            if bar is not None:
-                bar.close()
+                self.summary.failed[item.clip_id] = reason
+                # a killed run's leftovers
+                shutil.rmtree(partial_dir(self.out, item.clip_id), ignore_errors=True)
+
+    def _write(self, cid: str, aligned: AlignedClip) -> None:
+        def written() -> None:
+            self.queued_frames -= len(aligned.crops)
+            self.summary.done += 1
+            self.summary.frames += len(aligned.crops)
+            self.summary.borrowed += aligned.borrowed
+
+        def failed(e: BaseException) -> None:  # disk full, permissions: this clip fails, the next may fit
+            self.queued_frames -= len(aligned.crops)
+            self.summary.failed[cid] = one_line(f"cannot write its frames: {e}")
+            shutil.rmtree(partial_dir(self.out, cid), ignore_errors=True)
+
+        self.queued_frames += len(aligned.crops)
+        self.writes.submit(write_clip, self.out, cid, aligned, on_done=written, on_error=failed)
+
+    def postfix(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.t_start
+        return {"frames/s": f"{(self.summary.frames + self.queued_frames) / max(elapsed, 1e-9):.1f}"}
+
+    def finish(self) -> None:
+        self.writes.close()
 
 
 # ---------------------------------------------------------------- settings, manifest, faces.json

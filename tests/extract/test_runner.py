@@ -9,7 +9,8 @@ from fer.cache.errors import FerError
 from fer.extract.datasets import load_dataset
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets.records import ClipRecord, Dataset
-from fer.extract.runner import parse_shard, run_extraction, shard_from_env
+from fer.extract.runner import run_extraction
+from fer.extract.shards import parse_shard, shard_from_env
 from fer.extract.synth import synthesize
 
 SIZE = 32  # tiny input keeps the real ResNet-18 fast on CPU

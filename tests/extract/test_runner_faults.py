@@ -18,7 +18,9 @@ from fer.cache.errors import FerEnvError, FerError
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets import load_dataset
 from fer.extract.extractor import LeftInMainProcess
-from fer.extract.runner import check_store_outside, default_workers, run_extraction, worker_start_method
+from fer.extract.loading import default_workers, worker_start_method
+from fer.extract.runner import run_extraction
+from fer.extract.stores import check_store_outside
 from fer.extract.synth import synthesize
 from fer.tests.mounts import read_only
 
