@@ -14,7 +14,8 @@ from fer.extract.config import (
 from fer.options import field_docs
 
 VALUE = {"--frames all": ("frames", "all"), "--max-frames": ("max_frames", 8), "--flip": ("flip", True),
-         "--layer": ("layer", "layer3"), "--size": ("size", 64), "--frames": ("frames", 4)}
+         "--layer": ("layer", "layer3"), "--size": ("size", 64), "--frames": ("frames", 4),
+         "--transforms": ("transforms", "IMAGENET1K_V1")}
 """A value of each option of APPLIES_TO."""
 NOT_APPLICABLE = [(flag, m) for flag, mods in APPLIES_TO.items() for m in MODALITIES if m not in mods]
 
