@@ -17,7 +17,8 @@ from functools import lru_cache
 from typing import Any, Callable
 
 from fer.cache.errors import FerError
-from fer.train.config import TrainConfig, parse_audio_layer, parse_augment, parse_folds, parse_modalities
+from fer.train.config import (TrainConfig, parse_audio_layer, parse_augment, parse_face_layer, parse_folds,
+                              parse_modalities)
 
 FLAGS = {"folds": "--fold"}
 SHORT = {"modalities": "-m", "out": "-o"}
@@ -29,6 +30,7 @@ TUPLES: dict[str, tuple[Callable[[str], tuple], str]] = {
 """Tuple fields: the parser of their text, and the text's form."""
 PARSED: dict[str, tuple[Callable[[str], Any], str]] = {
     "audio_layer": (parse_audio_layer, "a layer index, last, or weighted"),
+    "face_layer": (parse_face_layer, "a block index, last, or weighted"),
 }
 """Other fields whose text has its own parser (their type is a union the annotation cannot say how to read)."""
 SINGLE_IN_SWEEP = {"out", "resume", "device", "plots", "face", "pose", "audio", "allow_incomplete", "finetune", "stream"}

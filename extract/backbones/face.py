@@ -47,9 +47,28 @@ VIEWS = ("original", "hflip")
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
                         size: int | None = None, seed: int = 0) -> ImageEncoder:
-    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>``."""
+    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>``;
+    ``layer`` ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut), and ``weights`` may be
+    a `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such)."""
+    from fer.extract.backbones import vit_cut
+
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
+    cut = vit_cut.is_cut(layer)
+    own = vit_cut.base_layer(layer) if cut else layer
+    ck = vit_cut.trained_checkpoint(weights)
+    base = vit_cut.adapted_base(ck, backbone, str(weights)) if ck is not None else None
+    if base is not None:  # a ViT top adapted by `fer train --finetune top`: its base first, then the top
+        enc = vit_cut.adapt(_family_encoder(backbone, base.get("weights"), own, size, int(base.get("seed") or 0)),
+                            ck, str(weights))
+    else:
+        enc = _family_encoder(backbone, weights, own, size, seed)
+        if ck is not None:
+            enc.extra["finetuned_on_fold"] = int(ck["finetuned_on_fold"])
+    return vit_cut.cut_encoder(enc, str(layer)) if cut else enc
+
+
+def _family_encoder(backbone: str, weights: str | None, layer: str | None, size: int | None, seed: int) -> ImageEncoder:
     if backbone.startswith("hf:"):
         from fer.extract.backbones.hf import hf_vision_encoder
 
@@ -124,9 +143,10 @@ class FaceExtractor(Extractor):
         self.flip, self.frame_batch = bool(flip), frame_batch
         if self.all_frames and self.is_maps:
             mb = math.prod(self.row_shape) * 2 / 2**20
-            raise FerError(f"--frames all stores pooled vectors only: {self.layer} maps of up to {self.tokens} frames"
+            kind = "tokens" if len(self.encoder.out_shape) == 2 else "maps"
+            raise FerError(f"--frames all stores pooled vectors only: {self.layer} {kind} of up to {self.tokens} frames"
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
-                           "--frames 16 (for --finetune layer4), or every frame with --layer pool")
+                           "--frames 16 (for --finetune layer4|top), or every frame with --layer pool")
         self.requested_precision = precision
         self.device = torch.device("cpu")
         self.to(device)
@@ -156,8 +176,9 @@ class FaceExtractor(Extractor):
 
     @property
     def is_maps(self) -> bool:
-        """True when rows hold intermediate maps (C, H, W) per frame rather than vectors."""
-        return len(self.encoder.out_shape) == 3
+        """True when rows hold an array per frame (layer3 maps (C, H, W), a ViT's tokens (tokens, D)) rather than
+        one vector; ``--layer all``'s per-block vectors (L + 1, D) are small and count as vectors."""
+        return len(self.encoder.out_shape) == 3 or (len(self.encoder.out_shape) == 2 and self.layer != "all")
 
     def provenance(self) -> dict[str, Any]:
         e = self.encoder
