@@ -167,7 +167,14 @@ def _hf_model(source: str, provenance: Mapping[str, Any], seed: int) -> nn.Modul
             with torch.random.fork_rng(devices=[]):  # as fer.extract built it: the same class, config and seed
                 torch.manual_seed(seed)
                 return cls(cfg) if clip else AutoModel.from_config(cfg)
-        model = cls.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # no load report: the pooler a ViT's top never uses may be absent
+        try:
+            model = cls.from_pretrained(source, local_files_only=True, trust_remote_code=False)
+        finally:
+            hf_logging.set_verbosity(level)
     except (OSError, ValueError) as e:
         raise FerError(f"cannot load {source} ({type(e).__name__}), the model the face set was made with: restore it "
                        f"{'' if local else 'in the Hugging Face cache '}or re-extract the face set") from None
