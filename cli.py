@@ -147,9 +147,9 @@ def extract_cmd(
     ),
     layer: Optional[str] = typer.Option(
         None, "--layer", help="face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | "
-        "layer3 | layer2 (resnet18 feature maps, for --finetune layer4) | block:K (a ViT's tokens entering block K, "
-        "negative from the end, e.g. block:-2; block:K:proj for a CLIP top with its projection; for `fer train "
-        "--finetune top`) | all (a ViT's pooled feature after every block, for --face-layer).",
+        "layer3 | layer2 (resnet18 feature maps, for --finetune layer4) | block:K (a ViT's tokens entering "
+        "block K, negative from the end, e.g. block:-2; block:K:proj for a CLIP top with its projection; for "
+        "`fer train --finetune top`) | all (a ViT's pooled feature after every block, for --face-layer).",
     ),
     size: Optional[int] = typer.Option(
         None, "--size", min=32, max=1024,

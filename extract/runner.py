@@ -465,7 +465,7 @@ def run_extraction(
         if limit is not None:
             todo = todo[:limit]
         summary.todo = len(todo)
-        if len(todo) and getattr(extractor, "is_maps", False):  # per-frame arrays: tens of GB for a whole dataset
+        if len(todo) and getattr(extractor, "is_maps", False):  # per-frame arrays: tens of GB for a dataset
             from fer.extract.store_size import check_room
 
             check_room(store_path, spec, row_shape, len(todo))

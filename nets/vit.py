@@ -45,15 +45,19 @@ def parse_cut(layer: str) -> tuple[int, bool] | None:
             raise ValueError
         return int(parts[1]), proj
     except ValueError:
-        raise FerError(f"--layer {layer!r}: write block:K (K counted from 0, negative from the end, e.g. block:-2), "
-                       "or block:K:proj for CLIP's projected embedding") from None
+        raise FerError(
+            f"--layer {layer!r}: write block:K (K counted from 0, negative from the end, e.g. block:-2), "
+            "or block:K:proj for CLIP's projected embedding"
+        ) from None
 
 
 def resolve_block(k: int, blocks: int, what: str) -> int:
     """Block index ``k`` (negative: from the end) as 0..L; FerError naming the range otherwise."""
     if not -blocks <= k <= blocks:
-        raise FerError(f"--layer block:{k} is out of range: {what} has {blocks} blocks (block:0..{blocks}, "
-                       f"or -1..-{blocks} from the end)")
+        raise FerError(
+            f"--layer block:{k} is out of range: {what} has {blocks} blocks (block:0..{blocks}, "
+            f"or -1..-{blocks} from the end)"
+        )
     return k % blocks if k < 0 else k
 
 
@@ -71,7 +75,8 @@ class ClsTail(nn.Module):
 
 
 class TimmTail(nn.Module):
-    """timm tail: ``norm``, then the model's own pooling (class token, average, attention pool) and ``fc_norm``,
+    """timm tail: ``norm``, then the model's own pooling (class token, average, attention pool) and
+    ``fc_norm``,
     the pre-logits feature a headless timm ViT returns."""
 
     def __init__(self, model: nn.Module):
@@ -105,10 +110,11 @@ class Parts:
         return len(self.blocks)
 
     def native_key(self, key: str) -> str:
-        """A key of a top (``blocks.<i>....`` with i the model's own index, ``tail.norm....``) as the model names it."""
+        """A key of a top (``blocks.<i>....`` with i the model's own index, ``tail.norm....``) as the model
+        names it."""
         for local, native in sorted(self.native.items(), key=lambda kv: -len(kv[0])):
             if key.startswith(local):
-                return native + key[len(local):]
+                return native + key[len(local) :]
         raise KeyError(key)
 
 
@@ -120,37 +126,52 @@ def _prefixed(root: nn.Module, module: nn.Module, what: str) -> str:
 
 
 def hf_parts(model: nn.Module, proj: bool = False, interpolate: bool = False) -> Parts:
-    """A Hugging Face vision model (CLIPVisionModel[WithProjection], Dinov2Model, ViTModel, ...) taken apart."""
+    """A Hugging Face vision model (CLIPVisionModel[WithProjection], Dinov2Model, ViTModel, ...) taken
+    apart."""
     mtype = str(getattr(model.config, "model_type", ""))
     if mtype not in HF_TYPES:
-        raise FerError(f"{type(model).__name__} ({mtype}) cannot be cut at a block: fer knows the blocks of "
-                       f"{', '.join(HF_TYPES)} (Hugging Face) and timm ViTs; use --layer pool")
+        raise FerError(
+            f"{type(model).__name__} ({mtype}) cannot be cut at a block: fer knows the blocks of "
+            f"{', '.join(HF_TYPES)} (Hugging Face) and timm ViTs; use --layer pool"
+        )
     clip = mtype in CLIP_TYPES
     tower = getattr(model, "vision_model", model)  # CLIPVisionModelWithProjection keeps the tower inside
     projection = getattr(model, "visual_projection", None) if proj else None
     if proj and projection is None:
-        raise FerError(f"{type(model).__name__} has no projection: block:K:proj needs a CLIP vision tower saved with "
-                       "its projection (CLIPVisionModelWithProjection)")
+        raise FerError(
+            f"{type(model).__name__} has no projection: block:K:proj needs a CLIP vision tower saved with "
+            "its projection (CLIPVisionModelWithProjection)"
+        )
     n = int(model.config.num_hidden_layers)
     lists = [m for m in tower.modules() if isinstance(m, nn.ModuleList) and len(m) == n]
     if len(lists) != 1:
-        raise FerError(f"cannot find the {n} blocks of {type(model).__name__}: its layout is not one fer knows")
+        raise FerError(
+            f"cannot find the {n} blocks of {type(model).__name__}: its layout is not one fer knows"
+        )
     blocks = lists[0]
     emb = tower.embeddings
     pre = tower.pre_layrnorm if clip else None
     norm = tower.post_layernorm if clip else tower.layernorm
-    kw = {"interpolate_pos_encoding": True} if interpolate and "interpolate_pos_encoding" in \
-        inspect.signature(emb.forward).parameters else {}
+    kw = (
+        {"interpolate_pos_encoding": True}
+        if interpolate and "interpolate_pos_encoding" in inspect.signature(emb.forward).parameters
+        else {}
+    )
 
     def stem(x: torch.Tensor) -> torch.Tensor:
         h = emb(x, **kw)
         return pre(h) if pre is not None else h
 
     tail = ClsTail(norm, projection)
-    native = {"blocks.": _prefixed(model, blocks, "the blocks"), "tail.norm.": _prefixed(model, norm, "the norm")}
+    native = {
+        "blocks.": _prefixed(model, blocks, "the blocks"),
+        "tail.norm.": _prefixed(model, norm, "the norm"),
+    }
     if projection is not None:
         native["tail.proj."] = _prefixed(model, projection, "the projection")
-    return Parts(layout=f"hf-{mtype.replace('_vision_model', '')}", stem=stem, blocks=blocks, tail=tail, native=native)
+    return Parts(
+        layout=f"hf-{mtype.replace('_vision_model', '')}", stem=stem, blocks=blocks, tail=tail, native=native
+    )
 
 
 def timm_parts(model: nn.Module) -> Parts:
@@ -158,8 +179,10 @@ def timm_parts(model: nn.Module) -> Parts:
     from timm.models.vision_transformer import VisionTransformer
 
     if not isinstance(model, VisionTransformer):
-        raise FerError(f"timm {type(model).__name__} cannot be cut at a block: fer knows timm's VisionTransformer "
-                       "(vit_*, deit_*, MAE-Face ...); use --layer pool")
+        raise FerError(
+            f"timm {type(model).__name__} cannot be cut at a block: fer knows timm's VisionTransformer "
+            "(vit_*, deit_*, MAE-Face ...); use --layer pool"
+        )
 
     def stem(x: torch.Tensor) -> torch.Tensor:
         return model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(x))))
@@ -172,7 +195,8 @@ def timm_parts(model: nn.Module) -> Parts:
 
 
 class VitTop(nn.Module):
-    """Blocks K..L-1 and the tail of a ViT: ``(F, tokens, D)`` cached tokens of F frames -> ``(F, D')`` pooled.
+    """Blocks K..L-1 and the tail of a ViT: ``(F, tokens, D)`` cached tokens of F frames -> ``(F, D')``
+    pooled.
 
     Untrained, it gives exactly what the whole model gives on the frames. Its keys (``blocks.<i>.`` with i the
     model's own block index, ``tail....``) map to the model's own names through ``parts.native_key``.
@@ -215,6 +239,14 @@ def pooled_width(parts: Parts, width: int) -> int:
 
 def describe(parts: Parts, k: int, tokens: int, width: int, pooled: str) -> dict[str, Any]:
     """The provenance ``cut`` entry of a ``block:K`` set: what the rows hold and what their top is."""
-    return {"kind": "block", "block": k, "blocks": parts.depth, "tokens": tokens, "width": width, "pooled": pooled,
-            "layout": parts.layout,
-            "rows": f"hidden states entering block {k} of {parts.depth} (Hugging Face hidden_states[{k}]): every token"}
+    return {
+        "kind": "block",
+        "block": k,
+        "blocks": parts.depth,
+        "tokens": tokens,
+        "width": width,
+        "pooled": pooled,
+        "layout": parts.layout,
+        "rows": f"hidden states entering block {k} of {parts.depth} (Hugging Face hidden_states[{k}]): "
+        "every token",
+    }

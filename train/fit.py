@@ -62,13 +62,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer over what trains: the head at --lr, a backbone top (--finetune) at --backbone-lr (or --lr)."""
+    """The optimizer over what trains: the head at --lr, a backbone top (--finetune) at --backbone-lr (or
+    --lr)."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     top = getattr(model, "top", None)
     mine = {id(p) for p in top.parameters()} if top is not None else set()
     groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in mine]}]
     if top is not None:
-        groups.append({"params": [p for p in top.parameters() if p.requires_grad], "lr": cfg.backbone_lr or cfg.lr})
+        trained = [p for p in top.parameters() if p.requires_grad]
+        groups.append({"params": trained, "lr": cfg.backbone_lr or cfg.lr})
     return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 

@@ -24,7 +24,8 @@ AUDIO_DIM = 128
 NO_FACE_DIM = 256
 """Token width when the face is not among the modalities (pose/audio tokens are projected to it)."""
 TOP_NORM_FRAMES = 4096
-"""Frames of the training split whose top outputs set the standardisation of a ViT top (a sample is enough)."""
+"""Frames of the training split whose top outputs set the standardisation of a ViT top (a sample is
+enough)."""
 
 
 def audio_is_sequence(md: ModalityData) -> bool:
@@ -148,8 +149,8 @@ class FerModel(nn.Module):
 
     def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, num_classes: int,
                  top: nn.Module | None = None, layer4: nn.Module | None = None):
-        """``top`` (fer.train.tops) turns each frame of a face set cut inside its backbone into a vector and trains
-        with the rest; ``layer4`` is ResNet-18's layer4 as such a top."""
+        """``top`` (fer.train.tops) turns each frame of a face set cut inside its backbone into a vector and
+        trains with the rest; ``layer4`` is ResNet-18's layer4 as such a top."""
         super().__init__()
         self.fusion = cfg.fusion
         self.use_face = "face" in cfg.modalities
@@ -166,7 +167,8 @@ class FerModel(nn.Module):
             d = self._face_input(cfg, face, top)
             n_tokens += int(face.data.shape[1])
         elif top is not None:
-            raise FerError(f"--finetune {cfg.finetune or 'layer4'} trains the face backbone: add face to --modalities")
+            raise FerError(f"--finetune {cfg.finetune or 'layer4'} trains the face backbone: add face to "
+                           "--modalities")
         if self.use_pose:
             k, j = int(sets["pose"].data.shape[1]), int(sets["pose"].data.shape[2])
             self.pose_proj = nn.Linear(j * 2, d)
@@ -208,19 +210,21 @@ class FerModel(nn.Module):
         shape = tuple(face.data.shape[2:])
         if face_is_maps(face) or cut.get("kind") == "block":
             if top is None:
-                what, how = ((f"layer3 maps {tuple(face.data.shape[1:])}", "--finetune layer4") if face_is_maps(face) else
-                             (f"a ViT's tokens entering block {cut.get('block')}", "--finetune top"))
+                if face_is_maps(face):
+                    what, how = f"layer3 maps {tuple(face.data.shape[1:])}", "--finetune layer4"
+                else:
+                    what, how = f"a ViT's tokens entering block {cut.get('block')}", "--finetune top"
                 raise FerError(f"{face.spec} holds {what}: train it with {how}")
             self.top = top
             self.face_norm = InputNorm(top.width) if top.standardize else None
             return int(top.width)
         if top is not None:
-            raise FerError(f"--finetune {cfg.finetune or 'layer4'} needs a face feature set cut inside its backbone "
-                           f"(layer3 maps, or block:K tokens); {face.spec} holds pooled vectors")
+            raise FerError(f"--finetune {cfg.finetune or 'layer4'} needs a face feature set cut inside its "
+                           f"backbone (layer3 maps, or block:K tokens); {face.spec} holds pooled vectors")
         if cut.get("kind") != "all":
             if cfg.face_layer is not None:
-                raise FerError(f"--face-layer picks a block of a set extracted with --layer all; {face.spec} holds one "
-                               "pooled vector per frame")
+                raise FerError(f"--face-layer picks a block of a set extracted with --layer all; {face.spec} "
+                               "holds one pooled vector per frame")
             self.face_norm = InputNorm(int(shape[-1]))
             return int(shape[-1])
         n, width = int(shape[-2]), int(shape[-1])
@@ -238,8 +242,9 @@ class FerModel(nn.Module):
         """Set the face/audio standardisation from the training split: ``chunks(modality)`` yields its stored
         tokens with their masks a chunk at a time (a batch source's norm_chunks), so one chunk is in memory at once.
 
-        Only what is normalised is asked for: layer3 maps (no face_norm) are never read here. A ViT top's outputs
-        are standardised with the statistics of its untrained outputs on TOP_NORM_FRAMES training frames.
+        Only what is normalised is asked for: layer3 maps (no face_norm) are never read here. A ViT top's
+        outputs are standardised with the statistics of its untrained outputs on TOP_NORM_FRAMES training
+        frames.
         """
         if self.face_mix is not None:
             self.face_mix.fit(frame_rows(chunks("face")))
@@ -252,7 +257,8 @@ class FerModel(nn.Module):
         if self.use_audio:
             self.audio_norm.fit(chunks("audio"))
 
-    def _top_outputs(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def _top_outputs(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """(top output (n, D), mask (n,)) of the valid frames of ``frames`` chunks, up to TOP_NORM_FRAMES."""
         was, seen = self.top.training, 0
         self.top.eval()

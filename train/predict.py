@@ -73,13 +73,16 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
     probs = []
     # the frozen bottom made the inputs (clip_features, from the face set's provenance); a fine-tuned top is
     # rebuilt from the same weights once, and each fold's adapted weights are loaded into it
-    top = build_top(cfg.finetune, sets["face"].provenance, lora=cfg.lora, log=lambda _: None) if cfg.finetune else None
+    top = None
+    if cfg.finetune:
+        top = build_top(cfg.finetune, sets["face"].provenance, lora=cfg.lora, log=lambda _: None)
     for path in _checkpoints(run_dir, fold):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if not ck.get("complete"):
             continue  # an interrupted fold: its last epoch is not a selected model
         model = FerModel(cfg, source.model_sets, num_classes=len(classes), top=top)
-        state = {("top." + k if k.startswith("layer4.") else k): v for k, v in ck["model"].items()}  # runs before tops
+        # runs from before tops kept ResNet-18's layer4 under "layer4."
+        state = {("top." + k if k.startswith("layer4.") else k): v for k, v in ck["model"].items()}
         try:
             model.load_state_dict(state)
         except RuntimeError as e:

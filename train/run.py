@@ -177,7 +177,8 @@ def _backbone(cfg: TrainConfig, features: LoadedFeatures, fold: int, log: Log) -
     from fer.train.fit import fold_seed
     from fer.train.tops import build_top
 
-    return build_top(cfg.finetune, features.sets["face"].provenance, lora=cfg.lora, seed=fold_seed(cfg.seed, fold), log=log)
+    return build_top(cfg.finetune, features.sets["face"].provenance, lora=cfg.lora,
+                     seed=fold_seed(cfg.seed, fold), log=log)
 
 
 @run_folder_faults(lambda cfg, *_, **__: cfg.out)
@@ -260,7 +261,8 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
                 _write_history(out / "history.csv", done_rows + rows)
 
             res: FoldResult = fit_fold(cfg, features, source, split, device, checkpoint=out / f"checkpoint_fold{fold}.pt",
-                                       backbone=_backbone(cfg, features, fold, log), resume=cfg.resume, on_epoch=on_epoch, log=log)
+                                       backbone=_backbone(cfg, features, fold, log), resume=cfg.resume,
+                                       on_epoch=on_epoch, log=log)
             history = done_rows + res.history
             _write_history(out / "history.csv", history)
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,

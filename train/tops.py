@@ -33,7 +33,8 @@ LORA_HINT = "pip install peft (or: pip install 'fer-cache[lora]')"
 
 
 def face_cut(provenance: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``cut`` a face set was made at (``kind`` block | all), or None for pooled vectors and layer3 maps."""
+    """The ``cut`` a face set was made at (``kind`` block | all), or None for pooled vectors and layer3
+    maps."""
     cut = provenance.get("cut")
     return dict(cut) if isinstance(cut, Mapping) else None
 
@@ -47,7 +48,9 @@ class ResNetTop(nn.Module):
     def __init__(self, layer4: nn.Module, resnet: nn.Module | None = None):
         super().__init__()
         self.layer4 = layer4
-        self.exported = [resnet or layer4]  # a list: the whole network is exported, only layer4 trains with the model
+        self.exported = [
+            resnet or layer4
+        ]  # a list: the whole network is exported, only layer4 trains with the model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # a mean over the map, not AdaptiveAvgPool2d: its CUDA backward is nondeterministic
@@ -66,7 +69,10 @@ class TrainedVitTop(nn.Module):
     def __init__(self, top: VitTop, width: int, provenance: Mapping[str, Any], lora: int = 0):
         super().__init__()
         self.vit, self.width, self.lora = top, width, lora
-        self.base = {"extractor": dict(provenance.get("extractor") or {}), "weights": provenance.get("weights")}
+        self.base = {
+            "extractor": dict(provenance.get("extractor") or {}),
+            "weights": provenance.get("weights"),
+        }
         self.cut = face_cut(provenance) or {}
         self.exported = [self]
 
@@ -74,7 +80,8 @@ class TrainedVitTop(nn.Module):
         return self.vit(x)
 
     def export(self) -> dict[str, Any]:
-        """The adapted blocks and tail under the model's own names (LoRA merged in), the LoRA weights themselves,
+        """The adapted blocks and tail under the model's own names (LoRA merged in), the LoRA weights
+        themselves,
         and the base weights and cut they came from."""
         out: dict[str, Any] = {"backbone_base": self.base, "backbone_cut": self.cut, "lora_rank": self.lora}
         if self.lora:
@@ -86,7 +93,9 @@ class TrainedVitTop(nn.Module):
             for m in merged.modules():
                 if isinstance(m, LoraLayer):
                     m.merge()
-            state = {k.replace(".base_layer.", "."): v for k, v in merged.state_dict().items() if ".lora_" not in k}
+            state = {
+                k.replace(".base_layer.", "."): v for k, v in merged.state_dict().items() if ".lora_" not in k
+            }
         else:
             state = self.vit.state_dict()
         out["backbone"] = {k: v.detach().cpu() for k, v in self.vit.native_state(state).items()}
@@ -94,7 +103,8 @@ class TrainedVitTop(nn.Module):
 
 
 def add_lora(top: VitTop, rank: int, seed: int) -> VitTop:
-    """LoRA adapters of ``rank`` on every linear projection of the top's blocks (attention q/k/v/out or qkv/proj,
+    """LoRA adapters of ``rank`` on every linear projection of the top's blocks (attention q/k/v/out or
+    qkv/proj,
     MLP fc1/fc2 ...); the rest of the top is frozen. Seeded: same seed, same adapters."""
     try:
         from peft import LoraConfig, inject_adapter_in_model
@@ -103,7 +113,9 @@ def add_lora(top: VitTop, rank: int, seed: int) -> VitTop:
     targets = [f"blocks.{name}" for name, m in top.blocks.named_modules() if isinstance(m, nn.Linear)]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets), top)
+        return inject_adapter_in_model(
+            LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0, target_modules=targets), top
+        )
 
 
 def trainable_parameters(module: nn.Module) -> int:
@@ -124,11 +136,15 @@ def _check_sha(file: Path | None, sha: str | None, what: str) -> None:
     if sha is None:
         return
     if file is None or not file.is_file():
-        raise FerError(f"the weights the cache was made with ({what}) are not on this machine: restore them, or "
-                       "re-extract the face set")
+        raise FerError(
+            f"the weights the cache was made with ({what}) are not on this machine: restore them, or "
+            "re-extract the face set"
+        )
     if sha256_file(file) != sha:
-        raise FerError(f"{file} changed since the cache was made (sha256 differs): restore the original weights "
-                       "or re-extract the face set")
+        raise FerError(
+            f"{file} changed since the cache was made (sha256 differs): restore the original weights "
+            "or re-extract the face set"
+        )
 
 
 def _hf_file(source: str, revision: str | None) -> Path | None:
@@ -151,7 +167,9 @@ def _hf_model(source: str, provenance: Mapping[str, Any], seed: int) -> nn.Modul
 
     name = str(provenance.get("model_class", "AutoModel"))
     if not re.fullmatch(r"[A-Za-z0-9]+(Model|ModelWithProjection)", name) or not hasattr(transformers, name):
-        raise FerError(f"the face set names model class {name!r}, which this transformers cannot build: re-extract it")
+        raise FerError(
+            f"the face set names model class {name!r}, which this transformers cannot build: re-extract it"
+        )
     cls = getattr(transformers, name)
     wid, sha = _weights(provenance)
     local = Path(source).is_dir()
@@ -164,7 +182,9 @@ def _hf_model(source: str, provenance: Mapping[str, Any], seed: int) -> nn.Modul
 
                 vcfg = cfg.vision_config if str(cfg.model_type) == "clip" else cfg
                 cfg = vcfg if isinstance(vcfg, CLIPVisionConfig) else CLIPVisionConfig(**vcfg.to_dict())
-            with torch.random.fork_rng(devices=[]):  # as fer.extract built it: the same class, config and seed
+            with torch.random.fork_rng(
+                devices=[]
+            ):  # as fer.extract built it: the same class, config and seed
                 torch.manual_seed(seed)
                 return cls(cfg) if clip else AutoModel.from_config(cfg)
         from transformers.utils import logging as hf_logging
@@ -176,8 +196,10 @@ def _hf_model(source: str, provenance: Mapping[str, Any], seed: int) -> nn.Modul
         finally:
             hf_logging.set_verbosity(level)
     except (OSError, ValueError) as e:
-        raise FerError(f"cannot load {source} ({type(e).__name__}), the model the face set was made with: restore it "
-                       f"{'' if local else 'in the Hugging Face cache '}or re-extract the face set") from None
+        raise FerError(
+            f"cannot load {source} ({type(e).__name__}), the model the face set was made with: restore it "
+            f"{'' if local else 'in the Hugging Face cache '}or re-extract the face set"
+        ) from None
     _check_sha(_hf_file(source, (provenance.get("weights") or {}).get("revision")), sha, source)
     return model
 
@@ -195,12 +217,16 @@ def _timm_model(name: str, args: Mapping[str, Any], provenance: Mapping[str, Any
             torch.manual_seed(seed)
             return timm.create_model(name, pretrained=False, **kw)
     if not w or w.lower() == "pretrained":
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the cached file the cache was made with, never a download
+        os.environ.setdefault(
+            "HF_HUB_OFFLINE", "1"
+        )  # the cached file the cache was made with, never a download
         try:
             return timm.create_model(name, pretrained=True, **kw)
         except Exception as e:
-            raise FerError(f"timm:{name} pretrained weights are not cached here ({type(e).__name__}): run "
-                           f"`fer weights fetch --backbone timm:{name}` where there is internet") from None
+            raise FerError(
+                f"timm:{name} pretrained weights are not cached here ({type(e).__name__}): run "
+                f"`fer weights fetch --backbone timm:{name}` where there is internet"
+            ) from None
     path = Path(w).expanduser()
     _check_sha(path, sha, str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
@@ -212,7 +238,9 @@ def _timm_model(name: str, args: Mapping[str, Any], provenance: Mapping[str, Any
         kw["global_pool"] = "avg"
     model = timm.create_model(name, pretrained=False, **kw)
     own = model.state_dict()
-    model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
+    model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
+    )
     return model
 
 
@@ -227,11 +255,14 @@ def rebuild_parts(provenance: Mapping[str, Any]) -> Parts:
             return hf_parts(model, proj=cut.get("pooled") == "proj")
         if family == "timm" and backbone.startswith("timm:"):
             return timm_parts(_timm_model(backbone[5:], args, provenance).eval())
-    raise FerError(f"the face set's backbone {backbone or '?'} ({family}) has no top fer can rebuild: re-extract it")
+    raise FerError(
+        f"the face set's backbone {backbone or '?'} ({family}) has no top fer can rebuild: re-extract it"
+    )
 
 
-def build_top(finetune: str | None, provenance: Mapping[str, Any], *, lora: int = 0, seed: int = 0,
-              log: Log = print) -> nn.Module | None:
+def build_top(
+    finetune: str | None, provenance: Mapping[str, Any], *, lora: int = 0, seed: int = 0, log: Log = print
+) -> nn.Module | None:
     """The trainable top for ``--finetune`` (None without it) over a face set with this provenance."""
     if finetune is None:
         return None
@@ -239,19 +270,29 @@ def build_top(finetune: str | None, provenance: Mapping[str, Any], *, lora: int 
     if cut is None or cut.get("kind") != "block":
         if str(provenance.get("layer")) == "layer3" and finetune in ("top", "layer4"):
             if lora:
-                raise FerError("--lora adapts a vision transformer's blocks; ResNet-18's layer4 trains whole: leave --lora out")
+                raise FerError(
+                    "--lora adapts a vision transformer's blocks; ResNet-18's layer4 trains whole: "
+                    "leave --lora out"
+                )
             net = build_backbone(provenance, log)
             return ResNetTop(net.layer4, net)
-        raise FerError(f"--finetune {finetune} trains the top of a backbone cut inside, and this face set holds "
-                       f"{provenance.get('layer', 'pooled')} features: extract `--layer block:-2` (a ViT) or "
-                       "`--layer layer3` (ResNet-18)")
+        raise FerError(
+            f"--finetune {finetune} trains the top of a backbone cut inside, and this face set holds "
+            f"{provenance.get('layer', 'pooled')} features: extract `--layer block:-2` (a ViT) or "
+            "`--layer layer3` (ResNet-18)"
+        )
     if finetune != "top":
-        raise FerError(f"the face set holds a ViT's tokens entering block {cut.get('block')}: train it with --finetune top")
+        raise FerError(
+            f"the face set holds a ViT's tokens entering block {cut.get('block')}: "
+            "train it with --finetune top"
+        )
     parts = rebuild_parts(provenance)
     k = int(cut["block"])
     if parts.depth != int(cut.get("blocks", parts.depth)):
-        raise FerError(f"the rebuilt backbone has {parts.depth} blocks, the face set was cut from one with "
-                       f"{cut.get('blocks')}: the weights changed; re-extract the face set")
+        raise FerError(
+            f"the rebuilt backbone has {parts.depth} blocks, the face set was cut from one with "
+            f"{cut.get('blocks')}: the weights changed; re-extract the face set"
+        )
     top = VitTop(parts, k)
     for p in top.parameters():
         p.requires_grad_(True)
@@ -260,15 +301,17 @@ def build_top(finetune: str | None, provenance: Mapping[str, Any], *, lora: int 
     width = int(cut.get("pooled_width") or cut.get("width"))
     out = TrainedVitTop(top, width, provenance, lora)
     how = f"LoRA rank {lora}" if lora else "all weights"
-    log(f"top: blocks {k}..{parts.depth - 1} and the tail of {parts.layout} ({how}: "
-        f"{trainable_parameters(out):,} trainable parameters)")
+    log(
+        f"top: blocks {k}..{parts.depth - 1} and the tail of {parts.layout} ({how}: "
+        f"{trainable_parameters(out):,} trainable parameters)"
+    )
     return out
 
 
 def _strip_prefix(key: str) -> str:
     for prefix in ("module.", "backbone."):
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
@@ -295,8 +338,10 @@ def build_backbone(provenance: Mapping[str, Any], log: Callable[[str], None] = p
     if path.is_file():
         if sha:
             if sha256_file(path) != sha:
-                raise FerError(f"{path} changed since the cache was made (sha256 differs): "
-                               "restore the original weights file or re-extract the layer3 features")
+                raise FerError(
+                    f"{path} changed since the cache was made (sha256 differs): "
+                    "restore the original weights file or re-extract the layer3 features"
+                )
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("backbone", "state_dict", "model"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -306,7 +351,9 @@ def build_backbone(provenance: Mapping[str, Any], log: Callable[[str], None] = p
         net = resnet18(weights=None)
         missing, _ = net.load_state_dict(state, strict=False)
         if any(k.startswith("layer4.") for k in missing):
-            raise FerError(f"{path} holds no ResNet-18 layer4 weights: the cache's provenance names the wrong file")
+            raise FerError(
+                f"{path} holds no ResNet-18 layer4 weights: the cache's provenance names the wrong file"
+            )
         log(f"layer4: initialised from {path}")
         return net
     name = wid.split(".")[-1] if wid.startswith("torchvision:") else wid
@@ -314,7 +361,9 @@ def build_backbone(provenance: Mapping[str, Any], log: Callable[[str], None] = p
     try:
         net = resnet18(weights=ResNet18_Weights[name])
     except Exception as e:  # offline without the cached file, or an unknown id
-        raise FerError(f"cannot load the ResNet-18 weights {wid} the cache was made with ({type(e).__name__}): "
-                       "run `fer weights fetch` on a machine with internet and copy TORCH_HOME here") from None
+        raise FerError(
+            f"cannot load the ResNet-18 weights {wid} the cache was made with ({type(e).__name__}): "
+            "run `fer weights fetch` on a machine with internet and copy TORCH_HOME here"
+        ) from None
     log(f"layer4: initialised from torchvision {name}")
     return net

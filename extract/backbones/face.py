@@ -47,9 +47,10 @@ VIEWS = ("original", "hflip")
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
                         size: int | None = None, seed: int = 0) -> ImageEncoder:
-    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>``;
-    ``layer`` ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut), and ``weights`` may be
-    a `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such)."""
+    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``,
+    ``timm:<name>``; ``layer`` ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut),
+    and ``weights`` may be a `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold
+    (recorded as such)."""
     from fer.extract.backbones import vit_cut
 
     if size is not None and not 32 <= size <= 1024:
@@ -59,8 +60,8 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     ck = vit_cut.trained_checkpoint(weights)
     base = vit_cut.adapted_base(ck, backbone, str(weights)) if ck is not None else None
     if base is not None:  # a ViT top adapted by `fer train --finetune top`: its base first, then the top
-        enc = vit_cut.adapt(_family_encoder(backbone, base.get("weights"), own, size, int(base.get("seed") or 0)),
-                            ck, str(weights))
+        seed = int(base.get("seed") or 0)
+        enc = vit_cut.adapt(_family_encoder(backbone, base.get("weights"), own, size, seed), ck, str(weights))
     else:
         enc = _family_encoder(backbone, weights, own, size, seed)
         if ck is not None:
@@ -68,7 +69,8 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     return vit_cut.cut_encoder(enc, str(layer)) if cut else enc
 
 
-def _family_encoder(backbone: str, weights: str | None, layer: str | None, size: int | None, seed: int) -> ImageEncoder:
+def _family_encoder(backbone: str, weights: str | None, layer: str | None, size: int | None,
+                    seed: int) -> ImageEncoder:
     if backbone.startswith("hf:"):
         from fer.extract.backbones.hf import hf_vision_encoder
 
@@ -144,7 +146,8 @@ class FaceExtractor(Extractor):
         if self.all_frames and self.is_maps:
             mb = math.prod(self.row_shape) * 2 / 2**20
             kind = "tokens" if len(self.encoder.out_shape) == 2 else "maps"
-            raise FerError(f"--frames all stores pooled vectors only: {self.layer} {kind} of up to {self.tokens} frames"
+            raise FerError(f"--frames all stores pooled vectors only: {self.layer} {kind} of up to "
+                           f"{self.tokens} frames"
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
                            "--frames 16 (for --finetune layer4|top), or every frame with --layer pool")
         self.requested_precision = precision
@@ -176,8 +179,8 @@ class FaceExtractor(Extractor):
 
     @property
     def is_maps(self) -> bool:
-        """True when rows hold an array per frame (layer3 maps (C, H, W), a ViT's tokens (tokens, D)) rather than
-        one vector; ``--layer all``'s per-block vectors (L + 1, D) are small and count as vectors."""
+        """True when rows hold an array per frame (layer3 maps (C, H, W), a ViT's tokens (tokens, D)) rather
+        than one vector; ``--layer all``'s per-block vectors (L + 1, D) are small and count as vectors."""
         return len(self.encoder.out_shape) == 3 or (len(self.encoder.out_shape) == 2 and self.layer != "all")
 
     def provenance(self) -> dict[str, Any]:

@@ -23,7 +23,17 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
 from fer.extract.backbones.image import ImageEncoder, slug
-from fer.nets.vit import ALL, Parts, describe, hf_parts, parse_cut, pooled_width, resolve_block, run_block, timm_parts
+from fer.nets.vit import (
+    ALL,
+    Parts,
+    describe,
+    hf_parts,
+    parse_cut,
+    pooled_width,
+    resolve_block,
+    run_block,
+    timm_parts,
+)
 
 FAMILIES = ("hf-vision", "timm")
 """Image encoder families with blocks to cut."""
@@ -46,8 +56,10 @@ def model_parts(enc: ImageEncoder, proj: bool = False) -> Parts:
         return hf_parts(enc.model.model, proj=proj, interpolate=enc.model.interpolate)
     if enc.family == "timm":
         return timm_parts(enc.model)
-    raise FerError(f"--layer block:K and all cut a vision transformer (hf: CLIP, DINOv2, ViT, DeiT; timm ViTs such as "
-                   f"MAE-Face); {enc.backbone} has no blocks to cut (resnet18 caches --layer layer3 instead)")
+    raise FerError(
+        f"--layer block:K and all cut a vision transformer (hf: CLIP, DINOv2, ViT, DeiT; timm ViTs such as "
+        f"MAE-Face); {enc.backbone} has no blocks to cut (resnet18 caches --layer layer3 instead)"
+    )
 
 
 class Bottom(nn.Module):
@@ -82,7 +94,8 @@ class EveryBlock(nn.Module):
 
 
 def cut_encoder(enc: ImageEncoder, layer: str) -> ImageEncoder:
-    """``enc`` (built for pool/proj) returning what ``layer`` asks for: block:K tokens or every block pooled."""
+    """``enc`` (built for pool/proj) returning what ``layer`` asks for: block:K tokens, or every block
+    pooled."""
     cut = parse_cut(layer)
     parts = model_parts(enc, proj=bool(cut and cut[1]))
     what = f"{enc.backbone} ({parts.layout})"
@@ -96,9 +109,14 @@ def cut_encoder(enc: ImageEncoder, layer: str) -> ImageEncoder:
     with torch.inference_mode():
         out = tuple(model(torch.zeros(1, 3, enc.size, enc.size)).shape[1:])
     if cut is None:
-        info: dict[str, Any] = {"kind": ALL, "blocks": parts.depth, "layout": parts.layout, "width": out[-1],
-                                "rows": f"the pooled feature ({enc.output}) of the embeddings (index 0) and after each "
-                                        f"of the {parts.depth} blocks (index i); index {parts.depth} is the pool set's"}
+        info: dict[str, Any] = {
+            "kind": ALL,
+            "blocks": parts.depth,
+            "layout": parts.layout,
+            "width": out[-1],
+            "rows": f"the pooled feature ({enc.output}) of the embeddings (index 0) and after each "
+            f"of the {parts.depth} blocks (index i); index {parts.depth} is the pool set's",
+        }
         output = f"every block's pooled feature: {enc.output} of hidden_states[0..{parts.depth}]"
     else:
         pooled = "proj" if cut[1] else "pool"
@@ -106,12 +124,24 @@ def cut_encoder(enc: ImageEncoder, layer: str) -> ImageEncoder:
         info["pooled_width"] = pooled_width(parts, out[1])
         output = f"{info['rows']} (fp16); its top gives {enc.output}"
     extra = {**enc.extra, "cut": info, "width": out[-1]}
-    return ImageEncoder(backbone=enc.backbone, family=enc.family, model=model, preprocess=enc.preprocess,
-                        weights=enc.weights, tag=enc.tag, size=enc.size, out_shape=out, layer=token,
-                        preprocessing=enc.preprocessing, output=output, channels_last=False, extra=extra)
+    return ImageEncoder(
+        backbone=enc.backbone,
+        family=enc.family,
+        model=model,
+        preprocess=enc.preprocess,
+        weights=enc.weights,
+        tag=enc.tag,
+        size=enc.size,
+        out_shape=out,
+        layer=token,
+        preprocessing=enc.preprocessing,
+        output=output,
+        channels_last=False,
+        extra=extra,
+    )
 
 
-# ---------------------------------------------------------------- a backbone adapted by `fer train --finetune top`
+# ---------------------------------------------------------------- adapted by `fer train --finetune top`
 def trained_checkpoint(weights: str | None) -> dict[str, Any] | None:
     """The `fer train` fold checkpoint ``weights`` names (one with a fine-tuned backbone), else None."""
     if not weights or not Path(weights).expanduser().is_file():
@@ -131,8 +161,10 @@ def adapted_base(ck: dict[str, Any], backbone: str, path: str) -> dict[str, Any]
         return None
     args = dict(base.get("extractor") or {})
     if args.get("backbone") != backbone:
-        raise FerError(f"{path} adapted the top of {args.get('backbone')}, not {backbone}: extract with "
-                       f"--backbone {args.get('backbone')} --weights {path}")
+        raise FerError(
+            f"{path} adapted the top of {args.get('backbone')}, not {backbone}: extract with "
+            f"--backbone {args.get('backbone')} --weights {path}"
+        )
     return args
 
 
@@ -140,14 +172,20 @@ def adapt(enc: ImageEncoder, ck: dict[str, Any], path: str) -> ImageEncoder:
     """``enc`` (the base backbone) with a checkpoint's adapted top loaded into its own modules; its weights
     identity becomes the checkpoint's, the base kept under ``base``."""
     base = dict(ck["backbone_base"].get("weights") or {})
-    if base.get("sha256") != enc.weights.get("sha256") or (base.get("sha256") is None and base.get("id") != enc.weights.get("id")):
-        raise FerError(f"{path} was adapted from weights {base.get('id')} (sha256 {str(base.get('sha256'))[:12]}), and "
-                       f"{enc.backbone} now loads {enc.weights.get('id')}: restore the weights the run was trained from")
+    if base.get("sha256") != enc.weights.get("sha256") or (
+        base.get("sha256") is None and base.get("id") != enc.weights.get("id")
+    ):
+        raise FerError(
+            f"{path} was adapted from weights {base.get('id')} (sha256 {str(base.get('sha256'))[:12]}), and "
+            f"{enc.backbone} now loads {enc.weights.get('id')}: restore the weights the run was trained from"
+        )
     model = enc.model.model if enc.family == "hf-vision" else enc.model
     own = model.state_dict()
     state, dropped = {}, []
     for k, v in ck["backbone"].items():
-        name = k if k in own else k.removeprefix("vision_model.")  # a CLIP tower with or without its projection
+        name = (
+            k if k in own else k.removeprefix("vision_model.")
+        )  # a CLIP tower with or without its projection
         if name in own and tuple(own[name].shape) == tuple(v.shape):
             state[name] = v
         elif k.startswith("visual_projection."):
@@ -157,11 +195,29 @@ def adapt(enc: ImageEncoder, ck: dict[str, Any], path: str) -> ImageEncoder:
     model.load_state_dict(state, strict=False)
     sha = sha256_file(Path(path))
     cut = ck.get("backbone_cut") or {}
-    extra = {**enc.extra, "finetuned_on_fold": int(ck["finetuned_on_fold"]),
-             "adapted": {"blocks": f"{cut.get('block')}..{int(cut.get('blocks', 0)) - 1}", "keys": len(state),
-                         "lora_rank": ck.get("lora_rank") or None, "unused": dropped[:4]}}
+    extra = {
+        **enc.extra,
+        "finetuned_on_fold": int(ck["finetuned_on_fold"]),
+        "adapted": {
+            "blocks": f"{cut.get('block')}..{int(cut.get('blocks', 0)) - 1}",
+            "keys": len(state),
+            "lora_rank": ck.get("lora_rank") or None,
+            "unused": dropped[:4],
+        },
+    }
     ident = {"id": str(Path(path).resolve()), "sha256": sha, "base": enc.weights}
-    return ImageEncoder(backbone=enc.backbone, family=enc.family, model=enc.model, preprocess=enc.preprocess,
-                        weights=ident, tag=f"{slug(Path(path).stem, 40)}-{sha[:8]}", size=enc.size,
-                        out_shape=enc.out_shape, layer=enc.layer, preprocessing=enc.preprocessing, output=enc.output,
-                        channels_last=enc.channels_last, extra=extra)
+    return ImageEncoder(
+        backbone=enc.backbone,
+        family=enc.family,
+        model=enc.model,
+        preprocess=enc.preprocess,
+        weights=ident,
+        tag=f"{slug(Path(path).stem, 40)}-{sha[:8]}",
+        size=enc.size,
+        out_shape=enc.out_shape,
+        layer=enc.layer,
+        preprocessing=enc.preprocessing,
+        output=enc.output,
+        channels_last=enc.channels_last,
+        extra=extra,
+    )

@@ -27,13 +27,24 @@ FAMILIES = {  # name -> (backbone, weights, cut layer, pooled layer)
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
-    return {"clip": tm.clip_vision(base / "clip"), "dinov2": tm.dinov2(base / "dinov2"), "vit": tm.vit(base / "vit"),
-            "mae": tm.timm_mae_checkpoint(base / "mae.pth")}
+    return {
+        "clip": tm.clip_vision(base / "clip"),
+        "dinov2": tm.dinov2(base / "dinov2"),
+        "vit": tm.vit(base / "vit"),
+        "mae": tm.timm_mae_checkpoint(base / "mae.pth"),
+    }
 
 
 def _extractor(models, backbone, weights, layer):
-    return make_extractor("face", backbone.format(**models), weights and weights.format(**models), "cpu",
-                          layer=layer, size=32 if backbone.startswith("timm") else None, precision="fp32")
+    return make_extractor(
+        "face",
+        backbone.format(**models),
+        weights and weights.format(**models),
+        "cpu",
+        layer=layer,
+        size=32 if backbone.startswith("timm") else None,
+        precision="fp32",
+    )
 
 
 def _frames(ex, n=5):
@@ -89,7 +100,11 @@ def test_every_block_pooled_ends_in_the_pool_feature(models):
 
 
 def test_cut_layers_are_checked():
-    assert parse_cut("block:-2") == (-2, False) and parse_cut("block:3:proj") == (3, True) and parse_cut("pool") is None
+    assert (
+        parse_cut("block:-2") == (-2, False)
+        and parse_cut("block:3:proj") == (3, True)
+        and parse_cut("pool") is None
+    )
     assert resolve_block(-2, 12, "x") == 10 and resolve_block(12, 12, "x") == 12
     with pytest.raises(FerError, match="block:K"):
         parse_cut("block:two")

@@ -1,4 +1,5 @@
-"""--finetune top on a real store of a tiny saved ViT's tokens: the top rebuilt from provenance, trained whole or
+"""--finetune top on a real store of a tiny saved ViT's tokens: the top rebuilt from provenance, trained whole
+or
 with LoRA, exported for `fer extract --weights`, guarded against other folds; --face-layer on every block."""
 
 from __future__ import annotations
@@ -26,7 +27,16 @@ from fer.train.run import train_run
 from fer.train.tops import build_top, trainable_parameters
 
 CLIPS = 12
-TINY = {"folds": (1,), "epochs": 2, "layers": 1, "heads": 2, "ff": 16, "hidden": 16, "plots": False, "batch_size": 4}
+TINY = {
+    "folds": (1,),
+    "epochs": 2,
+    "layers": 1,
+    "heads": 2,
+    "ff": 16,
+    "hidden": 16,
+    "plots": False,
+    "batch_size": 4,
+}
 
 
 def quiet(_):
@@ -40,7 +50,7 @@ def store(tmp_path_factory):
     synthesize(root, clips=CLIPS, seed=0, workers=1)
     vit = tm.vit(base / "tiny-vit")
     path = base / "s.zarr"
-    specs, lines = {}, []
+    specs = {}
     for layer in ("block:-2", "pool", "all"):
         ex = make_extractor("face", f"hf:{vit}", None, "cpu", layer=layer, frames=4, precision="fp32")
         run_extraction(load_dataset(root), ex, path, batch_size=4, workers=0, progress=False)
@@ -66,7 +76,9 @@ def test_store_holds_the_tokens_entering_block_k_and_the_top_remakes_the_pool_se
 
 
 def test_finetune_top_trains_the_blocks_and_exports_them(store, tmp_path):
-    cfg = TrainConfig(face=store["specs"]["block:-2"], finetune="top", backbone_lr=1e-5, out=str(tmp_path / "r"), **TINY)
+    cfg = TrainConfig(
+        face=store["specs"]["block:-2"], finetune="top", backbone_lr=1e-5, out=str(tmp_path / "r"), **TINY
+    )
     m = train_run(cfg, store["path"], log=quiet)
     assert "1" in m["folds"]
     ck = torch.load(tmp_path / "r" / "checkpoint_fold1.pt", weights_only=True)
@@ -86,15 +98,21 @@ def test_lora_trains_adapters_only_and_exports_them_merged(store, tmp_path):
     assert 0 < trainable_parameters(lora) < trainable_parameters(full) / 4
     again = build_top("top", prov, lora=2, seed=5, log=quiet)
     assert all(torch.equal(a, b) for a, b in zip(lora.state_dict().values(), again.state_dict().values()))
-    cfg = TrainConfig(face=store["specs"]["block:-2"], finetune="top", lora=2, out=str(tmp_path / "r"), **TINY)
+    cfg = TrainConfig(
+        face=store["specs"]["block:-2"], finetune="top", lora=2, out=str(tmp_path / "r"), **TINY
+    )
     train_run(cfg, store["path"], log=quiet)
     ck = torch.load(tmp_path / "r" / "checkpoint_fold1.pt", weights_only=True)
     assert ck["lora_rank"] == 2 and ck["lora"] and all("lora_" in k for k in ck["lora"])
     base = {k: v for k, v in full.vit.native_state().items()}
     frozen = [k for k in ck["model"] if ".base_layer." in k]
-    assert frozen and all(torch.equal(ck["model"][k], lora.state_dict()["vit." + k[len("top.vit."):]]) for k in frozen)
+    assert frozen and all(
+        torch.equal(ck["model"][k], lora.state_dict()["vit." + k[len("top.vit.") :]]) for k in frozen
+    )
     changed = [k for k, v in ck["backbone"].items() if not torch.equal(v, base[k])]
-    assert changed and all(k.endswith("weight") for k in changed)  # the merged adapters: only linear weights move
+    assert changed and all(
+        k.endswith("weight") for k in changed
+    )  # the merged adapters: only linear weights move
     model = FerModel(cfg, {"face": _set_md(store)}, num_classes=7, top=lora)
     model.load_state_dict(ck["model"])
     tokens, _ = _set(store, "block:-2")
@@ -128,20 +146,34 @@ def test_the_weights_must_be_the_caches(store, tmp_path, monkeypatch):
     with pytest.raises(FerError, match="pip install peft"):
         build_top("top", _set(store, "block:-2")[1], lora=4, log=quiet)
     with pytest.raises(FerError, match="--finetune top"):
-        train_run(TrainConfig(face=store["specs"]["block:-2"], out=str(tmp_path / "x"), **TINY), store["path"], log=quiet)
+        train_run(
+            TrainConfig(face=store["specs"]["block:-2"], out=str(tmp_path / "x"), **TINY),
+            store["path"],
+            log=quiet,
+        )
     with pytest.raises(FerError, match="trains the top of a backbone cut inside.*block:-2"):
-        train_run(TrainConfig(face=store["specs"]["pool"], finetune="top", out=str(tmp_path / "y"), **TINY),
-                  store["path"], log=quiet)
+        train_run(
+            TrainConfig(face=store["specs"]["pool"], finetune="top", out=str(tmp_path / "y"), **TINY),
+            store["path"],
+            log=quiet,
+        )
 
 
 def test_adapted_backbone_extracts_and_the_guard_holds(store, tmp_path):
     out = tmp_path / "r"
-    train_run(TrainConfig(face=store["specs"]["block:-2"], finetune="top", lr=1e-2, out=str(out), **TINY),
-              store["path"], log=quiet)
+    train_run(
+        TrainConfig(face=store["specs"]["block:-2"], finetune="top", lr=1e-2, out=str(out), **TINY),
+        store["path"],
+        log=quiet,
+    )
     ck_path = out / "checkpoint_fold1.pt"
     ex = make_extractor("face", f"hf:{store['vit']}", str(ck_path), "cpu", frames=4, precision="fp32")
     prov = ex.provenance()
-    assert prov["finetuned_on_fold"] == 1 and prov["weights"]["base"]["sha256"] and ex.spec != store["specs"]["pool"]
+    assert (
+        prov["finetuned_on_fold"] == 1
+        and prov["weights"]["base"]["sha256"]
+        and ex.spec != store["specs"]["pool"]
+    )
     run_extraction(load_dataset(store["root"]), ex, store["path"], batch_size=4, workers=0, progress=False)
     with open_store(store["path"], "r") as s:
         adapted = torch.from_numpy(np.asarray(s.read(ex.spec).data)).float()
@@ -151,20 +183,37 @@ def test_adapted_backbone_extracts_and_the_guard_holds(store, tmp_path):
     top.vit.load_state_dict({k: ck["backbone"][top.vit._native(k)] for k in top.vit.state_dict()})
     with torch.no_grad():
         want = top.eval()(tokens.flatten(0, 1))
-    assert F.cosine_similarity(want, adapted.flatten(0, 1)).min() >= 0.999  # the adapted top, inside the backbone
+    assert (
+        F.cosine_similarity(want, adapted.flatten(0, 1)).min() >= 0.999
+    )  # the adapted top, inside the backbone
     with pytest.raises(FerError, match="fine-tuned on fold 1.*train only --fold 1"):
-        train_run(TrainConfig(face=ex.spec, out=str(tmp_path / "g"), **{**TINY, "folds": (2,)}), store["path"], log=quiet)
+        train_run(
+            TrainConfig(face=ex.spec, out=str(tmp_path / "g"), **{**TINY, "folds": (2,)}),
+            store["path"],
+            log=quiet,
+        )
 
 
 def test_face_layer_picks_or_mixes_every_block(store, tmp_path):
     spec = store["specs"]["all"]
-    train_run(TrainConfig(face=spec, face_layer="weighted", out=str(tmp_path / "w"), **TINY), store["path"], log=quiet)
+    train_run(
+        TrainConfig(face=spec, face_layer="weighted", out=str(tmp_path / "w"), **TINY),
+        store["path"],
+        log=quiet,
+    )
     doc = json.loads((tmp_path / "w" / "face_layer_weights_fold1.json").read_text())
     assert len(doc["weights"]) == 4 and abs(sum(doc["weights"]) - 1) < 1e-5 and doc["face"] == spec
-    m = train_run(TrainConfig(face=spec, face_layer=1, out=str(tmp_path / "one"), **TINY), store["path"], log=quiet)
+    m = train_run(
+        TrainConfig(face=spec, face_layer=1, out=str(tmp_path / "one"), **TINY), store["path"], log=quiet
+    )
     assert "1" in m["folds"]
     with pytest.raises(FerError, match="out of range"):
-        train_run(TrainConfig(face=spec, face_layer=7, out=str(tmp_path / "bad"), **TINY), store["path"], log=quiet)
+        train_run(
+            TrainConfig(face=spec, face_layer=7, out=str(tmp_path / "bad"), **TINY), store["path"], log=quiet
+        )
     with pytest.raises(FerError, match="--face-layer picks a block"):
-        train_run(TrainConfig(face=store["specs"]["pool"], face_layer=1, out=str(tmp_path / "p"), **TINY),
-                  store["path"], log=quiet)
+        train_run(
+            TrainConfig(face=store["specs"]["pool"], face_layer=1, out=str(tmp_path / "p"), **TINY),
+            store["path"],
+            log=quiet,
+        )

@@ -47,7 +47,8 @@ def vit(folder: Path, layers: int = 3) -> Path:
                     image_size=32, patch_size=8)
     torch.manual_seed(0)
     ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
-    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(folder)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(folder)
     return folder
 
 
