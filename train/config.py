@@ -90,8 +90,8 @@ class TrainConfig:
     """Train on the rows done in every chosen feature set instead of refusing incomplete sets."""
     finetune: str | None = None
     """top: train the backbone's top on a face set cut inside it, with the rest: a ViT's blocks K..L-1 and
-    final norm on the tokens of `fer extract --layer block:K`, ResNet-18's layer4 on layer3 maps (fer.train.tops);
-    layer4: the ResNet-18 case by its name."""
+    final norm on the tokens of `fer extract --layer block:K`, ResNet-18's layer4 on layer3 maps
+    (fer.train.tops); layer4: the ResNet-18 case by its name."""
     lora: int = 0
     """With --finetune top on a ViT: train LoRA adapters of this rank on the top blocks' attention and MLP
     projections instead of all their weights (needs peft); 0: all their weights."""
