@@ -16,7 +16,6 @@ adapted blocks under the model's own key names (LoRA merged in), with the base w
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -204,6 +203,24 @@ def _hf_model(source: str, provenance: Mapping[str, Any], seed: int) -> nn.Modul
     return model
 
 
+def _timm_cached(name: str) -> Path | None:
+    """The file of timm's pretrained weights for ``name`` in the HF cache or TORCH_HOME, if it is there."""
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return None
+    if getattr(cfg, "hf_hub_id", None):
+        for n in [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors",
+                                                                                      "pytorch_model.bin"]:
+            f = try_to_load_from_cache(cfg.hf_hub_id, n)
+            if isinstance(f, str) and Path(f).is_file():
+                return Path(f)
+    f = Path(torch.hub.get_dir()) / "checkpoints" / Path(str(getattr(cfg, "url", None) or "-")).name
+    return f if f.is_file() else None
+
+
 def _timm_model(name: str, args: Mapping[str, Any], provenance: Mapping[str, Any]) -> nn.Module:
     import timm
 
@@ -216,17 +233,10 @@ def _timm_model(name: str, args: Mapping[str, Any], provenance: Mapping[str, Any
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return timm.create_model(name, pretrained=False, **kw)
-    if not w or w.lower() == "pretrained":
-        os.environ.setdefault(
-            "HF_HUB_OFFLINE", "1"
-        )  # the cached file the cache was made with, never a download
-        try:
-            return timm.create_model(name, pretrained=True, **kw)
-        except Exception as e:
-            raise FerError(
-                f"timm:{name} pretrained weights are not cached here ({type(e).__name__}): run "
-                f"`fer weights fetch --backbone timm:{name}` where there is internet"
-            ) from None
+    if not w or w.lower() == "pretrained":  # the cached file the cache was made with, never a download
+        file = _timm_cached(name)
+        _check_sha(file, sha, f"timm:{name} pretrained")
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(file)}, **kw)
     path = Path(w).expanduser()
     _check_sha(path, sha, str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
