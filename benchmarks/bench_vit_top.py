@@ -53,7 +53,8 @@ from fer.train.tops import build_top, trainable_parameters
 HEAD = {"layers": 1, "heads": 2, "ff": 256, "hidden": 128}
 
 
-def save_vit(folder: Path, width: int, heads: int, layers: int, image: int, patch: int, init: float = 0.02) -> Path:
+def save_vit(folder: Path, width: int, heads: int, layers: int, image: int, patch: int,
+             init: float = 0.02) -> Path:
     """An HF ViT with random weights (normal, std ``init``) and its image processor, saved as a user saves
     theirs."""
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
@@ -186,7 +187,8 @@ def step_bench(args, work: Path) -> list[str]:
 def synth_table(args, work: Path) -> list[str]:
     root, store = work / "synth", work / "c.zarr"
     synthesize(root, clips=200, seed=0, workers=1)
-    vit = save_vit(work / "vit-c", args.synth_width, 4, 4, args.synth_image, args.synth_patch, args.synth_init)
+    vit = save_vit(work / "vit-c", args.synth_width, 4, 4, args.synth_image, args.synth_patch,
+                   args.synth_init)
     specs = {layer: extract(root, store, vit, layer, 16)[0] for layer in ("pool", "all", "block:-2")}
     common = {
         "folds": (1,),
