@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from fer import __version__
 from fer.cache.errors import FerError
@@ -39,6 +40,21 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
 ) -> None:
     pass
+
+
+class FamiliesInHelp(TyperCommand):
+    """A command whose option help may say ``{families}`` (or ``{fetchable families}``): the backbone
+    families of fer.extract.backbones.families, filled in when the help is shown (the table imports torch,
+    which `fer` does not at start-up, so bad arguments come back fast)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from fer.extract.backbones.families import backbone_help
+
+        for p in self.params:
+            if isinstance(getattr(p, "help", None), str) and "families}" in p.help:
+                p.help = p.help.replace("{fetchable families}", backbone_help(fetchable=True)).replace(
+                    "{families}", backbone_help())
+        super().format_help(ctx, formatter)
 
 
 # ---------------------------------------------------------------- data
@@ -121,7 +137,7 @@ def _parse_frames(text: str) -> Optional[int]:
 
 
 # ---------------------------------------------------------------- extract
-@app.command("extract")
+@app.command("extract", cls=FamiliesInHelp)
 def extract_cmd(
     root: Path = typer.Argument(..., help=ROOT_HELP),
     modality: str = typer.Option(..., "--modality", "-m", help="face | pose | audio."),
@@ -134,11 +150,7 @@ def extract_cmd(
     ),
     fmt: Optional[str] = typer.Option(None, "--format", help="zarr | h5, for the default store name. [default: zarr]"),
     backbone: Optional[str] = typer.Option(
-        None, "--backbone", "-b",
-        help="face: resnet18 (default) | any torchvision classification model (convnext_tiny, vit_b_16 ...) | "
-        "hf:<model id or folder> (CLIP, DINOv2, ViT) | timm:<model name>; pose: keypointrcnn | openpifpaf; "
-        "audio: wav2vec2 (default) | mel | hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...).",
-    ),
+        None, "--backbone", "-b", help="{families}"),
     weights: Optional[str] = typer.Option(
         None, "--weights", "-w",
         help="imagenet (face) | coco (pose) | an HF model id or folder (audio) | none (random init, seeded) | "
@@ -246,22 +258,21 @@ def _finish(summary, saved: str) -> None:
 
 
 # ---------------------------------------------------------------- weights
-@weights_app.command("fetch")
+@weights_app.command("fetch", cls=FamiliesInHelp)
 def weights_fetch(
     modality: Optional[str] = typer.Option(
         None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
     ),
     backbone: Optional[list[str]] = typer.Option(
         None, "--backbone", "-b",
-        help="Fetch this backbone instead of the defaults (repeatable): resnet18, any torchvision model name, "
-        "hf:<model id>, timm:<model name>, wav2vec2, keypointrcnn.",
+        help="Fetch this backbone instead of the defaults (repeatable): {fetchable families}",
     ),
 ) -> None:
     """Download every default backbone weight into its normal cache (TORCH_HOME, HF cache), for offline use.
 
     Copy TORCH_HOME (default ~/.cache/torch) and HF_HOME (~/.cache/huggingface) to the offline machine.
     """
-    from fer.extract.backbones.weights import fetch_all
+    from fer.extract.backbones.families import fetch_all
 
     mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
     fetch_all(mods, echo=typer.echo, backbones=[b for b in backbone or [] if b.strip()] or None)

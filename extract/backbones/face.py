@@ -37,7 +37,6 @@ from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
 
-LAYERS = ("pool", "layer3", "layer2")
 MAX_FRAMES = 64
 """Default cap on the frames an all-frame set keeps per clip (``--max-frames``)."""
 FRAME_BATCH = 256
@@ -47,45 +46,33 @@ VIEWS = ("original", "hflip")
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
                         size: int | None = None, seed: int = 0) -> ImageEncoder:
-    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``,
-    ``timm:<name>``; ``layer`` ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut),
-    and ``weights`` may be a `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold
-    (recorded as such)."""
+    """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
+    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``layer``
+    ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut), and ``weights`` may be a
+    `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such)."""
     from fer.extract.backbones import vit_cut
+    from fer.extract.backbones.families import family_of, normalize_backbone
 
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
+    backbone = normalize_backbone(backbone)
+    family = family_of("face", backbone)
+    if layer is not None and family.cuts and family.cut(layer) is None:
+        names = ", ".join(c.name for c in family.cuts)
+        raise FerError(f"unknown --layer {layer!r} for {backbone}; choose from {names}")
     cut = vit_cut.is_cut(layer)
-    own = vit_cut.base_layer(layer) if cut else layer
+    own = vit_cut.base_layer(str(layer)) if cut else layer
+    name = family.model_name(backbone)
     ck = vit_cut.trained_checkpoint(weights)
     base = vit_cut.adapted_base(ck, backbone, str(weights)) if ck is not None else None
     if base is not None:  # a ViT top adapted by `fer train --finetune top`: its base first, then the top
-        seed = int(base.get("seed") or 0)
-        enc = vit_cut.adapt(_family_encoder(backbone, base.get("weights"), own, size, seed), ck, str(weights))
+        enc = family.build(name, base.get("weights"), own, size, int(base.get("seed") or 0))
+        enc = vit_cut.adapt(enc, ck, str(weights))
     else:
-        enc = _family_encoder(backbone, weights, own, size, seed)
+        enc = family.build(name, weights, own, size, seed)
         if ck is not None:
             enc.extra["finetuned_on_fold"] = int(ck["finetuned_on_fold"])
     return vit_cut.cut_encoder(enc, str(layer)) if cut else enc
-
-
-def _family_encoder(backbone: str, weights: str | None, layer: str | None, size: int | None,
-                    seed: int) -> ImageEncoder:
-    if backbone.startswith("hf:"):
-        from fer.extract.backbones.hf import hf_vision_encoder
-
-        return hf_vision_encoder(backbone[3:], weights, layer, size, seed)
-    if backbone.startswith("timm:"):
-        from fer.extract.backbones.timm_models import timm_encoder
-
-        return timm_encoder(backbone[5:], weights, layer, size, seed)
-    if backbone == "resnet18":
-        from fer.extract.backbones.torchvision_models import resnet18_encoder
-
-        return resnet18_encoder(weights, layer, size, seed)
-    from fer.extract.backbones.torchvision_models import torchvision_encoder
-
-    return torchvision_encoder(backbone, weights, layer, size, seed)
 
 
 def parse_frames(frames: int | str) -> int | str:
@@ -127,8 +114,6 @@ class FaceExtractor(Extractor):
         ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision).
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
         ``frame_batch``: images per model forward."""
-        if layer is not None and backbone == "resnet18" and layer not in LAYERS:
-            raise FerError(f"unknown --layer {layer!r} for the face backbone; choose from {', '.join(LAYERS)}")
         frames = parse_frames(frames)
         self.all_frames = frames == "all"
         if not self.all_frames and max_frames is not None:

@@ -21,7 +21,9 @@ from torch import nn
 
 from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
+from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import ImageEncoder, check_layer, slug
+from fer.extract.backbones.vit_cut import VIT_CUTS
 from fer.extract.backbones.weights import offline, random_init
 
 
@@ -132,6 +134,36 @@ def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple
     return model, missing
 
 
+def fetch_hub(model_id: str) -> str:
+    """Download a hub model's configs (model, image processor, feature extractor) and weights in one format
+    into the HF cache; says where. FerError for a local folder (nothing to fetch) or when it cannot."""
+    if Path(model_id).expanduser().exists():
+        raise FerError(f"{model_id} is a local folder: nothing to fetch")
+    if offline():
+        raise FerError(f"cannot fetch {model_id}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine "
+                       "with internet")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        if not any(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(model_id, allow_patterns=["*.json", "*.bin", "*.txt"])
+    except Exception as e:
+        raise FerError(f"could not download {model_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                       "check the network, or copy an HF cache (HF_HOME) from a machine that has it"
+                       ) from None
+    return f"{model_id} (HF cache {folder})"
+
+
+def hub_cached(source: str) -> bool:
+    """Whether ``source`` is a local folder or a hub id whose config is in the HF cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(source).expanduser().is_dir():
+        return True
+    return isinstance(try_to_load_from_cache(source, "config.json"), str)
+
+
 # ---------------------------------------------------------------- vision
 CLIP_TYPES = ("clip", "clip_vision_model")
 POOLER_TYPES = CLIP_TYPES + ("dinov2", "siglip", "siglip_vision_model")
@@ -205,7 +237,8 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     cfg = load_config(source, backbone_arg)
     mtype = str(cfg.model_type)
     is_clip = mtype in CLIP_TYPES
-    layer = check_layer(layer, ("pool", "proj") if is_clip else ("pool",), f"{backbone_arg} ({mtype})")
+    cuts = [c.name for c in HF_VISION.cuts[:2]]  # the model's own outputs; block:K and all: vit_cut cuts it
+    layer = check_layer(layer, cuts if is_clip else cuts[:1], f"{backbone_arg} ({mtype})")
     cls = (CLIPVisionModelWithProjection if layer == "proj" else CLIPVisionModel) if is_clip else AutoModel
     w = (weights or "").strip().lower()
     if w and w != "none":
@@ -258,6 +291,18 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
         weights=ident, tag=tag, size=size, out_shape=(width,), layer=layer,
         preprocessing=_describe_processor(processor, overrides), output=output, extra=extra,
     )
+
+
+HF_VISION = Family(
+    name="hf-vision", modalities=("face",), pattern="hf:*",
+    help="hf:<model id or folder> (CLIP, DINOv2, ViT)",
+    build=hf_vision_encoder, spec="face.hf-<model type>.<hub name | folder-sha8>.<layer>.<size>.<frames>f",
+    fetch=fetch_hub, cached=hub_cached, folders=True,
+    cuts=(Cut("pool", "pooled embedding (CLS token, or the model's normalised pooler output)"),
+          Cut("proj", "CLIP models only: the projected image embedding (image_embeds)"), *VIT_CUTS),
+    top="the model's own output; its image processor's preprocessing",
+)
+"""Hugging Face vision encoders, ``hf:<hub id or folder saved with save_pretrained>``."""
 
 
 # ---------------------------------------------------------------- speech

@@ -1,4 +1,5 @@
-"""Modality + backend name -> Extractor, for the CLI. Pose and audio backends import lazily."""
+"""Modality + backend name -> Extractor, for the CLI: the modality's option checks, then the family table
+(fer.extract.backbones.families, imported when an extractor is built) builds it."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from fer.cache.errors import FerError
 if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
     import torch
 
+    from fer.extract.backbones.family import Family
     from fer.extract.extractor import Extractor
 
-DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2vec2"}
-"""Backbone used when ``--backbone`` is not given."""
+def _family(modality: str, backend: str) -> Family:
+    from fer.extract.backbones.families import family_of
+
+    return family_of(modality, backend)
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
@@ -24,23 +28,14 @@ def _face(backend: str, weights: str | None, device: torch.device, layer: str | 
                          backbone=backend, precision=precision, max_frames=max_frames, flip=flip)
 
 
-def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
-          layer: str | None = None, **kw: Any) -> Extractor:
+def _pose(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
+          **kw: Any) -> Extractor:
     if layer:
         raise FerError("--layer applies to the face modality only")
-    try:
-        from fer.extract.backbones.pose import make_pose_extractor
-    except ImportError as e:
-        raise FerError(f"the pose backends are not available ({e})") from None
-    size = kw.pop("size", None)
-    if size and backend == "keypointrcnn":  # the detector's short side; long side keeps torchvision's 800:1333
-        kw.setdefault("min_size", size)
-        kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
-    if backend != "keypointrcnn":
-        kw.pop("seed", None)  # only the torchvision model has a random init
     if (kw.pop("precision", None) or "auto") not in ("auto", "fp32"):
         raise FerError("the pose backends run in fp32 only; leave --precision out")
-    return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
+    family = _family("pose", backend)
+    return family.build(family.model_name(backend), weights, device, **kw)
 
 
 def _audio(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
@@ -51,18 +46,11 @@ def _audio(backend: str, weights: str | None, device: torch.device, layer: str |
     if unused:
         raise FerError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to face and pose only; "
                        "the audio backends take each clip's sound as it is: leave it out")
-    try:
-        from fer.extract.backbones.audio import make_audio_extractor
-    except ImportError as e:
-        raise FerError(f"the audio backends are not available ({e})") from None
-    if backend == "mel":
-        kw.pop("seed", None)  # mel has no weights
-    return make_audio_extractor(backend, weights, device, **kw)
+    family = _family("audio", backend)
+    return family.build(family.model_name(backend), weights, device, **kw)
 
 
 FACTORIES: dict[str, Callable[..., Extractor]] = {"face": _face, "pose": _pose, "audio": _audio}
-
-AUDIO_BACKBONES = ("wav2vec2", "mel", "hf:<speech model id or folder>")
 
 
 def _absolute(value: str | None) -> str | None:
@@ -73,17 +61,6 @@ def _absolute(value: str | None) -> str | None:
         return value
     p = Path(value).expanduser()
     return str(p.resolve()) if p.exists() else value
-
-
-def normalize_backbone(backbone: str) -> str:
-    """Lower-case a backbone name, but keep what follows ``hf:``/``timm:`` as written (paths, hub ids)."""
-    b = backbone.strip()
-    prefix, sep, rest = b.partition(":")
-    if sep and prefix.lower() in ("hf", "timm"):
-        if not rest.strip():
-            raise FerError(f"--backbone {backbone!r} names no model after {prefix.lower()}:")
-        return f"{prefix.lower()}:{rest.strip()}"
-    return b.lower()
 
 
 def local_cuda_index(local_rank: str | None, count: int) -> int:
@@ -140,23 +117,23 @@ def make_extractor(
 ) -> Extractor:
     """Build the extractor for ``modality`` (face|pose|audio) and ``backbone`` (default per modality).
 
-    ``backbone``: face ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio
-    ``wav2vec2`` | ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``.
+    ``backbone``: a name of one of the modality's families (fer.extract.backbones.families: face
+    ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio ``wav2vec2`` |
+    ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``).
     Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: $FER_PRECISION or auto by
     default; face only: ``frames="all"``, ``max_frames``, ``flip``) go to the modality's factory.
     """
+    from fer.extract.backbones.families import DEFAULT_BACKBONE, normalize_backbone
+
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
     backend = normalize_backbone(backbone or DEFAULT_BACKBONE[modality])
-    if backend.startswith("hf:"):
-        backend = "hf:" + str(_absolute(backend[3:]))
+    family = _family(modality, backend)  # a name of another modality's family is a one-line error here
+    if family.folders and family.prefix:
+        backend = family.prefix + str(_absolute(family.model_name(backend)))
     weights = _absolute(weights)
     if kw.get("model"):
         kw["model"] = _absolute(kw["model"])
-    if modality == "pose" and backend.startswith(("hf:", "timm:")):
-        raise FerError(f"--backbone {backend} is not a pose backend; choose keypointrcnn or openpifpaf")
-    if modality == "audio" and backend.startswith("timm:"):
-        raise FerError(f"--backbone {backend} is an image model; audio takes {', '.join(AUDIO_BACKBONES)}")
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
     if modality != "face":
         face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
@@ -194,7 +171,7 @@ def resolve_auto_weights(modality: str, backend: str, weights: str | None) -> st
     """``auto``: the pretrained weights when they are in the local cache, else random init, said loudly."""
     if (weights or "").lower() != "auto":
         return weights
-    from fer.extract.backbones.weights import pretrained_available
+    from fer.extract.backbones.families import pretrained_available
 
     found, how_to = pretrained_available(modality, backend)
     if found:

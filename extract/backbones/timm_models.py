@@ -21,9 +21,11 @@ from torch import nn
 
 from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
+from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
     ImageEncoder, check_layer, describe_classification, probe_width, scaled_classification, slug,
 )
+from fer.extract.backbones.vit_cut import VIT_CUTS
 from fer.extract.backbones.weights import hub_checkpoint_dir, load_checked, offline, random_init, read_state_dict
 
 LEFTOVER = ("head.", "decoder", "mask_token")
@@ -37,7 +39,7 @@ def _interpolation(name: str) -> Any:
             "nearest": InterpolationMode.NEAREST}.get(str(name), InterpolationMode.BICUBIC)
 
 
-def _cached_pretrained(cfg: Any) -> Path | None:
+def cached_pretrained(cfg: Any) -> Path | None:
     """The pretrained file of a timm pretrained config in the HF cache or TORCH_HOME, if there."""
     if getattr(cfg, "hf_hub_id", None):
         from huggingface_hub import try_to_load_from_cache
@@ -95,7 +97,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
         raise FerError(f"unknown timm model {name!r}" + (f" (e.g. {', '.join(close)})" if close else ""))
-    check_layer(layer, ("pool",), f"timm:{name}")
+    check_layer(layer, [c.name for c in TIMM.cuts[:1]], f"timm:{name}")  # block:K and all: vit_cut
     kw: dict[str, Any] = {"num_classes": 0}
     if size:
         kw["img_size"] = size
@@ -107,7 +109,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         ident, tag = {"id": f"random, seed {seed}", "sha256": None}, f"none-s{seed}"
     elif not w or w.lower() == "pretrained":
         pcfg = timm.models.get_pretrained_cfg(name)  # without a tag: timm's default tag of the architecture
-        file = _cached_pretrained(pcfg) if pcfg is not None else None
+        file = cached_pretrained(pcfg) if pcfg is not None else None
         if file is None:
             where = getattr(pcfg, "hf_hub_id", None) or getattr(pcfg, "url", None) or "its source"
             if offline() or pcfg is None:
@@ -119,7 +121,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
             except Exception as e:
                 raise FerError(f"could not get timm:{name} pretrained weights from {where} ({type(e).__name__}); "
                                f"run `{fetch}` where there is internet, or pass --weights PATH|none") from None
-            file = _cached_pretrained(pcfg)
+            file = cached_pretrained(pcfg)
         else:
             model = _create(name, kw, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         sha = sha256_file(file) if file else None
@@ -159,3 +161,41 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         preprocessing=f"{describe_classification(preprocess)} (timm pretrained config: crop_pct {crop_pct}, {mode})",
         output="pooled pre-logits feature (num_classes=0)", channels_last=True, extra={"timm": notes} if notes else {},
     )
+
+
+def pretrained_cached(name: str) -> bool:
+    """Whether the pretrained weights timm names for ``name`` are in the HF cache or TORCH_HOME (no
+    download)."""
+    import timm
+
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - an unknown name has nothing cached
+        cfg = None
+    return cfg is not None and cached_pretrained(cfg) is not None
+
+
+def fetch_pretrained(name: str) -> str:
+    """Download timm's pretrained weights of ``name`` into its cache (HF cache / TORCH_HOME); says where."""
+    if offline():
+        raise FerError(f"cannot fetch timm:{name}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine "
+                       "with internet")
+    import timm
+
+    try:
+        timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise FerError(f"could not download timm:{name} weights ({type(e).__name__}: {first}); check the "
+                       "network and the model name") from None
+    return f"timm:{name} (HF cache / TORCH_HOME)"
+
+
+TIMM = Family(
+    name="timm", modalities=("face",), pattern="timm:*", help="timm:<model name>", build=timm_encoder,
+    spec="face.timm-<model>.<weights>.pool.<size>.<frames>f", fetch=fetch_pretrained,
+    cached=pretrained_cached,
+    cuts=(Cut("pool", "pooled pre-logits feature"), *VIT_CUTS),
+    top="the classifier head (num_classes=0), removed; the pretrained config's preprocessing",
+)
+"""timm image models by name, ``timm:<architecture>[.<pretrained tag>]``."""

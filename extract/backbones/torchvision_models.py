@@ -15,12 +15,14 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
+from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
     ImageEncoder, Uint8Normalize, check_layer, describe_classification, probe_width, scaled_classification,
 )
-from fer.extract.backbones.weights import WeightsIdentity, resolve_torchvision
+from fer.extract.backbones.weights import (
+    WeightsIdentity, fetch_torchvision, resolve_torchvision, torchvision_file,
+)
 
-RESNET18_LAYERS = ("pool", "layer3", "layer2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _CHANNELS = {"pool": 512, "layer3": 256, "layer2": 128}
@@ -76,7 +78,7 @@ def build_resnet18(weights: str = "imagenet", seed: int = 0) -> tuple[nn.Module,
 def resnet18_encoder(weights: str | None = None, layer: str | None = None, size: int | None = None,
                      seed: int = 0) -> ImageEncoder:
     """fer's default face encoder: ResNet-18, pooled 512-d or the layer3/layer2 map."""
-    layer = check_layer(layer, RESNET18_LAYERS, "resnet18")
+    layer = check_layer(layer, [c.name for c in RESNET18.cuts], "resnet18")
     size = size or 224
     resnet, ident = build_resnet18(weights or "imagenet", seed)
     if layer == "pool":
@@ -101,6 +103,28 @@ def classification_models() -> list[str]:
     from torchvision.models import list_models
 
     return list_models(module=tvm)
+
+
+def default_weights(name: str) -> Any:
+    """The DEFAULT weights enum value of torchvision classification model ``name`` (FerError for an unknown
+    name)."""
+    if name not in classification_models():
+        raise FerError(f"unknown backbone {name!r}: not a torchvision classification model, nor hf:<id> or "
+                       "timm:<name>")
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(name).DEFAULT
+
+
+def fetch_default(name: str) -> str:
+    """Download (or find in TORCH_HOME) the DEFAULT weights file of model ``name``; returns its path."""
+    return str(fetch_torchvision(default_weights(name), what=f"torchvision {name}",
+                                 fetch_cmd=f"fer weights fetch --backbone {name}"))
+
+
+def default_cached(name: str) -> bool:
+    """Whether the DEFAULT weights file of model ``name`` is in TORCH_HOME's cache."""
+    return torchvision_file(default_weights(name)).is_file()
 
 
 def _builder_kwargs(name: str, enum: Any) -> dict[str, Any]:
@@ -151,7 +175,8 @@ def torchvision_encoder(name: str, weights: str | None = None, layer: str | None
         close = [m for m in models if m.split("_")[0] == name.split("_")[0]][:6] or models[:6]
         raise FerError(f"unknown face backbone {name!r}: not a torchvision classification model (e.g. "
                        f"{', '.join(close)}); use hf:<model> for Hugging Face or timm:<model> for timm models")
-    check_layer(layer, ("pool",), f"{name} (intermediate maps are a resnet18 option)")
+    cuts = [c.name for c in TORCHVISION.cuts]
+    check_layer(layer, cuts, f"{name} (intermediate maps are a resnet18 option)")
     weights_cls = get_model_weights(name)
     default = weights_cls.DEFAULT
     kw = _builder_kwargs(name, default)
@@ -181,3 +206,27 @@ def torchvision_encoder(name: str, weights: str | None = None, layer: str | None
         output=f"pooled feature before the classifier ({heads[-1] if heads else 'head'} removed)",
         channels_last=True,
     )
+
+
+def _resnet18(name: str, weights: str | None, layer: str | None, size: int | None, seed: int) -> ImageEncoder:
+    return resnet18_encoder(weights, layer, size, seed)
+
+
+RESNET18 = Family(
+    name="resnet18", modalities=("face",), pattern="resnet18", help="resnet18", build=_resnet18,
+    spec="face.resnet18.<weights>.<layer>.<size>.<frames>f", fetch=fetch_default, cached=default_cached,
+    cuts=(Cut("pool", "pooled 512-d vector (global average pool after layer4)"),
+          Cut("layer3", "layer3's 256 x S/16 x S/16 map", above="layer4 + global average pool"),
+          Cut("layer2", "layer2's 128 x S/8 x S/8 map", above="layer3 + layer4 + global average pool")),
+    top="fc (the ImageNet classifier), removed; fer's own preprocessing (resize to --size, no crop)",
+)
+"""fer's default face backbone: torchvision's ResNet-18, with its intermediate maps."""
+
+TORCHVISION = Family(
+    name="torchvision", modalities=("face",), pattern="*",
+    help="any torchvision classification model (convnext_tiny, vit_b_16 ...)", build=torchvision_encoder,
+    spec="face.<model>.<weights>.pool.<size>.<frames>f", fetch=fetch_default, cached=default_cached,
+    cuts=(Cut("pool", "pooled feature before the classifier"),),
+    top="the classifier's last layer (the logits), removed; the weights' own transforms()",
+)
+"""Every other name: a classification model of torchvision's registry."""

@@ -22,6 +22,7 @@ from torch import nn
 
 from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
+from fer.extract.backbones.family import Cut
 from fer.extract.backbones.image import ImageEncoder, slug
 from fer.nets.vit import (
     ALL,
@@ -35,8 +36,14 @@ from fer.nets.vit import (
     timm_parts,
 )
 
-FAMILIES = ("hf-vision", "timm")
-"""Image encoder families with blocks to cut."""
+VIT_CUTS = (
+    Cut("block:K", "the tokens entering block K (hidden_states[K], every token), (tokens, D) per frame",
+        above="blocks K..L-1 + final norm and pooling (+ CLIP's projection with block:K:proj): "
+              "fer train --finetune top [--lora R]"),
+    Cut("all", "the pooled feature of the embeddings and after every block, (L + 1, D) per frame",
+        above="fer train --face-layer N|weighted picks one block or mixes them"),
+)
+"""Where the vision transformer families (hf-vision, timm) can be cut besides their own outputs."""
 
 
 def is_cut(layer: str | None) -> bool:

@@ -113,7 +113,7 @@ def test_cut_layers_are_checked():
 
 
 def test_cuts_need_a_vision_transformer(models):
-    with pytest.raises(FerError, match="has no blocks to cut"):
+    with pytest.raises(FerError, match="unknown --layer .block:-2. for mobilenet_v3_small; choose from pool"):
         make_extractor("face", "mobilenet_v3_small", "none", "cpu", layer="block:-2")
     with pytest.raises(FerError, match="proj is not available"):
         _extractor(models, "hf:{dinov2}", None, "block:1:proj")
