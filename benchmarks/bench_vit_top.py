@@ -10,16 +10,16 @@ what it costs.
     store (fp16 tokens), then the same step. Median of --steps steps after a warm-up; the memory each side's
     steps add (VmHWM, reset before each, above the RSS at its start); the end-to-end step's parts timed apart.
 (b) LoRA (rank 8) against the full top, from the cache: step time and trainable parameters.
-(c) The synthetic set (`fer data synth`, 200 clips, DFEW layout, fold 1): a tiny random ViT (112 px, patch 16,
-    4 blocks, width 64, weights drawn with std 0.1) as a frozen pooled feature, --layer all with --face-layer
-    weighted, the top two blocks trained (--finetune top) and LoRA rank 8 on them; test WAR/UAR. Random weights
-    on synthetic faces: these numbers say the paths run and learn, nothing about DFEW.
+(c) The synthetic set (`fer data synth`, 200 clips, DFEW layout, fold 1): a tiny random ViT (112 px, patch
+    16, 4 blocks, width 64, weights drawn with std 0.1) as a frozen pooled feature, --layer all with
+    --face-layer weighted, the top two blocks trained (--finetune top) and LoRA rank 8 on them; test WAR/UAR.
+    Random weights on synthetic faces: these numbers say the paths run and learn, nothing about DFEW.
 
 Prints markdown tables and writes them to benchmarks/results/vit_top.md.
 
 usage: python benchmarks/bench_vit_top.py [--width 384] [--heads 6] [--clips 2] [--frames 8] [--steps 3]
-                                          [--epochs 15] [--synth-image 112] [--synth-patch 16] [--synth-width 64]
-                                          [--synth-init 0.1] [--threads 2] [--only abc]
+                                          [--epochs 15] [--synth-image 112] [--synth-patch 16]
+                                          [--synth-width 64] [--synth-init 0.1] [--threads 2] [--only abc]
                                           [--out benchmarks/results/vit_top.md]
 """
 
