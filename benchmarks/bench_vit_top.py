@@ -143,8 +143,9 @@ def step_bench(args, work: Path) -> list[str]:
         step(tokens.view(args.clips, args.frames, *tokens.shape[1:]))
 
     def growth(fn) -> tuple[float, int]:
-        """(median seconds, peak RSS above the RSS before the timed steps): the memory a step itself takes, once
-        both sides have run (the optimizer's state and the allocator's pools exist before either is measured)."""
+        """(median seconds, peak RSS above the RSS before the timed steps): the memory a step itself takes,
+        once both sides have run (the optimizer's state and the allocator's pools exist before either is
+        measured)."""
         fn()
         reset_peak()
         base = rss_now()
