@@ -112,10 +112,15 @@ class Parts:
     def native_key(self, key: str) -> str:
         """A key of a top (``blocks.<i>....`` with i the model's own index, ``tail.norm....``) as the model
         names it."""
-        for local, native in sorted(self.native.items(), key=lambda kv: -len(kv[0])):
-            if key.startswith(local):
-                return native + key[len(local) :]
-        raise KeyError(key)
+        return native_key(self.native, key)
+
+
+def native_key(native: dict[str, str], key: str) -> str:
+    """``key`` with its longest top-local prefix in ``native`` replaced by the model's own."""
+    for local, own in sorted(native.items(), key=lambda kv: -len(kv[0])):
+        if key.startswith(local):
+            return own + key[len(local) :]
+    raise KeyError(key)
 
 
 def _prefixed(root: nn.Module, module: nn.Module, what: str) -> str:
@@ -199,7 +204,7 @@ class VitTop(nn.Module):
     pooled.
 
     Untrained, it gives exactly what the whole model gives on the frames. Its keys (``blocks.<i>.`` with i the
-    model's own block index, ``tail....``) map to the model's own names through ``parts.native_key``.
+    model's own block index, ``tail....``) map to the model's own names through ``native_key``.
     """
 
     def __init__(self, parts: Parts, k: int):
@@ -207,7 +212,7 @@ class VitTop(nn.Module):
         self.k, self.depth, self.layout = k, parts.depth, parts.layout
         self.blocks = nn.ModuleDict({str(i): parts.blocks[i] for i in range(k, parts.depth)})
         self.tail = parts.tail
-        self._native = parts.native_key
+        self.native = dict(parts.native)  # not the parts: they hold the bottom's blocks, the top keeps none
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for block in self.blocks.values():
@@ -217,7 +222,11 @@ class VitTop(nn.Module):
     def native_state(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """``state`` (default: this top's own) with the model's own key names."""
         state = self.state_dict() if state is None else state
-        return {self._native(k): v for k, v in state.items()}
+        return {self.native_key(k): v for k, v in state.items()}
+
+    def native_key(self, key: str) -> str:
+        """One of this top's keys as the model names it."""
+        return native_key(self.native, key)
 
 
 def run_block(block: nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -116,7 +116,7 @@ def test_lora_trains_adapters_only_and_exports_them_merged(store, tmp_path):
     model = FerModel(cfg, {"face": _set_md(store)}, num_classes=7, top=lora)
     model.load_state_dict(ck["model"])
     tokens, _ = _set(store, "block:-2")
-    full.vit.load_state_dict({k: ck["backbone"][full.vit._native(k)] for k in full.vit.state_dict()})
+    full.vit.load_state_dict({k: ck["backbone"][full.vit.native_key(k)] for k in full.vit.state_dict()})
     with torch.no_grad():
         assert torch.allclose(model.top.eval()(tokens[:2, 0]), full.eval()(tokens[:2, 0]), atol=1e-5)
 
@@ -180,7 +180,7 @@ def test_adapted_backbone_extracts_and_the_guard_holds(store, tmp_path):
     tokens, tprov = _set(store, "block:-2")
     ck = torch.load(ck_path, weights_only=True)
     top = build_top("top", tprov, log=quiet)
-    top.vit.load_state_dict({k: ck["backbone"][top.vit._native(k)] for k in top.vit.state_dict()})
+    top.vit.load_state_dict({k: ck["backbone"][top.vit.native_key(k)] for k in top.vit.state_dict()})
     with torch.no_grad():
         want = top.eval()(tokens.flatten(0, 1))
     assert (
