@@ -7,8 +7,8 @@ what it costs.
     AdamW, KL loss). End to end: decode the clips' face JPEGs and resize them (the extractor's own load), the
     model's preprocessing, the frozen bottom (blocks 0..L-3) forward without gradients (generous: no autograd
     graph for the part that does not train), then the step. From the cache: the batch's rows read from the
-    store (fp16 tokens), then the same step. Median of --steps steps after a warm-up; the memory a step
-    adds (VmHWM reset after both sides ran once, above the RSS then); the end-to-end step's parts timed apart.
+    store (fp16 tokens), then the same step. Median of --steps steps after a warm-up; each side runs in
+    a process of its own, whose peak RSS (VmHWM) is reported; the end-to-end step's parts are timed apart.
 (b) LoRA (rank 8) against the full top, from the cache: step time and trainable parameters.
 (c) The synthetic set (`fer data synth`, 200 clips, DFEW layout, fold 1): a tiny random ViT (112 px, patch
     16, 4 blocks, width 64, weights drawn with std 0.1) as a frozen pooled feature, --layer all with
@@ -30,6 +30,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,7 +49,7 @@ from fer.train.features import ModalityData
 from fer.train.fit import make_optimizer
 from fer.train.losses import make_loss
 from fer.train.model import FerModel
-from fer.train.resources import peak_rss, reset_peak, rss_now
+from fer.train.resources import peak_rss
 from fer.train.run import train_run
 from fer.train.tops import build_top, trainable_parameters
 
@@ -93,105 +95,97 @@ def median_time(fn, steps: int) -> float:
 
 # ------------------------------------------------------------------ (a) and (b)
 def step_bench(args, work: Path) -> list[str]:
+    """Set up once (synthetic clips, the saved ViT, its block L-2 cache), then time each side in a fresh
+    process of its own, so each side's peak memory is its own."""
     root, store = work / "data", work / "a.zarr"
     synthesize(root, clips=max(args.clips, 7), seed=0, workers=1)
-    vit = save_vit(work / "vit-a", args.width, args.heads, 12, 224, 16)
-    spec, ex = extract(root, store, vit, "block:-2", args.frames)
-    with open_store(store, "r") as s:
-        prov = dict(s.set_attrs(spec))
-    records = load_dataset(root).records[: args.clips]
-    rows = np.arange(args.clips)
-    mask = torch.ones(args.clips, args.frames, dtype=torch.bool)
-    votes = torch.zeros(args.clips, 7)
-    votes[:, 0] = 1.0
-    loss_fn = make_loss(
-        "kl", train_labels=np.zeros(args.clips, dtype=np.int64), num_classes=7, device=torch.device("cpu")
-    )
-
-    def trainer(lora: int):
-        cfg = TrainConfig(face=spec, finetune="top", lora=lora, batch_size=args.clips, **HEAD)
-        top = build_top("top", prov, lora=lora, log=lambda _: None)
-        zero = ModalityData(
-            spec,
-            torch.zeros(1, args.frames, prov["cut"]["tokens"], prov["cut"]["width"]),
-            torch.ones(1, args.frames, dtype=torch.bool),
-            prov,
-        )
-        model = FerModel(cfg, {"face": zero}, num_classes=7, top=top).train()
-        opt = make_optimizer(cfg, model)
-
-        def step(tokens: torch.Tensor) -> None:
-            loss = loss_fn(
-                model({"face": tokens, "face_mask": mask}), votes, torch.zeros(args.clips, dtype=torch.long)
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return model, step
-
-    _, step = trainer(0)
-    store_h = open_store(store, "r")
-
-    def from_cache() -> None:
-        step(torch.from_numpy(np.asarray(store_h.read(spec, rows=rows).data)).float())
-
-    def end_to_end() -> None:
-        frames = torch.cat([ex.load(r)[0] for r in records])  # decode + resize, as the extractor does
-        with torch.no_grad():
-            tokens = ex.model(ex.preprocess(frames.permute(0, 3, 1, 2)))
-        step(tokens.view(args.clips, args.frames, *tokens.shape[1:]))
-
-    def growth(fn) -> tuple[float, int]:
-        """(median seconds, peak RSS above the RSS before the timed steps): the memory a step itself takes,
-        once both sides have run (the optimizer's state and the allocator's pools exist before either is
-        measured)."""
-        fn()
-        reset_peak()
-        base = rss_now()
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), peak_rss() - base
-
-    from_cache()
-    end_to_end()
-
-    t_cache, m_cache = growth(from_cache)
-    t_e2e, m_e2e = growth(end_to_end)
-    frames = torch.cat([ex.load(r)[0] for r in records])
-    t_decode = median_time(lambda: torch.cat([ex.load(r)[0] for r in records]), args.steps)
-    with torch.no_grad():
-        t_bottom = median_time(lambda: ex.model(ex.preprocess(frames.permute(0, 3, 1, 2))), args.steps)
-    lora_model, lora_step = trainer(8)
-    full_params = trainable_parameters(trainer(0)[0].top)
-    t_lora = median_time(
-        lambda: lora_step(torch.from_numpy(np.asarray(store_h.read(spec, rows=rows).data)).float()),
-        args.steps,
-    )
-    store_h.close()
-    n_lora = trainable_parameters(lora_model.top)
+    save_vit(work / "vit-a", args.width, args.heads, 12, 224, 16)
+    extract(root, store, work / "vit-a", "block:-2", args.frames)
+    out = {}
+    for side in ("cache", "e2e", "lora"):
+        cmd = [sys.executable, __file__, "--side", side, "--work", str(work), "--clips", str(args.clips),
+               "--frames", str(args.frames), "--steps", str(args.steps), "--threads", str(args.threads)]
+        p = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        out[side] = json.loads(p.stdout.strip().splitlines()[-1])
+    c, e, lo = out["cache"], out["e2e"], out["lora"]
     images = args.clips * args.frames
     target = 0.8 * 12 / 2
+    mib = 2**20
     return [
         "| measure | from the cache | end to end | ratio | target |",
         "|---|---:|---:|---:|---|",
-        f"| (a) one training step, {args.clips} clips x {args.frames} frames = {images} images, "
-        "blocks 10-11 of 12 "
-        f"trained | {t_cache:.2f} s | {t_e2e:.2f} s | **{t_e2e / t_cache:.1f}x** faster | "
+        f"| (a) one training step, {args.clips} clips x {args.frames} frames = {images} images, blocks 10-11 "
+        f"of 12 trained | {c['step']:.2f} s | {e['step']:.2f} s | **{e['step'] / c['step']:.1f}x** faster | "
         f">= {target:.1f}x (0.8 x L/2) |",
-        f"| (a) of the end-to-end step: decode + resize {t_decode:.2f} s, preprocessing + frozen blocks 0-9 "
-        f"{t_bottom:.2f} s | | | | |",
-        f"| (a) peak memory a step adds (RSS above the RSS before the steps) | {m_cache / 2**20:.0f} MiB | "
-        f"{m_e2e / 2**20:.0f} MiB | {m_e2e / max(m_cache, 1):.2f}x | |",
-        f"| (b) step from the cache: LoRA rank 8 vs all weights of the top | {t_lora:.2f} s | "
-        f"{t_cache:.2f} s | "
-        f"{t_cache / t_lora:.2f}x | |",
-        f"| (b) trainable parameters of the top: LoRA rank 8 vs all weights | "
-        f"{n_lora:,} | {full_params:,} | {full_params / n_lora:.0f}x fewer | |",
+        f"| (a) parts of the end-to-end step: decode + resize {e['decode']:.2f} s; preprocessing + frozen "
+        f"blocks 0-9 {e['bottom']:.2f} s | | | | |",
+        f"| (a) peak RSS of the process (its own: one side per process) | {c['peak'] / mib:.0f} MiB | "
+        f"{e['peak'] / mib:.0f} MiB | {e['peak'] / c['peak']:.2f}x | |",
+        f"| (b) step from the cache: LoRA rank 8 vs all weights of the top | {lo['step']:.2f} s | "
+        f"{c['step']:.2f} s | {c['step'] / lo['step']:.2f}x | |",
+        f"| (b) trainable parameters of the top: LoRA rank 8 vs all weights | {lo['params']:,} | "
+        f"{c['params']:,} | {c['params'] / lo['params']:.0f}x fewer | |",
     ]
+
+
+def one_side(args) -> dict:
+    """One side of (a)/(b) in this process: the median step and this process's peak RSS."""
+    work = Path(args.work)
+    root, store, vit = work / "data", work / "a.zarr", work / "vit-a"
+    with open_store(store, "r") as s:
+        spec = next(x for x in s.specs() if ".block" in x)
+        prov = dict(s.set_attrs(spec))
+        tokens = torch.from_numpy(np.asarray(s.read(spec, rows=np.arange(args.clips)).data))
+    records = load_dataset(root).records[: args.clips]
+    lora = 8 if args.side == "lora" else 0
+    cfg = TrainConfig(face=spec, finetune="top", lora=lora, batch_size=args.clips, **HEAD)
+    top = build_top("top", prov, lora=lora, log=lambda _: None)
+    present = torch.ones(1, args.frames, dtype=torch.bool)
+    zero = ModalityData(spec, torch.zeros(1, *tokens.shape[1:]), present, prov)
+    model = FerModel(cfg, {"face": zero}, num_classes=7, top=top).train()
+    opt = make_optimizer(cfg, model)
+    mask = torch.ones(args.clips, args.frames, dtype=torch.bool)
+    votes = torch.zeros(args.clips, 7)
+    votes[:, 0] = 1.0
+    labels = torch.zeros(args.clips, dtype=torch.long)
+    loss_fn = make_loss("kl", train_labels=np.zeros(args.clips, dtype=np.int64), num_classes=7,
+                        device=torch.device("cpu"))
+
+    def step(x: torch.Tensor) -> None:
+        loss = loss_fn(model({"face": x, "face_mask": mask}), votes, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    result: dict = {"params": trainable_parameters(model.top)}
+    if args.side == "e2e":
+        ex = make_extractor("face", f"hf:{vit}", None, "cpu", layer="block:-2", frames=args.frames,
+                            precision="fp32")
+
+        def decode() -> torch.Tensor:
+            return torch.cat([ex.load(r)[0] for r in records])  # decode + resize, as the extractor does
+
+        def bottom(frames: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return ex.model(ex.preprocess(frames.permute(0, 3, 1, 2)))
+
+        def run() -> None:
+            step(bottom(decode()).view(args.clips, args.frames, *tokens.shape[2:]))
+
+        frames = decode()
+        result["decode"] = median_time(decode, args.steps)
+        result["bottom"] = median_time(lambda: bottom(frames), args.steps)
+    else:
+        with open_store(store, "r") as s:
+
+            def run() -> None:
+                step(torch.from_numpy(np.asarray(s.read(spec, rows=np.arange(args.clips)).data)).float())
+
+            result["step"] = median_time(run, args.steps)
+    if "step" not in result:
+        result["step"] = median_time(run, args.steps)
+    result["peak"] = peak_rss()
+    return result
 
 
 # ------------------------------------------------------------------ (c)
@@ -257,8 +251,13 @@ def main() -> None:
     ap.add_argument("--synth-init", type=float, default=0.1)
     ap.add_argument("--only", default="abc")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "vit_top.md"))
+    ap.add_argument("--side", choices=("cache", "e2e", "lora"), help=argparse.SUPPRESS)  # one side of (a)/(b)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.side:
+        print(json.dumps(one_side(args)))
+        return
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     text = [
         "# ViT top from the cache (`--layer block:K`, `--finetune top`)\n",
