@@ -157,6 +157,13 @@ def extract_cmd(
         "auto (pretrained when in the local cache, else random, with a warning) | "
         "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
     ),
+    transforms: Optional[str] = typer.Option(
+        None, "--transforms",
+        help="face: whose preprocessing to use when --weights PATH does not say: a torchvision weights entry "
+        "(IMAGENET1K_V1), a timm pretrained tag (mae), an HF model id or folder with an image processor. "
+        "[default: the entry whose hash the file's sha256 starts with, else the default entry, said in a "
+        "note]",
+    ),
     layer: Optional[str] = typer.Option(
         None, "--layer", help="face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | "
         "layer3 | layer2 (resnet18 feature maps, for --finetune layer4) | block:K (a ViT's tokens entering "
@@ -171,8 +178,9 @@ def extract_cmd(
     precision: Optional[str] = typer.Option(
         None, "--precision",
         help="fp32 | bf16 | fp16 | auto: bf16 autocast on GPUs with native bf16 (else fp16), and on CPUs with "
-        "native bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 "
-        "to the spec. [default: $FER_PRECISION, else auto]",
+        "native bf16 for the backbones measured faster and faithful in it; else fp32. auto then checks its "
+        "choice on the first batch: fp32 when the features drift (cosine < 0.999) or it is slower. Any "
+        "autocast adds .bf16/.fp16 to the spec. [default: $FER_PRECISION, else auto]",
     ),
     frames: Optional[str] = typer.Option(
         None, "--frames",
@@ -234,7 +242,10 @@ def extract_cmd(
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
     n_frames = None if frames is None else (_parse_frames(frames) or "all")
     extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=n_frames, seed=seed,
-                               precision=precision, max_frames=max_frames, flip=flip or None)
+                               precision=precision, max_frames=max_frames, flip=flip or None,
+                               transforms=transforms)
+    # `--precision auto` checks its guess on the first batch of clips before the spec (which names it) is used
+    extractor.settle_precision(dataset.records, clips=batch_size, started=_store_specs(store_path))
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,
@@ -245,6 +256,18 @@ def extract_cmd(
         chunk_bytes=int(chunk_mb * 1e6) if chunk_mb else None,
     )
     _finish(summary, "rows")
+
+
+def _store_specs(store: str) -> list[str]:
+    """The feature sets a store already holds (none when it is not there yet, or cannot be read: the run
+    says why)."""
+    from fer.cache.store import open_store
+
+    try:
+        with open_store(store, "r") as s:
+            return s.specs()
+    except Exception:  # noqa: BLE001 - not there yet, or damaged: the run reports it properly
+        return []
 
 
 def _finish(summary, saved: str) -> None:
@@ -341,11 +364,16 @@ def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or folders holding runs, e.g. a sweep's --out)."),
     markdown: bool = typer.Option(False, "--markdown", "-m", help="Print a markdown table instead of a plain one."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table to this file."),
+    best: bool = typer.Option(False, "--best", help="Name the best run by its validation score (never by "
+                              "test); runs without validation clips (--protocol literature) are not ranked."),
+    metric: str = typer.Option("uar", "--metric", help="Validation score that sorts the runs and names the "
+                               "best: uar, war or loss."),
 ) -> None:
-    """Compare runs side by side: WAR and UAR mean ± std over folds (the paper's Table 1, from runs)."""
+    """Compare runs side by side: test WAR and UAR, and validation WAR and UAR, mean ± std over folds (the
+    paper's Table 1, from runs), sorted by validation."""
     from fer.train.report import report
 
-    text = report(runs, markdown=markdown)
+    text = report(runs, markdown=markdown, best=best, metric=metric.strip().lower())
     typer.echo(text, nl=False)
     if out is not None:
         try:

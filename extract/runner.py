@@ -33,6 +33,7 @@ from fer.cache.backends import local_path
 from fer.cache.errors import FerEnvError, FerError, env_faults
 from fer.cache.layout import one_line as _one_line
 from fer.extract.extractor import ClipError, Extractor
+from fer.extract.datasets.common import vote_conflicts
 from fer.extract.datasets.records import ClipRecord, Dataset
 
 MAX_PENDING_WRITES = 3
@@ -448,7 +449,9 @@ def run_extraction(
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
             class_names=dataset.class_names, fold_names=dataset.fold_names, layout=dataset.kind,
             description=f"{dataset.kind} dataset at {dataset.root}",
-            attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol},
+            attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol,
+                   "votes_vs_label": vote_conflicts(dataset.votes(), dataset.official())},
+            labels=dataset.official(),
         )
         try:
             writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=(k, n), chunk_bytes=chunk_bytes)
@@ -493,7 +496,8 @@ def _finished(dataset: Dataset, spec: str, row_shape: tuple, store_path: str | P
     except Exception:  # noqa: BLE001 - any doubt: take the normal path, which reports it properly
         return None
     with st:
-        differs = st.index_mismatch(dataset.ids, dataset.votes(), dataset.folds(), dataset.class_names)
+        differs = st.index_mismatch(dataset.ids, dataset.votes(), dataset.folds(), dataset.class_names,
+                                    dataset.official())
         if differs:
             raise FerError(differs)  # said now, before a lock file is made beside another dataset's store
         try:

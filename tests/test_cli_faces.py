@@ -13,7 +13,7 @@ import pytest
 from fer.cache import open_store
 from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL
 from fer.extract.frames import list_frames
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 from fer.tests.cli import ENV, fer
 
 

@@ -2,17 +2,21 @@
 
 The "many ablations on one cache" workflow: every grid point is a normal run folder under
 out_dir, named from the settings that vary. A point whose metrics.json exists is skipped, so a
-killed sweep resumes where it stopped.
+killed sweep resumes where it stopped. A sweep owns one point's folder at a time (the lock of
+`fer train`), and passes over points another process holds: several sweeps started on one grid
+and --out (on one machine, or on several sharing the file system) split the grid between them.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fer.cache.errors import FerError
+from fer.cache.locks import Holder
 from fer.train.config import TrainConfig
 
 Log = Callable[[str], None]
@@ -101,9 +105,11 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
           log: Log = print) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
-    Writes out_dir/<point>/ per point (skipping points already complete), then prints the
-    comparison table and writes it to out_dir/report.md.
+    Writes out_dir/<point>/ per point (skipping points already complete, and points another process
+    is running), then prints the comparison table of the complete points, which names the best point by
+    validation UAR, and writes it to out_dir/report.md.
     """
+    from fer.train.disk import try_run_folder
     from fer.train.features import load_features
     from fer.train.report import report
     from fer.train.run import train_run
@@ -113,6 +119,7 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     todo = [c for c in configs if not is_complete(Path(c.out))]
     done = len(configs) - len(todo)
     log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run)")
+    others: dict[str, Holder] = {}  # points another process holds
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
@@ -132,15 +139,31 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
 
         for i, cfg in enumerate(todo, 1):
             run = Path(cfg.out)
-            started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-            log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started else ""))
-            # a point killed mid-run continues from its finished folds and last checkpoint
-            cfg = replace(cfg, resume=started)
-            train_run(cfg, str(store_path), features=features_for(cfg), log=log)
+            lock = try_run_folder(run)
+            if isinstance(lock, Holder):
+                log(f"sweep: [{i}/{len(todo)}] {run.name} is being run by {lock}: left to it")
+                others[run.name] = lock
+                continue
+            with lock:  # held through train_run, which takes it again
+                if is_complete(run):  # another sweep finished it after this one looked
+                    log(f"sweep: [{i}/{len(todo)}] {run.name} was completed by another process")
+                    continue
+                started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
+                log(f"sweep: [{i}/{len(todo)}] {run.name}" + (" (resuming)" if started else ""))
+                # a point killed mid-run continues from its finished folds and last checkpoint
+                cfg = replace(cfg, resume=started)
+                train_run(cfg, str(store_path), features=features_for(cfg), log=log)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
-    if finished:
-        log(report(finished))
-        (out_dir / "report.md").write_text(report(finished, markdown=True))
+    running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
+    if running:
+        log(f"sweep: {len(finished)} of {len(runs)} points complete; still running in other processes: "
+            + ", ".join(running))
+    if finished:  # the best point named by validation UAR, never by test
+        log(report(finished, best=True, strict=False))
+        # several sweeps may end at once: each writes its own temp file and renames it into place
+        tmp = out_dir / f".report.md.{os.getpid()}.tmp"
+        tmp.write_text(report(finished, markdown=True, best=True, strict=False))
+        os.replace(tmp, out_dir / "report.md")
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs

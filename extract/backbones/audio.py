@@ -14,6 +14,7 @@ mask all False, and a note in the feature set's ``row_info``.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from fer.extract.backbones import precision as prec
 from fer.extract.backbones.family import Family
 from fer.extract.backbones.hf import SPEECH_HINT, fetch_hub, hub_cached
 from fer.extract.backbones.image import slug
+from fer.extract.backbones.precision_check import settle
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_audio
 from fer.extract.datasets.records import ClipRecord
@@ -141,8 +143,13 @@ class SpeechAudio(_AudioBase):
             self.min_samples = self._receptive_field()
         self.max_seconds = float(max_seconds)
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
+
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
 
     def to(self, device: torch.device | str) -> "SpeechAudio":
         self.device = torch.device(device)
@@ -191,7 +198,7 @@ class SpeechAudio(_AudioBase):
             "width": self.width,
             "sample_rate": SAMPLE_RATE,
             "max_seconds": self.max_seconds,
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 "audio demuxed with PyAV (or read with soundfile), downmixed to mono and resampled to 16 kHz by "
                 f"libswresample, cut to the first {self.max_seconds:g} s, {how}"

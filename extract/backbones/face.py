@@ -25,6 +25,7 @@ are scattered into the padded rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
+from fer.extract.backbones.precision_check import settle
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
@@ -45,13 +47,15 @@ VIEWS = ("original", "hflip")
 
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
-                        size: int | None = None, seed: int = 0) -> ImageEncoder:
+                        size: int | None = None, seed: int = 0,
+                        transforms: str | None = None) -> ImageEncoder:
     """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
     ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``layer``
-    ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut), and ``weights`` may be a
-    `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such)."""
+    ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut); ``weights`` may be a
+    `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such);
+    ``transforms`` names whose preprocessing to use, for the families that take it."""
     from fer.extract.backbones import vit_cut
-    from fer.extract.backbones.families import family_of, normalize_backbone
+    from fer.extract.backbones.families import FAMILIES, family_of, normalize_backbone
 
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
@@ -60,16 +64,22 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     if layer is not None and family.cuts and family.cut(layer) is None:
         names = ", ".join(c.name for c in family.cuts)
         raise FerError(f"unknown --layer {layer!r} for {backbone}; choose from {names}")
+    if transforms is not None and family.transforms is None:
+        takes = "; ".join(f"{f.name}: {f.transforms}" for f in FAMILIES
+                          if f.transforms and "face" in f.modalities)
+        raise FerError(f"--transforms does not apply to {backbone}, whose preprocessing is fixed; it applies "
+                       f"to {takes}")
+    more = {} if transforms is None else {"transforms": transforms}
     cut = vit_cut.is_cut(layer)
     own = vit_cut.base_layer(str(layer)) if cut else layer
     name = family.model_name(backbone)
     ck = vit_cut.trained_checkpoint(weights)
     base = vit_cut.adapted_base(ck, backbone, str(weights)) if ck is not None else None
     if base is not None:  # a ViT top adapted by `fer train --finetune top`: its base first, then the top
-        enc = family.build(name, base.get("weights"), own, size, int(base.get("seed") or 0))
+        enc = family.build(name, base.get("weights"), own, size, int(base.get("seed") or 0), **more)
         enc = vit_cut.adapt(enc, ck, str(weights))
     else:
-        enc = family.build(name, weights, own, size, seed)
+        enc = family.build(name, weights, own, size, seed, **more)
         if ck is not None:
             enc.extra["finetuned_on_fold"] = int(ck["finetuned_on_fold"])
     return vit_cut.cut_encoder(enc, str(layer)) if cut else enc
@@ -109,11 +119,13 @@ class FaceExtractor(Extractor):
         max_frames: int | None = None,
         flip: bool = False,
         frame_batch: int = FRAME_BATCH,
+        transforms: str | None = None,
     ):
         """``backbone`` + ``weights``/``layer``/``size``/``seed`` build the encoder (or pass ``encoder``);
         ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision).
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
-        ``frame_batch``: images per model forward."""
+        ``frame_batch``: images per model forward; ``transforms``: whose preprocessing to use (a weights
+        entry, a timm pretrained tag, an HF model), for the families that take it."""
         frames = parse_frames(frames)
         self.all_frames = frames == "all"
         if not self.all_frames and max_frames is not None:
@@ -123,7 +135,7 @@ class FaceExtractor(Extractor):
         if frame_batch < 1:
             raise FerError(f"frame_batch must be >= 1, got {frame_batch}")
         self.max_frames = (max_frames or MAX_FRAMES) if self.all_frames else None
-        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed)
+        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed, transforms)
         self.model = self.encoder.model.eval()
         self.preprocess = self.encoder.preprocess
         self.layer, self.size, self.frames, self.seed = self.encoder.layer, self.encoder.size, frames, seed
@@ -136,6 +148,7 @@ class FaceExtractor(Extractor):
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
                            "--frames 16 (for --finetune layer4|top), or every frame with --layer pool")
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -194,7 +207,7 @@ class FaceExtractor(Extractor):
             **({"max_frames": self.max_frames} if self.all_frames else {}),
             **views,
             "width": e.out_shape[0],
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 f"{frames}, RGB, resized to {e.size}x{e.size} bilinear when needed; then {e.preprocessing}"
             ),
@@ -203,6 +216,10 @@ class FaceExtractor(Extractor):
         }
 
     # ---------------------------------------------------------------- work
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
+
     def to(self, device: torch.device | str) -> "FaceExtractor":
         self.device = torch.device(device)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, self.encoder.family)

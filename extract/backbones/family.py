@@ -16,6 +16,16 @@ from typing import Any, Callable
 WILDCARD = "*"
 
 
+def cut_matches(name: str, layer: str) -> bool:
+    """True when ``--layer layer`` is the cut ``name``; a name ending in ``:K`` stands for every integer K,
+    negative from the end, optionally followed by ``:<variant>`` (``block:3``, ``block:-2`` and
+    ``block:11:proj`` are the cut ``block:K``)."""
+    if name.endswith(":K"):
+        head, _, k = layer.partition(":")
+        return head == name[:-2] and re.fullmatch(r"-?\d+(:[a-z]+)?", k) is not None
+    return layer == name
+
+
 @dataclass(frozen=True)
 class Cut:
     """A place where a family's model can be cut: what ``--layer NAME`` stores, and what lies above it."""
@@ -32,10 +42,7 @@ class Cut:
 
     def matches(self, layer: str) -> bool:
         """True when ``layer`` is this cut (``block:3`` is the cut ``block:K``)."""
-        if self.name.endswith(":K"):
-            head, _, k = layer.partition(":")
-            return head == self.name[:-2] and re.fullmatch(r"-?\d+(:[a-z]+)?", k) is not None
-        return layer == self.name
+        return cut_matches(self.name, layer)
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,10 @@ class Family:
     top: str = ""
     """The model's top as fer takes it: what is removed or what the output is, e.g. ``fc (the ImageNet
     classifier), removed``."""
+    transforms: str | None = None
+    """What ``--transforms`` names for this family (whose preprocessing to use when the weights do not say),
+    e.g. ``an entry of the model's weights enum (IMAGENET1K_V1)``; None: the family takes no ``--transforms``.
+    A family that takes it gets ``transforms=NAME`` as a keyword of ``build`` when one is given."""
     folders: bool = False
     """The name after the prefix may be a local folder (recorded absolute, so ``fer predict`` finds it)."""
 

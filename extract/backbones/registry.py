@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
 
 if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
@@ -12,6 +13,7 @@ if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument e
 
     from fer.extract.backbones.family import Family
     from fer.extract.extractor import Extractor
+
 
 def _family(modality: str, backend: str) -> Family:
     from fer.extract.backbones.families import family_of
@@ -21,11 +23,13 @@ def _family(modality: str, backend: str) -> Family:
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
           size: int | None = None, frames: int | str | None = None, seed: int = 0, precision: str | None = None,
-          max_frames: int | None = None, flip: bool = False, **_: Any) -> Extractor:
+          max_frames: int | None = None, flip: bool = False, transforms: str | None = None,
+          **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
     return FaceExtractor(weights=weights, layer=layer, size=size, frames=frames or 16, device=device, seed=seed,
-                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip)
+                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip,
+                         transforms=transforms)
 
 
 def _pose(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
@@ -63,49 +67,6 @@ def _absolute(value: str | None) -> str | None:
     return str(p.resolve()) if p.exists() else value
 
 
-def local_cuda_index(local_rank: str | None, count: int) -> int:
-    """The GPU of this process: LOCAL_RANK modulo the visible GPUs (0 without LOCAL_RANK). Launchers that show
-    each process only its own GPU (SLURM --gpus-per-task) give every rank one visible device, index 0."""
-    if local_rank is None or local_rank == "":
-        return 0
-    try:
-        rank = int(local_rank)
-    except ValueError:
-        raise FerError(f"LOCAL_RANK={local_rank!r} is not an integer") from None
-    if count < 1:
-        raise FerError("no CUDA GPU is visible; use --device cpu or auto")
-    return rank % count
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun, modulo the visible
-    GPUs), else CPU. A CUDA device is also made the current one (torch.cuda.set_device)."""
-    import os
-
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise FerError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-        try:
-            dev = torch.device(d)
-        except RuntimeError:
-            raise FerError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:N") from None
-        count = torch.cuda.device_count()
-        if dev.index is None:
-            dev = torch.device("cuda", local_cuda_index(os.environ.get("LOCAL_RANK"), count))
-        elif dev.index >= count:
-            raise FerError(f"--device {device} asks for GPU {dev.index} but {count} GPU(s) are visible "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use cuda:0..{count - 1}")
-        # the current device too, so libraries that use "the current device" (and new contexts) land here
-        torch.cuda.set_device(dev)
-        return dev
-    if d != "cpu":
-        raise FerError(f"unknown --device {device!r}; choose auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 def make_extractor(
@@ -132,12 +93,14 @@ def make_extractor(
     if family.folders and family.prefix:
         backend = family.prefix + str(_absolute(family.model_name(backend)))
     weights = _absolute(weights)
-    if kw.get("model"):
-        kw["model"] = _absolute(kw["model"])
+    for key in ("model", "transforms"):  # model folders, recorded absolute
+        if kw.get(key):
+            kw[key] = _absolute(kw[key])
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
     if modality != "face":
         face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
-                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw)) if on]
+                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw),
+                                     ("--transforms", "transforms" in kw)) if on]
         if face_only:
             raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
                            f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
@@ -149,6 +112,9 @@ def make_extractor(
     extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
     if getattr(extractor, "precision", None):
         extractor.build_args["precision"] = extractor.precision
+    transforms = getattr(getattr(extractor, "encoder", None), "transforms", None)
+    if transforms:  # as chosen, so a rebuild preprocesses the same way even where the defaults have changed
+        extractor.build_args["transforms"] = transforms
     if getattr(extractor, "all_frames", False):  # the cap as resolved, so a changed default cannot change a rebuild
         extractor.build_args.update(frames="all", max_frames=extractor.max_frames)
     return extractor

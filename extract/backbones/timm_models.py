@@ -23,10 +23,13 @@ from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
 from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
-    ImageEncoder, check_layer, describe_classification, probe_width, scaled_classification, slug,
+    ImageEncoder, check_layer, describe_classification, notice, probe_width, scaled_classification, slug,
+    with_transforms,
+)
+from fer.extract.backbones.weights import (
+    hashed_tag, hub_checkpoint_dir, load_checked, offline, random_init, read_state_dict,
 )
 from fer.extract.backbones.vit_cut import VIT_CUTS
-from fer.extract.backbones.weights import hub_checkpoint_dir, load_checked, offline, random_init, read_state_dict
 
 LEFTOVER = ("head.", "decoder", "mask_token")
 """Checkpoint keys fer does not need: the classifier, and MAE's pre-training decoder."""
@@ -88,10 +91,11 @@ def _fit_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], notes: dic
 
 
 def timm_encoder(name: str, weights: str | None = None, layer: str | None = None, size: int | None = None,
-                 seed: int = 0) -> ImageEncoder:
-    """A timm model by name (``vit_base_patch16_224.mae``): pretrained, ``none``, or a state dict PATH."""
+                 seed: int = 0, transforms: str | None = None) -> ImageEncoder:
+    """A timm model by name (``vit_base_patch16_224.mae``): pretrained, ``none``, or a state dict PATH.
+    Preprocessing: the pretrained config of the tag in the name (timm's default tag when the name has none,
+    said in a notice for a PATH), or of the tag ``transforms`` names."""
     import timm
-    from timm.data import resolve_model_data_config
 
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
@@ -103,6 +107,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         kw["img_size"] = size
     w = (weights or "").strip()
     notes: dict[str, Any] = {}
+    file: Path | None = None
     fetch = f"fer weights fetch --backbone timm:{name}"
     if w.lower() == "none":
         model = random_init(lambda: _create(name, kw, pretrained=False), seed)
@@ -128,7 +133,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         ident = {"id": f"timm:{name}" + (f" ({pcfg.hf_hub_id})" if getattr(pcfg, "hf_hub_id", None) else ""), "sha256": sha}
         tag = slug(getattr(pcfg, "tag", None) or "pretrained")
     else:
-        path = Path(w).expanduser()
+        path = file = Path(w).expanduser()
         if not path.is_file():
             raise FerError(f"--weights {w!r} is not a file; timm:{name} takes a state dict PATH, none, or nothing "
                            "(its pretrained weights)")
@@ -141,9 +146,9 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         load_checked(model, state, source=str(path), what=f"timm:{name}")
         sha = sha256_file(path)
         ident = {"id": str(path.resolve()), "sha256": sha}
-        tag = f"{slug(path.stem, 40)}-{sha[:8]}"
+        tag = hashed_tag(slug(path.stem, 40), sha)
     model.eval()
-    data = resolve_model_data_config(model)
+    data, chosen, why = _pretrained_preprocessing(model, name, transforms, file)
     side = int(size or data["input_size"][-1])
     crop_pct = float(data.get("crop_pct") or 1.0)
     mode = data.get("crop_mode") or "center"
@@ -156,11 +161,43 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
     if size and "img_size" in kw:
         notes["img_size"] = side
     return ImageEncoder(
-        backbone=f"timm-{slug(name, 80)}", family="timm", model=model, preprocess=preprocess, weights=ident, tag=tag,
-        size=side, out_shape=out, layer="pool",
-        preprocessing=f"{describe_classification(preprocess)} (timm pretrained config: crop_pct {crop_pct}, {mode})",
-        output="pooled pre-logits feature (num_classes=0)", channels_last=True, extra={"timm": notes} if notes else {},
+        backbone=f"timm-{slug(name, 80)}", family="timm", model=model, preprocess=preprocess, weights=ident,
+        tag=with_transforms(tag, chosen, str(model.pretrained_cfg.get("tag") or "")), size=side,
+        out_shape=out, layer="pool", output="pooled pre-logits feature (num_classes=0)", channels_last=True,
+        preprocessing=f"{describe_classification(preprocess)} (timm pretrained config "
+                      f"{name.split('.')[0]}.{chosen}: crop_pct {crop_pct}, {mode})",
+        extra={**({"timm": notes} if notes else {}), "transforms": {"pretrained_tag": chosen, "chosen": why}},
+        transforms=chosen or None,
     )
+
+
+def _pretrained_preprocessing(model: nn.Module, name: str, transforms: str | None,
+                              file: Path | None) -> tuple[dict[str, Any], str, str]:
+    """(timm data config, the pretrained tag it comes from, why): the model's own pretrained config (the tag
+    in ``name``, else timm's default tag, with a notice when a checkpoint ``file`` was given), or the tag
+    ``transforms`` names."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    arch, own = name.split(".", 1)[0], str(model.pretrained_cfg.get("tag") or "")
+    tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")]
+    if transforms is not None:
+        if transforms not in tags:
+            raise FerError(f"--transforms {transforms} is not a pretrained tag of timm:{arch}; choose from "
+                           f"{', '.join(tags) or 'none: it has no pretrained configs'}")
+        cfg = timm.models.get_pretrained_cfg(f"{arch}.{transforms}").to_dict()
+        why = "named with --transforms" + (f" (the model name alone: {own})" if transforms != own else "")
+        return resolve_model_data_config(model, pretrained_cfg=cfg), transforms, why
+    data = resolve_model_data_config(model)
+    if "." in name:
+        return data, own, "the pretrained config of the tag in the model name"
+    if file is not None and own:
+        notice(f"timm:{name} names no pretrained tag: preprocessing {file.name} with the pretrained config "
+               f"of timm's default tag {arch}.{own} (mean {list(data['mean'])}, crop_pct "
+               f"{data.get('crop_pct')}); "
+               f"name the tag the checkpoint was made with (timm:{arch}.<tag>) or pass --transforms TAG "
+               f"({', '.join(tags)})")
+    return data, own, f"the pretrained config of timm's default tag of {arch}"
 
 
 def pretrained_cached(name: str) -> bool:
@@ -197,5 +234,6 @@ TIMM = Family(
     cached=pretrained_cached,
     cuts=(Cut("pool", "pooled pre-logits feature"), *VIT_CUTS),
     top="the classifier head (num_classes=0), removed; the pretrained config's preprocessing",
+    transforms="a pretrained tag of the architecture whose config preprocesses, e.g. mae",
 )
 """timm image models by name, ``timm:<architecture>[.<pretrained tag>]``."""

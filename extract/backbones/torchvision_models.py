@@ -9,6 +9,7 @@ pooled feature before its classifier (the input of the logits layer).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -17,10 +18,11 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
-    ImageEncoder, Uint8Normalize, check_layer, describe_classification, probe_width, scaled_classification,
+    ImageEncoder, Uint8Normalize, check_layer, describe_classification, notice, probe_width,
+    scaled_classification, with_transforms,
 )
 from fer.extract.backbones.weights import (
-    WeightsIdentity, fetch_torchvision, resolve_torchvision, torchvision_file,
+    WeightsIdentity, fetch_torchvision, name_hash, resolve_torchvision, torchvision_file,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -164,10 +166,66 @@ def drop_head(model: nn.Module, name: str) -> None:
             setattr(model, aux, None)
 
 
+# ---------------------------------------------------------------- which weights entry's transforms
+def recognise(weights_cls: Any, sha256: str) -> Any | None:
+    """The entry of ``weights_cls`` whose file this is: torchvision names each file with the first hex digits
+    of its sha256 (``mobilenet_v2-b0353104.pth``), so a file whose real sha256 starts with an entry's hash is
+    that entry's file, whatever it is called now. None when no entry's hash matches."""
+    return next((e for e in weights_cls if (h := url_hash(e)) and sha256.startswith(h)), None)
+
+
+def url_hash(entry: Any) -> str | None:
+    """The hash in the file name of a weights entry's URL (``b0353104``)."""
+    return name_hash(os.path.basename(entry.url))
+
+
+def named_entry(weights_cls: Any, name: str) -> Any:
+    """The entry ``--transforms NAME`` names (any case; ``default``/``imagenet``: DEFAULT); FerError
+    otherwise."""
+    if name.lower() in ("default", "imagenet"):
+        return weights_cls.DEFAULT
+    entry = next((e for e in weights_cls if e.name.lower() == name.lower()), None)
+    if entry is None:
+        raise FerError(f"--transforms {name} is not an entry of {weights_cls.__name__}; choose from "
+                       f"{', '.join(e.name for e in weights_cls)}")
+    return entry
+
+
+def _resize_crop(entry: Any) -> str:
+    t = entry.transforms()
+    return f"resize {list(t.resize_size)[0]}, crop {list(t.crop_size)[0]}"
+
+
+def own_entry(weights_cls: Any, ident: WeightsIdentity) -> tuple[Any, str, str | None]:
+    """(the entry whose transforms fit these weights, why, a notice for the user or None): a loaded entry's
+    own; a file recognised by its sha256 (``recognise``) that entry's; random init or an unrecognised file
+    the DEFAULT entry's, the latter with a notice naming them and ``--transforms``."""
+    cls = weights_cls.__name__
+    if ident.id.startswith("torchvision:"):
+        return weights_cls[ident.id.rsplit(".", 1)[1]], "the transforms of the weights entry loaded", None
+    if ident.sha256 is None:
+        return weights_cls.DEFAULT, "the default entry's transforms (random weights)", None
+    entry = recognise(weights_cls, ident.sha256)
+    if entry is not None:
+        return entry, (f"recognised: the file's sha256 starts with {url_hash(entry)}, the hash in the name "
+                       f"of {cls}.{entry.name}'s file"), None
+    default, file = weights_cls.DEFAULT, os.path.basename(ident.id)
+    h = name_hash(file)
+    named = next((e for e in weights_cls if h and url_hash(e) == h), None)
+    like = f"; it is named like {named.name}'s file but its content differs" if named is not None else ""
+    note = (f"{file} is none of torchvision's {cls} files (its sha256 {ident.sha256[:8]} matches none of "
+            f"their hashes{like}): preprocessing with the transforms of {cls}.{default.name} "
+            f"({_resize_crop(default)}); pass --transforms NAME for another entry's "
+            f"({', '.join(e.name for e in weights_cls)})")
+    return default, f"the default entry's transforms: the file is not recognised as one of {cls}'s", note
+
+
 def torchvision_encoder(name: str, weights: str | None = None, layer: str | None = None, size: int | None = None,
-                        seed: int = 0) -> ImageEncoder:
+                        seed: int = 0, transforms: str | None = None) -> ImageEncoder:
     """Any torchvision classification model by name: its weights enum's DEFAULT (``imagenet``), another enum
-    member, ``none`` or a state dict PATH; the weights' own transforms; the pre-logits pooled feature."""
+    member, ``none`` or a state dict PATH; the pre-logits pooled feature. Preprocessing: the transforms of
+    the weights entry loaded, or recognised by a file's sha256 (``own_entry``), or the entry ``transforms``
+    names."""
     from torchvision.models import get_model, get_model_weights
 
     models = classification_models()
@@ -193,18 +251,25 @@ def torchvision_encoder(name: str, weights: str | None = None, layer: str | None
     )
     drop_head(model, heads[-1] if heads else head_name(model, kw["num_classes"]))
     model.eval()
-    native = default.transforms()
+    automatic, why, note = own_entry(weights_cls, ident)
+    entry = automatic if transforms is None else named_entry(weights_cls, transforms)
+    if entry is not automatic:
+        why = f"named with --transforms (the weights alone: {automatic.name})"
+    if note and transforms is None:
+        notice(note)
+    native = entry.transforms()
     size = size or int(native.crop_size[0])
     preprocess = scaled_classification(size, int(native.crop_size[0]), list(native.resize_size), native.mean,
                                        native.std, native.interpolation, bool(native.antialias))
     out = probe_width(model, size, f"torchvision {name}")
     return ImageEncoder(
         backbone=name, family="torchvision", model=model, preprocess=preprocess, weights=ident.as_dict(),
-        tag=ident.tag, size=size, out_shape=out, layer="pool",
-        preprocessing=f"{describe_classification(preprocess)} (the transforms of {type(default).__name__}."
-                      f"{default.name}{', scaled to the input size' if size != int(native.crop_size[0]) else ''})",
+        tag=with_transforms(ident.tag, entry.name, automatic.name), size=size, out_shape=out, layer="pool",
+        preprocessing=f"{describe_classification(preprocess)} (the transforms of {weights_cls.__name__}."
+                      f"{entry.name}{', scaled to the input size' if size != native.crop_size[0] else ''})",
         output=f"pooled feature before the classifier ({heads[-1] if heads else 'head'} removed)",
-        channels_last=True,
+        channels_last=True, transforms=entry.name,
+        extra={"transforms": {"entry": f"{weights_cls.__name__}.{entry.name}", "chosen": why}},
     )
 
 
@@ -228,5 +293,6 @@ TORCHVISION = Family(
     spec="face.<model>.<weights>.pool.<size>.<frames>f", fetch=fetch_default, cached=default_cached,
     cuts=(Cut("pool", "pooled feature before the classifier"),),
     top="the classifier's last layer (the logits), removed; the weights' own transforms()",
+    transforms="an entry of the model's weights enum whose transforms() to use, e.g. IMAGENET1K_V1",
 )
 """Every other name: a classification model of torchvision's registry."""

@@ -91,6 +91,24 @@ def _safe_stem(path: Path) -> str:
     return stem[:40]
 
 
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})(?:\.|$)")
+"""The hash torchvision puts in its weight file names (``mobilenet_v2-b0353104.pth``): the first hex digits of
+the file's sha256, which torch.hub checks when it downloads the file."""
+
+
+def name_hash(name: str) -> str | None:
+    """The sha256 prefix a torchvision-style file name carries (``b0353104``), or None."""
+    m = HASH_IN_NAME.search(name)
+    return m.group(1) if m else None
+
+
+def hashed_tag(stem: str, sha256: str) -> str:
+    """The spec token of a weights file: its stem and the first 8 hex digits of its sha256, said once when the
+    stem already ends with them (``mobilenet_v2-b0353104``, not ``mobilenet_v2-b0353104-b0353104``)."""
+    h = name_hash(stem)
+    return stem if h and stem.endswith(f"-{h}") and sha256.startswith(h) else f"{stem}-{sha256[:8]}"
+
+
 def read_state_dict(path: Path, strip: tuple[str, ...] = ("module.", "backbone.")) -> dict[str, torch.Tensor]:
     """A state dict from a file: a bare state dict, a ``fer train`` checkpoint (``"backbone"``), or
     a common wrapper (``"state_dict"``, ``"model"``); the ``strip`` key prefixes are removed (a detector,
@@ -197,4 +215,4 @@ def resolve_torchvision(
     load_checked(model, state, source=str(path), what=what, optional_missing=optional_missing,
                  discard=discard(model) if discard else ())
     sha = sha256_file(path)
-    return model, WeightsIdentity(str(path.resolve()), sha, f"{_safe_stem(path)}-{sha[:8]}")
+    return model, WeightsIdentity(str(path.resolve()), sha, hashed_tag(_safe_stem(path), sha))

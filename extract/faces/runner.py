@@ -207,7 +207,7 @@ def run_faces(
     pass (default: ``default_batch``). ``threads``: torch threads on the CPU (default: ``cpu_threads``).
     Failed clips (unreadable, no face) are listed in the summary and in ``faces.json``.
     """
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
 
     if not 32 <= size <= 1024:
         raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
@@ -385,7 +385,8 @@ def _manifest_text(dataset: Dataset, out: Path, rows: list[tuple[ClipRecord, dic
     w.writerow(header)
     for rec, info in rows:
         votes = np.asarray(rec.votes, np.float64)
-        label = dataset.class_names[int(votes.argmax())] if votes.sum() > 0 else ""
+        cls = rec.label if rec.label is not None else int(votes.argmax())  # the official label decides a tie
+        label = dataset.class_names[cls] if votes.sum() > 0 or rec.label is not None else ""
         row = [rec.clip_id, str(Path(rec.video).resolve()) if rec.video else "",
                clip_dir(out, rec.clip_id).relative_to(out).as_posix()]
         if with_audio:
