@@ -102,6 +102,10 @@ def run_extraction(
                              workers=workers)
     try:
         todo = plan_todo(summary, writer.owned_rows(), writer.done(), limit)
+        if len(todo) and getattr(extractor, "is_maps", False):  # per-frame arrays: tens of GB for a dataset
+            from fer.extract.store_size import check_room
+
+            check_room(store_path, spec, row_shape, len(todo))
         if len(todo):
             batches = clip_batches(
                 # workers get a model-free loader: never the CUDA model (it is pickled under spawn/forkserver)
