@@ -2,13 +2,17 @@
 
 The "many ablations on one cache" workflow: every grid point is a normal run folder under
 out_dir, named from the settings that vary. A point whose metrics.json exists is skipped, so a
-killed sweep resumes where it stopped. A sweep owns one point's folder at a time (the lock of
-`fer train`), and passes over points another process holds: several sweeps started on one grid
-and --out (on one machine, or on several sharing the file system) split the grid between them.
+killed sweep resumes where it stopped. Points that share an architecture and differ only in what each
+model of a stack holds (fer.train.together.PER_MODEL: --lr, --dropout, --loss, --seed, ...) form one unit
+and train together as one batched model, folds included; the others are units of one point (`--dry-run`
+shows the units). A sweep owns the folders of the unit it trains (the lock of `fer train`), and passes over
+points another process holds: several sweeps started on one grid and --out (on one machine, or on several
+sharing the file system) split the grid between them. ``run_unit`` trains one unit, wherever it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import fields, replace
@@ -18,11 +22,12 @@ from typing import Any, Callable, Sequence
 from fer.cache.errors import FerError
 from fer.cache.locks import Holder
 from fer.train.config import TrainConfig
+from fer.train.together import group_key
 
 Log = Callable[[str], None]
 
 # settings that name the run folder or the store's data, not a training choice
-_NOT_SWEPT = {"out", "resume", "device", "plots"}
+_NOT_SWEPT = {"out", "resume", "device", "plots", "folds_together"}
 
 
 def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -101,24 +106,65 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "metrics.json").is_file()
 
 
+def units(configs: Sequence[TrainConfig]) -> list[list[TrainConfig]]:
+    """The grid points in units of training: points with one group_key train together (in the order of their
+    first point), unless --folds-together 1 or --finetune keeps every model alone."""
+    out: dict[tuple, list[TrainConfig]] = {}
+    for i, cfg in enumerate(configs):
+        alone = cfg.folds_together == 1 or cfg.finetune is not None
+        out.setdefault((i,) if alone else group_key(cfg), []).append(cfg)
+    return list(out.values())
+
+
+def describe_units(groups: Sequence[Sequence[TrainConfig]]) -> list[str]:
+    """One line per unit: its points (and that they train together)."""
+    lines = []
+    for i, g in enumerate(groups, 1):
+        names = ", ".join(Path(str(c.out)).name for c in g)
+        lines.append(f"sweep: unit {i}: {names}" + (f" ({len(g)} points trained together)" if len(g) > 1 else ""))
+    return lines
+
+
+def started(cfg: TrainConfig) -> bool:
+    """A point killed mid-run left its config or a checkpoint: it continues from there."""
+    from fer.train.run_folder import started as holds_run
+
+    return holds_run(Path(str(cfg.out)))
+
+
+def run_unit(unit: TrainConfig | Sequence[TrainConfig], store_path: str, features: Any, log: Log = print) -> None:
+    """Train one unit of the sweep (one grid point, or points that train together) on features already loaded;
+    a point killed mid-run continues from its finished folds and last checkpoint."""
+    from fer.train.run import train_runs
+
+    points = [unit] if isinstance(unit, TrainConfig) else list(unit)
+    train_runs([replace(c, resume=started(c)) for c in points], store_path, features=features, log=log)
+
+
 def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
-          log: Log = print) -> list[Path]:
+          log: Log = print, dry_run: bool = False) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete, and points another process
-    is running), then prints the comparison table of the complete points, which names the best point by
-    validation UAR, and writes it to out_dir/report.md.
+    is running), unit by unit (see ``units``), then prints the comparison table of the complete points, which
+    names the best point by validation UAR, and writes it to out_dir/report.md. ``dry_run``: only say which
+    units would train.
     """
     from fer.train.disk import try_run_folder
     from fer.train.features import load_features
     from fer.train.report import report
-    from fer.train.run import train_run
 
     out_dir = Path(out_dir)
     configs = plan(grid, base, out_dir, log=log)
     todo = [c for c in configs if not is_complete(Path(c.out))]
     done = len(configs) - len(todo)
-    log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run)")
+    groups = units(todo)
+    log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run in "
+        f"{len(groups)} unit(s))")
+    for line in describe_units(groups):
+        log(line)
+    if dry_run:
+        return [Path(c.out) for c in configs]
     others: dict[str, Holder] = {}  # points another process holds
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,22 +183,26 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
                                             stream=base.stream, log=log)
             return loaded[key]
 
-        for i, cfg in enumerate(todo, 1):
-            run = Path(cfg.out)
-            lock = try_run_folder(run)
-            if isinstance(lock, Holder):
-                log(f"sweep: [{i}/{len(todo)}] {run.name} is being run by {lock}: left to it")
-                others[run.name] = lock
-                continue
-            with lock:  # held through train_run, which takes it again
-                if is_complete(run):  # another sweep finished it after this one looked
-                    log(f"sweep: [{i}/{len(todo)}] {run.name} was completed by another process")
+        for i, group in enumerate(groups, 1):
+            with contextlib.ExitStack() as held:
+                mine = []
+                for cfg in group:
+                    run = Path(cfg.out)
+                    lock = try_run_folder(run)
+                    if isinstance(lock, Holder):
+                        log(f"sweep: [{i}/{len(groups)}] {run.name} is being run by {lock}: left to it")
+                        others[run.name] = lock
+                        continue
+                    held.enter_context(lock)  # held through the training, which takes it again
+                    if is_complete(run):  # another sweep finished it after this one looked
+                        log(f"sweep: [{i}/{len(groups)}] {run.name} was completed by another process")
+                        continue
+                    mine.append(cfg)
+                if not mine:
                     continue
-                started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-                log(f"sweep: [{i}/{len(todo)}] {run.name}" + (" (resuming)" if started else ""))
-                # a point killed mid-run continues from its finished folds and last checkpoint
-                cfg = replace(cfg, resume=started)
-                train_run(cfg, str(store_path), features=features_for(cfg), log=log)
+                names = ", ".join(Path(c.out).name + (" (resuming)" if started(c) else "") for c in mine)
+                log(f"sweep: [{i}/{len(groups)}] {names}")
+                run_unit(mine, str(store_path), features_for(mine[0]), log)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
     running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
