@@ -29,13 +29,13 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.train.batches import EVAL_BATCH, BatchSource, sampling_blocks
 from fer.train.config import TrainConfig
-from fer.train.disk import check_checkpoint_space
+from fer.train.disk import check_checkpoint_space, save_checkpoint
 from fer.train.features import LoadedFeatures
 from fer.train.losses import LossFn, make_loss
 from fer.train.metrics import confusion_matrix, per_class_recall, uar, war
 from fer.train.model import FerModel
 from fer.train.optim import make_optimizer, make_scheduler  # noqa: F401 - the fit loop's optimizer, re-exported
-from fer.train.progress import Progress, cpu_state, save, selected_validation
+from fer.train.progress import Progress, cpu_state, selected_validation
 from fer.train.sampling import epoch_order
 from fer.train.splits import FoldSplit
 from fer.train.stacked import NOISE_SEED, stackable
@@ -166,7 +166,7 @@ class _Fold:
         return self.p.epoch >= self.cfg.epochs
 
     def checkpoint(self, trainee: Any, seconds: float) -> None:
-        save({"fold": self.split.fold, "complete": False, "model": cpu_state(trainee.state(self.i)),
+        save_checkpoint({"fold": self.split.fold, "complete": False, "model": cpu_state(trainee.state(self.i)),
               "optimizer": trainee.optimizer_state(self.i),
               "scheduler": self.sched.state_dict() if self.sched is not None else None,
               "config": self.cfg.to_dict(), "seconds": self.p.seconds_before + seconds,
@@ -360,7 +360,7 @@ def _finish(f: _Fold, trainee: Any, source: BatchSource, features: LoadedFeature
         # it has seen this fold's training clips, so features made with it are only valid for this fold
         final.update(f.m.backbone.export())
         final["finetuned_on_fold"] = split.fold
-    save(final, f.m.checkpoint)
+    save_checkpoint(final, f.m.checkpoint)  # atomic; a full disk leaves no .tmp and ends in one line
     return FoldResult(fold=split.fold, metrics=metrics, ids=features.ids[split.test],
                       probs=probs.astype(np.float32), labels=y_true.astype(np.int64), history=p.history)
 

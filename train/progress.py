@@ -9,7 +9,6 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from fer.train.disk import save_checkpoint
 
 
 def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -19,10 +18,6 @@ def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def clone_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in state.items()}
-
-
-def save(obj: dict[str, Any], path: Any) -> None:
-    save_checkpoint(obj, path)  # atomic; a full disk leaves no .tmp and ends in one line
 
 
 @dataclass

@@ -195,7 +195,7 @@ def _train_in(cfgs: Sequence[TrainConfig], store_path: str | os.PathLike, class_
         log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.row_shape)}" for m, md in features.sets.items()
                                                 if m in cfg.modalities) + f"; device {device}; run folder {where}")
         todo = [(i, fold) for i, f in enumerate(folders) for fold in f.todo()]
-        why = alone_reason(cfg, getattr(source, "concurrent", True))
+        why = alone_reason(cfg, source.concurrent)
         cap = 1 if why else capacity(cfg, source.model_sets, features.num_classes, device)
         groups = chunks(todo, cap)
         name = lambda t: f"{folders[t[0]].prefix}fold {t[1]}"  # noqa: E731

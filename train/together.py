@@ -39,7 +39,7 @@ def alone_reason(cfg: TrainConfig, concurrent: bool) -> str | None:
     if cfg.finetune is not None:
         return f"--finetune {cfg.finetune} trains a backbone top, which is not batched"
     if not concurrent:
-        return "the streamed store is read through its format library (compressed or remote chunks)"
+        return "the features stream from the store, one epoch's reads at a time"
     return None
 
 
