@@ -55,6 +55,7 @@ def run_extraction(
     command: str | None = None,
     chunk_bytes: int | None = None,
     start_method: str | None = None,
+    engine: Any = None,
 ) -> ExtractSummary:
     """Extract every row this shard owns that is not done yet; returns what happened.
 
@@ -62,8 +63,11 @@ def run_extraction(
     ``limit`` caps the rows tried in this call. ``command`` (the command line) goes into provenance.
     ``chunk_bytes`` sets the chunk size when the feature set is created (store default otherwise).
     ``start_method`` starts the decoding workers (default: worker_start_method for the extractor's device).
-    A store inside the dataset folder is refused. When every row this shard owns is already done, the store is
-    only read (no lock file, no write), so a finished set on a read-only store is a no-op.
+    ``engine`` (e.g. fer.extract.ray_engine.RayEngine) decodes and runs the model elsewhere and feeds this
+    run's writing (``engine.extract``); everything else (todo list, skip-finished, failure records, provenance,
+    summary) stays this function's. A store inside the dataset folder is refused. When every row this shard
+    owns is already done, the store is only read (no lock file, no write), so a finished set on a read-only store
+    is a no-op.
     Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
     flush every finished row and return with ``interrupted=True``.
     """
@@ -86,7 +90,10 @@ def run_extraction(
                              workers=workers)
     try:
         todo = plan_todo(summary, writer.owned_rows(), writer.done(), limit)
-        if len(todo):
+        if len(todo) and engine is not None:
+            engine.extract(extractor, dataset, todo, EmbedWork(extractor, writer, todo, summary), summary,
+                           batch_size=batch_size, progress=progress)
+        elif len(todo):
             batches = clip_batches(
                 # workers get a model-free loader: never the CUDA model (it is pickled under spawn/forkserver)
                 extractor.loader() if workers > 0 else extractor, dataset.records, todo,
@@ -95,8 +102,8 @@ def run_extraction(
             )
             work = EmbedWork(extractor, writer, todo, summary)
             run_clip_loop(batches, work, summary, total=len(todo), progress=progress, workers=workers)
-            if summary.row_info:
-                merge_row_info(store, writer, summary.row_info)
+        if summary.row_info:
+            merge_row_info(store, writer, summary.row_info)
     finally:
         writer.close()
         store.close()
@@ -117,10 +124,15 @@ class EmbedWork(ClipWork):
         t1 = time.perf_counter()
         results = embed_safe(self.extractor, [b for b in batch if b.ok], strict=first)
         self.summary.model_s += time.perf_counter() - t1
+        self.record(batch, results, row_notes(self.extractor, batch))
+
+    def record(self, batch: list[Loaded], results: dict[int, Any], notes: dict[int, str]) -> None:
+        """Each clip of the batch into the summary and its chunk's buffer: ``results`` (row -> (data, mask), or a
+        failure reason) for the clips that loaded, ``notes`` (row -> how the clip was read) where there is one."""
         for b in batch:
             res = results.get(b.row) if b.ok else None
             if isinstance(res, tuple):
-                note = self.extractor.row_info(b.item)
+                note = notes.get(b.row)
                 if note:
                     self.summary.row_info[b.clip_id] = note
                 self.summary.done += 1
@@ -136,3 +148,9 @@ class EmbedWork(ClipWork):
         finally:
             self.writes.close()
             self.summary.write_s = self.writes.seconds
+
+
+def row_notes(extractor: Extractor, batch: list[Loaded]) -> dict[int, str]:
+    """row -> the extractor's note on how the clip was read, for the loaded clips that have one."""
+    notes = {b.row: extractor.row_info(b.item) for b in batch if b.ok}
+    return {row: note for row, note in notes.items() if note}
