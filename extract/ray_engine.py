@@ -304,7 +304,7 @@ class RayEngine:
             raise session.error(e, "setting up the run") from None
         order = {records[int(r)].clip_id: i for i, rows in enumerate(items) for r in rows}
         try:
-            run_clip_loop(self._results(session, ds, summary), work, summary, total=sum(len(i) for i in items),
+            run_clip_loop(self.results(session, ds, summary), work, summary, total=sum(len(i) for i in items),
                           progress=progress, strict_loads=strict_loads)
         finally:
             summary.failed = dict(sorted(summary.failed.items(), key=lambda kv: order.get(kv[0], -1)))
@@ -327,7 +327,7 @@ class RayEngine:
                         num_gpus=gpus or None, **retry_args(ds.map, max_restarts=-1, max_task_retries=RETRIES))
         return ds
 
-    def _results(self, session: RaySession, ds: Any, summary: RunSummary) -> Iterator[list[Loaded]]:
+    def results(self, session: RaySession, ds: Any, summary: RunSummary) -> Iterator[list[Loaded]]:
         """The batches as they come back: fatal errors raised here, duplicates dropped, model time summed."""
         seen: set[int] = set()
         rows = iter(ds.iter_rows())

@@ -20,3 +20,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (starting one takes 10-20 s on 2 loaded cores): 2 CPUs,
+    a small object store, no dashboard, workers' output kept in Ray's logs. Yields its address, which a `fer`
+    subprocess joins through RAY_ADDRESS; fer's own sessions inside this process use it and leave it running."""
+    import logging
+
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=160 * 2**20,
+             logging_level=logging.ERROR)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -98,15 +98,15 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
-          log: Log = print) -> list[Path]:
+          log: Log = print, engine: Any = None) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete), then prints the
-    comparison table and writes it to out_dir/report.md.
+    comparison table and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
+    points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay this function's.
     """
     from fer.train.features import load_features
     from fer.train.report import report
-    from fer.train.run import train_run
 
     out_dir = Path(out_dir)
     configs = plan(grid, base, out_dir, log=log)
@@ -117,26 +117,21 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
         loaded: dict[tuple[str, ...], Any] = {}
-        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
         def features_for(cfg: TrainConfig) -> Any:
-            # Without --allow-incomplete every chosen set has all fold rows done, so the union of
-            # modalities can be loaded once and shared. With it, the rows kept depend on the
-            # modalities loaded, so each distinct modality set is loaded (once) on its own.
-            key = union if not base.allow_incomplete else tuple(cfg.modalities)
+            key = features_key(cfg, base, todo)
             if key not in loaded:
                 log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
                 loaded[key] = load_features(str(store_path), key, specs=specs, allow_incomplete=base.allow_incomplete,
                                             stream=base.stream, log=log)
             return loaded[key]
 
-        for i, cfg in enumerate(todo, 1):
-            run = Path(cfg.out)
-            started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-            log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started else ""))
-            # a point killed mid-run continues from its finished folds and last checkpoint
-            cfg = replace(cfg, resume=started)
-            train_run(cfg, str(store_path), features=features_for(cfg), log=log)
+        if engine is not None:
+            engine.run(todo, str(store_path), features_for, out_dir, log=log)
+        else:
+            for i, cfg in enumerate(todo, 1):
+                log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started(cfg) else ""))
+                run_unit(cfg, str(store_path), features_for(cfg), log)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
     if finished:
@@ -144,3 +139,26 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         (out_dir / "report.md").write_text(report(finished, markdown=True))
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs
+
+
+def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig]) -> tuple[str, ...]:
+    """The modalities loaded for ``cfg``. Without --allow-incomplete every chosen set has all fold rows done, so
+    the union of the points' modalities is loaded once and shared. With it, the rows kept depend on the
+    modalities loaded, so each distinct modality set is loaded (once) on its own."""
+    if base.allow_incomplete:
+        return tuple(cfg.modalities)
+    return tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
+
+
+def started(cfg: TrainConfig) -> bool:
+    """A point killed mid-run left its config or a checkpoint: it continues from there."""
+    run = Path(cfg.out)
+    return (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
+
+
+def run_unit(cfg: TrainConfig, store_path: str, features: Any, log: Log = print) -> None:
+    """Train one unit of the sweep (a grid point) on features already loaded; a point killed mid-run continues
+    from its finished folds and last checkpoint."""
+    from fer.train.run import train_run
+
+    train_run(replace(cfg, resume=started(cfg)), store_path, features=features, log=log)

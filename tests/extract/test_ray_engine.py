@@ -1,0 +1,103 @@
+"""`--engine ray` for `fer extract` on a local Ray instance: the same store bytes as one process, also with the
+model's worker process killed mid-run; bad clips recorded; errors in one line."""
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fer.cache import open_store
+from fer.cache.errors import FerEnvError, FerError
+from fer.extract.backbones.face import FaceExtractor
+from fer.extract.datasets import load_dataset
+from fer.extract.ray_engine import RayEngine, parse_actors
+from fer.extract.runner import run_extraction
+from fer.extract.synth import synthesize
+from fer.ray_session import check_nodes, import_ray, ray_session
+
+SIZE = 112  # large enough that the model is still busy when the test kills its process
+CHUNK = 3 * 16 * 512 * 2  # 3 rows per chunk
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_synth") / "dfew"
+    synthesize(root, clips=9, seed=3, corrupt=3, workers=1)  # corrupt: truncated mp4, garbage jpg, no faces
+    return root
+
+
+def store_files(path: Path) -> dict[str, bytes]:
+    """Every file of a Zarr store by relative path, with the creation times taken out of the metadata."""
+    out = {}
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != ".lock" and not p.name.startswith(".")):
+        data = f.read_bytes()
+        if f.name == "zarr.json":
+            import json
+            import re
+
+            data = re.sub(rb'"created": "[^"]*"', b'"created": ""', data)
+            doc = json.loads(data)
+            doc.get("attributes", {}).pop("command_line", None)
+            data = json.dumps(doc, sort_keys=True).encode()
+        out[str(f.relative_to(path))] = data
+    return out
+
+
+class KillFirstActor(RayEngine):
+    """The real engine; when the first batch comes back, the process of the actor that ran it is killed with
+    SIGKILL, while the other batches are still queued on it or running."""
+
+    killed: int | None = None
+
+    def results(self, session, ds, summary):
+        for batch in super().results(session, ds, summary):
+            if self.killed is None:
+                self.killed = next(iter(self.pids))
+                os.kill(self.killed, signal.SIGKILL)
+            yield batch
+
+
+def test_ray_store_has_the_bytes_of_one_process_even_when_the_model_worker_is_killed(synth_root, tmp_path,
+                                                                                      ray_local):
+    torch.manual_seed(0)
+    ex = FaceExtractor(weights="none", size=SIZE)
+    ds = load_dataset(synth_root)
+    one = run_extraction(ds, ex, tmp_path / "one.zarr", batch_size=2, workers=0, progress=False, chunk_bytes=CHUNK)
+    engine = KillFirstActor(actors=(1, 1))
+    two = run_extraction(ds, ex, tmp_path / "ray.zarr", batch_size=2, workers=0, progress=False, chunk_bytes=CHUNK,
+                         engine=engine)
+
+    # the worker really died, Ray restarted the actor and ran its batches again; none came back twice
+    assert engine.killed is not None and engine.killed in engine.pids and len(engine.pids) == 2
+    assert engine.session.retries >= 1 and engine.duplicates == 0
+    assert "ray: local Ray instance (2 CPUs); the model ran in 2 actor process(es)" in str(two)
+    # every row present once: the same counts, the same recorded failures (the bad clips), the same bytes
+    assert (two.done, two.todo, two.failed) == (one.done, one.todo, one.failed) and one.done == 10
+    assert set(two.failed) == {"00011", "00012"}
+    with open_store(tmp_path / "one.zarr") as a, open_store(tmp_path / "ray.zarr") as b:
+        fa, fb = a.read(ex.spec), b.read(ex.spec)
+        assert np.array_equal(fa.data, fb.data, equal_nan=True) and np.array_equal(fa.done, fb.done)
+        assert fb.done.sum() == 10 and a.failures(ex.spec) == b.failures(ex.spec)
+    assert store_files(tmp_path / "one.zarr") == store_files(tmp_path / "ray.zarr")
+
+
+def test_a_node_that_cannot_see_the_dataset_ends_the_run_in_one_line(tmp_path, ray_local):
+    with ray_session() as session:
+        assert check_nodes({"the dataset": str(tmp_path)}, session) == 1
+        with pytest.raises(FerEnvError, match=r"Ray node .* cannot see the dataset at .*gone: every node must reach"):
+            check_nodes({"the dataset": str(tmp_path / "gone")}, session)
+
+
+def test_actors_option_and_missing_ray(monkeypatch):
+    assert parse_actors("1,4") == (1, 4) and parse_actors("2") == (2, 2) and parse_actors(None) is None
+    for bad in ("0,2", "3,1", "x", "1,2,3"):
+        with pytest.raises(FerError, match="--actors .* is not MIN,MAX"):
+            parse_actors(bad)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(FerEnvError, match=r"--engine ray needs Ray Data, which is not installed .*: "
+                                          r"pip install 'fer-cache\[ray\]'"):
+        import_ray()
