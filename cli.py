@@ -58,6 +58,13 @@ def data_synth(
     typer.echo(summary)
 
 
+ENGINE_HELP = ("process | ray: process = this process and its decoding workers (one per rank under torchrun or "
+               "--shard); ray = Ray Data: decoding in CPU tasks, the model in a pool of actors (one GPU each where "
+               "there are GPUs), on a local instance or a cluster (--ray-address, RAY_ADDRESS). Needs the ray extra.")
+ACTORS_HELP = ("With --engine ray: MIN,MAX model actors (or N), the pool growing and shrinking between them. "
+               "Default: 1 to one per GPU, or to half the CPUs.")
+RAY_ADDRESS_HELP = ("With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a "
+                    "local instance started and stopped by this command.")
 ROOT_HELP = "Dataset root (DFEW, MAFW, FERV39k, class folders train|val|test/<class>/<clip>) or a manifest CSV."
 LAYOUT_HELP = "dfew | mafw | ferv39k | folders | videos | manifest: the layout of ROOT [default: told by its files]."
 CLASSES_HELP = "The class names in order, e.g. angry,happy,sad [default: the dataset's own order; sorted names for " \
@@ -89,6 +96,9 @@ def data_faces(
     workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes. [default: this process's share of the cores less one, at most 8]"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Frames per detector pass. [default: 8 on CPU, 32 on GPU]"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option("process", "--engine", help=ENGINE_HELP),
+    actors: Optional[str] = typer.Option(None, "--actors", help=ACTORS_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Detect, follow and align the main face of every video into DFEW-style frame folders (OUT/<clip id>/00001.jpg).
 
@@ -101,11 +111,16 @@ def data_faces(
     from fer.extract.loading import default_workers
     from fer.extract.shards import parse_shard, shard_from_env
 
+    from fer.extract.ray_engine import make_engine
+
     n_frames = _parse_frames(frames)
+    run_engine = make_engine(engine, actors=actors, ray_address=ray_address, device=device, shard=shard,
+                             workers=workers)
     shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
     dataset = load_dataset(src)
     summary = run_faces(dataset, out, size=size, frames=n_frames, device=device, shard=shard_kn,
-                        workers=default_workers() if workers is None else workers, batch=batch, progress=progress)
+                        workers=default_workers() if workers is None else workers, batch=batch, progress=progress,
+                        engine=run_engine)
     _finish(summary, "clips")
 
 
@@ -189,6 +204,9 @@ def extract_cmd(
     ),
     chunk_mb: Optional[float] = typer.Option(None, "--chunk-mb", help="Chunk size in MB when the feature set is created."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option("process", "--engine", help=ENGINE_HELP),
+    actors: Optional[str] = typer.Option(None, "--actors", help=ACTORS_HELP),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
 ) -> None:
     """Run one backbone over every clip into the feature store (stage 1).
 
@@ -216,13 +234,18 @@ def extract_cmd(
     from fer.extract.shards import parse_shard, shard_from_env
     from fer.extract.stores import check_store_format, default_store_path
 
+    from fer.extract.ray_engine import make_engine
+
+    run_engine = make_engine(engine, actors=actors, ray_address=ray_address, device=device, shard=shard,
+                             workers=workers)
     shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
     store_path = store if store else str(default_store_path(root, fmt))
     check_store_format(store_path, fmt)
     dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
     n_frames = None if frames is None else (_parse_frames(frames) or "all")
-    extractor = make_extractor(modality, backbone, weights, device, layer=layer, size=size, frames=n_frames, seed=seed,
-                               precision=precision, max_frames=max_frames, flip=flip or None)
+    # on Ray the model is built here on the CPU and sent to the actors, which move it to their own device
+    extractor = make_extractor(modality, backbone, weights, "cpu" if run_engine else device, layer=layer, size=size,
+                               frames=n_frames, seed=seed, precision=precision, max_frames=max_frames, flip=flip or None)
     summary = run_extraction(
         dataset, extractor, store_path,
         batch_size=batch_size,
@@ -231,6 +254,7 @@ def extract_cmd(
         limit=limit,
         progress=progress,
         chunk_bytes=int(chunk_mb * 1e6) if chunk_mb else None,
+        engine=run_engine,
     )
     _finish(summary, "rows")
 
@@ -351,16 +375,30 @@ _SWEEP_OUT = inspect.Parameter(
                          "the same --out to resume a killed sweep."))
 
 
-@_config_command("sweep", sweep=True, extra=[_SWEEP_OUT])
-def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
+_SWEEP_ENGINE = [
+    inspect.Parameter("engine", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
+        "process", "--engine", help="process | ray: the grid points one after another in this process, or side by "
+        "side as Ray tasks (features loaded once and shared through Ray's object store; needs the ray extra).")),
+    inspect.Parameter("gpus_per_run", inspect.Parameter.KEYWORD_ONLY, annotation=float, default=typer.Option(
+        0.0, "--gpus-per-run", help="With --engine ray: GPUs each grid point holds; a fraction (0.25) lets several "
+        "small runs share one GPU, 0 trains on CPUs.")),
+    inspect.Parameter("ray_address", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
+        None, "--ray-address", help=RAY_ADDRESS_HELP)),
+]
+
+
+@_config_command("sweep", sweep=True, extra=[_SWEEP_OUT, *_SWEEP_ENGINE])
+def sweep_cmd(store: Path, out: Path, engine: str, gpus_per_run: float, ray_address: Optional[str],
+              **options: Any) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
     from fer.train.options import config_from_options, option, parse_grid
-    from fer.train.sweep import sweep
+    from fer.train.sweep import sweep, sweep_engine
 
     texts = {k: v for k, v in options.items() if option(k).sweepable}
     grid, single = parse_grid(texts)
     base = config_from_options({**{k: v for k, v in options.items() if k not in texts}, **single})
-    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")))
+    run_engine = sweep_engine(engine, gpus_per_run=gpus_per_run, ray_address=ray_address)
+    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")), engine=run_engine)
 
 
 # ---------------------------------------------------------------- cache

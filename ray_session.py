@@ -137,6 +137,8 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
         with _quiet(session):
             yield session
         return
+    if address:
+        token_auth_for_join()
     fd, log = tempfile.mkstemp(prefix=f"fer-ray-{os.getpid()}-", suffix=".log")
     os.close(fd)
     session = RaySession(address=address or "local", started=True, native_log=Path(log))
@@ -149,6 +151,9 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
             where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
             hint = ("; start the cluster with `ray start --head` on one machine and `ray start --address=HEAD:6379` "
                     "on the others, or leave --ray-address and RAY_ADDRESS unset for a local instance") if address else ""
+            if address and "auth" in _log_text(log).lower():
+                hint = ("; the cluster asks for its authentication token: copy the head node's ~/.ray/auth_token to "
+                        "this machine, or set RAY_AUTH_TOKEN to it, and RAY_AUTH_MODE=token")
             raise FerEnvError(f"cannot {where}: {first_line(e)}{hint} (Ray's log of this process: {log})") from None
         try:
             with _quiet(session):
@@ -159,6 +164,26 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
                 ray.shutdown()
     if not failed:
         Path(log).unlink(missing_ok=True)
+
+
+def token_auth_for_join() -> None:
+    """Ray clusters started by `ray start` or ``ray.init`` ask for an authentication token, which a driver joining
+    one sends only in token mode: turn that on when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token) and RAY_AUTH_MODE chooses nothing, through Ray's own helper (as its command line does).
+    A driver in token mode joins a cluster without authentication as well."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    with contextlib.suppress(Exception):  # a Ray without it: RAY_AUTH_MODE=token does the same by hand
+        setup = importlib.import_module("ray._private.authentication.authentication_token_setup")
+        logging.getLogger("ray").setLevel(logging.ERROR)  # it says so at warning level
+        setup.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _log_text(path: str) -> str:
+    try:
+        return Path(path).read_text(errors="replace")[-20000:]
+    except OSError:
+        return ""
 
 
 @contextlib.contextmanager

@@ -297,7 +297,7 @@ class RayEngine:
                 paths[f"the media of clip {first.clip_id} ({name})"] = str(p)
         try:
             check_nodes(paths, session)
-            ds = self._dataset(items, loader, records, paths["the dataset"], actor, actor_args, gpus, actors)
+            ds = self.pipeline(items, loader, records, paths["the dataset"], actor, actor_args, gpus, actors)
         except FerError:
             raise
         except Exception as e:  # noqa: BLE001 - Ray's own failure: one line
@@ -312,7 +312,7 @@ class RayEngine:
                 summary.row_info = dict(sorted(summary.row_info.items(), key=lambda kv: order.get(kv[0], -1)))
             summary.engine = self.describe()
 
-    def _dataset(self, items: list[np.ndarray], loader: Any, records: list[ClipRecord], root: str, actor: type,
+    def pipeline(self, items: list[np.ndarray], loader: Any, records: list[ClipRecord], root: str, actor: type,
                  actor_args: tuple, gpus: float, actors: tuple[int, int]) -> Any:
         """The Ray Data pipeline: items -> decoding tasks -> model actors (not fused: their retry settings
         differ, so decoding stays on its own CPUs, ahead of the model)."""
@@ -374,3 +374,27 @@ def absolute(records: Sequence[ClipRecord]) -> list[ClipRecord]:
         return replace(rec, **{n: Path(getattr(rec, n)).absolute() for n in MEDIA if getattr(rec, n) is not None})
 
     return [fix(r) for r in records]
+
+
+ENGINES = ("process", "ray")
+"""``--engine``: process = this process with its decoding workers (one per rank under torchrun or --shard);
+ray = Ray Data on a local instance or a cluster."""
+
+
+def make_engine(engine: str | None, *, actors: str | None = None, ray_address: str | None = None,
+                device: str = "auto", shard: str | None = None, workers: int | None = None) -> RayEngine | None:
+    """The engine a command's options ask for: None for ``process`` (the runners' own loop), a RayEngine for
+    ``ray``; FerError for options that do not go with the engine chosen."""
+    name = (engine or "process").strip().lower()
+    if name not in ENGINES:
+        raise FerError(f"unknown --engine {engine!r}; choose process or ray")
+    if name == "process":
+        given = [flag for flag, value in (("--actors", actors), ("--ray-address", ray_address)) if value]
+        if given:
+            raise FerError(f"{' and '.join(given)} go with --engine ray; add it, or leave them out")
+        return None
+    if shard or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        raise FerError("--engine ray schedules every clip itself: leave out --shard and run one fer, not torchrun")
+    if workers is not None:
+        raise FerError("--workers is for --engine process; on Ray, decoding runs in Ray's own tasks")
+    return RayEngine(ray_address, parse_actors(actors), device)

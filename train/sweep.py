@@ -162,3 +162,19 @@ def run_unit(cfg: TrainConfig, store_path: str, features: Any, log: Log = print)
     from fer.train.run import train_run
 
     train_run(replace(cfg, resume=started(cfg)), store_path, features=features, log=log)
+
+
+def sweep_engine(engine: str | None, *, gpus_per_run: float = 0.0, ray_address: str | None = None) -> Any:
+    """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError for
+    options that do not go with the engine chosen."""
+    name = (engine or "process").strip().lower()
+    if name not in ("process", "ray"):
+        raise FerError(f"unknown --engine {engine!r}; choose process or ray")
+    if name == "process":
+        given = [f for f, v in (("--gpus-per-run", gpus_per_run), ("--ray-address", ray_address)) if v]
+        if given:
+            raise FerError(f"{' and '.join(given)} go with --engine ray; add it, or leave them out")
+        return None
+    from fer.train.ray_sweep import RaySweep
+
+    return RaySweep(ray_address, gpus_per_run)

@@ -101,3 +101,22 @@ def test_actors_option_and_missing_ray(monkeypatch):
     with pytest.raises(FerEnvError, match=r"--engine ray needs Ray Data, which is not installed .*: "
                                           r"pip install 'fer-cache\[ray\]'"):
         import_ray()
+
+
+def test_a_problem_inside_ray_comes_back_as_fers_one_line_error(synth_root, ray_local):
+    ex = FaceExtractor(weights="none", size=32)
+    ds = load_dataset(synth_root)
+    # an actor whose model would compute another spec than the run records refuses every batch ...
+    from fer.extract.ray_engine import EmbedActor, RemoteBatch, absolute, decode_batch
+
+    row = decode_batch({"index": 0, "rows": np.array([0, 1])}, ex.loader(), absolute(ds.records), str(synth_root))
+    out = EmbedActor(ex, ex.spec + ".other", 0, 1)(row)["batch"]
+    assert out.loaded[0].ok and "computes face.resnet18" in out.fatal and "give --precision explicitly" in out.fatal
+    # ... and the batch's fatal error, back through Ray Data, ends the run as fer's own error and exit status
+    import ray
+
+    engine = RayEngine()
+    with ray_session() as session:
+        rows = ray.data.from_items([{"index": 0, "batch": RemoteBatch(0, fatal="the dataset is gone", fatal_code=3)}])
+        with pytest.raises(FerEnvError, match="^the dataset is gone$"):
+            list(engine.results(session, rows, None))
