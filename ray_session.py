@@ -27,7 +27,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from fer.cache.errors import FerEnvError, FerError
 
@@ -59,6 +59,8 @@ class RaySession:
     """Ray's messages about dead workers and retried tasks during the run."""
     native_log: Path | None = None
     """Where this process's native Ray log lines go."""
+    keep_log: bool = False
+    """An error of Ray's named the log: it stays when the session ends."""
 
     def resources(self) -> dict[str, float]:
         """The cluster's total resources (CPU, GPU, memory, ...)."""
@@ -78,7 +80,7 @@ class RaySession:
         return sum("will be retried" in n or "retries remaining" in n for n in self.notices)
 
     def describe(self) -> str:
-        """E.g. ``local Ray instance (2 CPUs)`` or ``Ray cluster at 10.0.0.1:6379 (3 nodes, 48 CPUs, 4 GPUs)``."""
+        """E.g. ``local Ray instance (2 CPUs)``, ``Ray cluster at HEAD:6379 (3 nodes, 48 CPUs, 4 GPUs)``."""
         ray = import_ray()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         gpus = f", {self.gpus:g} GPUs" if self.gpus else ""
@@ -92,6 +94,7 @@ class RaySession:
         inner = fer_error_in(e)
         if inner is not None:
             return inner
+        self.keep_log = True
         logs = f"; Ray's logs: {self.log_dir()}" if self.log_dir() else ""
         return FerEnvError(f"Ray failed while {doing}: {first_line(e)}{logs}")
 
@@ -142,35 +145,44 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
     fd, log = tempfile.mkstemp(prefix=f"fer-ray-{os.getpid()}-", suffix=".log")
     os.close(fd)
     session = RaySession(address=address or "local", started=True, native_log=Path(log))
-    failed = True
-    with _native_logs_to(Path(log)):
-        try:
-            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.ERROR)
-        except Exception as e:  # noqa: BLE001 - any failure to start or join is said in one line
-            where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
-            hint = ("; start the cluster with `ray start --head` on one machine and `ray start --address=HEAD:6379` "
-                    "on the others, or leave --ray-address and RAY_ADDRESS unset for a local instance") if address else ""
-            if address and "auth" in _log_text(log).lower():
-                hint = ("; the cluster asks for its authentication token: copy the head node's ~/.ray/auth_token to "
-                        "this machine, or set RAY_AUTH_TOKEN to it, and RAY_AUTH_MODE=token")
-            raise FerEnvError(f"cannot {where}: {first_line(e)}{hint} (Ray's log of this process: {log})") from None
-        try:
-            with _quiet(session):
-                yield session
-            failed = False
-        finally:
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-    if not failed:
-        Path(log).unlink(missing_ok=True)
+    try:
+        with _native_logs_to(Path(log)):
+            try:
+                ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
+                         logging_level=logging.ERROR)
+            except Exception as e:  # noqa: BLE001 - any failure to start or join is said in one line
+                session.keep_log = True
+                where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
+                raise FerEnvError(f"cannot {where}: {first_line(e)}{_init_hint(address, log)} (Ray's log of "
+                                  f"this process: {log})") from None
+            try:
+                with _quiet(session):
+                    yield session
+            finally:
+                with contextlib.suppress(Exception):
+                    ray.shutdown()
+    finally:
+        if not session.keep_log:
+            Path(log).unlink(missing_ok=True)
+
+
+def _init_hint(address: str | None, log: str) -> str:
+    """What to do when ``ray.init`` failed (its native log is at ``log``)."""
+    if not address:
+        return ""
+    if "auth" in _log_text(log).lower():
+        return ("; the cluster asks for its authentication token: copy the head node's ~/.ray/auth_token "
+                "to this machine, or set RAY_AUTH_TOKEN to it, and RAY_AUTH_MODE=token")
+    return ("; start the cluster with `ray start --head` on one machine and `ray start "
+            "--address=HEAD:6379` on the others, or leave --ray-address and RAY_ADDRESS unset for a local "
+            "instance")
 
 
 def token_auth_for_join() -> None:
-    """Ray clusters started by `ray start` or ``ray.init`` ask for an authentication token, which a driver joining
-    one sends only in token mode: turn that on when a token is at hand (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
-    ~/.ray/auth_token) and RAY_AUTH_MODE chooses nothing, through Ray's own helper (as its command line does).
-    A driver in token mode joins a cluster without authentication as well."""
+    """Ray clusters started by `ray start` or ``ray.init`` ask for an authentication token, which a driver
+    joining one sends only in token mode: turn that on when a token is at hand (RAY_AUTH_TOKEN,
+    RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) and RAY_AUTH_MODE chooses nothing, through Ray's own helper (as
+    its command line does). A driver in token mode joins a cluster without authentication as well."""
     if "RAY_AUTH_MODE" in os.environ:
         return
     with contextlib.suppress(Exception):  # a Ray without it: RAY_AUTH_MODE=token does the same by hand
@@ -252,7 +264,7 @@ def _probe(paths: Sequence[str]) -> tuple[str, list[str]]:
     return fer.__version__, [p for p in paths if not os.path.exists(p)]
 
 
-def check_nodes(paths: dict[str, str], session: RaySession, on_node: Callable[[str], None] | None = None) -> int:
+def check_nodes(paths: dict[str, str], session: RaySession) -> int:
     """Before any work is scheduled: every live node with CPUs runs fer (the same version as here) and sees
     each of ``paths`` ({what: path}, e.g. {"the dataset": root}); FerEnvError naming the first node and path
     that fails. Returns the number of nodes checked."""
@@ -271,15 +283,14 @@ def check_nodes(paths: dict[str, str], session: RaySession, on_node: Callable[[s
         try:
             version, missing = ray.get(ref, timeout=PROBE_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - fer missing there, the node lost, a timeout: one line
-            raise FerEnvError(f"{where} cannot run fer's tasks ({first_line(e)}): install fer with its ray extra "
-                              f"({INSTALL}), the same version as here ({fer.__version__}), on every node") from None
+            raise FerEnvError(f"{where} cannot run fer's tasks ({first_line(e)}): install fer with its ray "
+                              f"extra ({INSTALL}), the same version as here ({fer.__version__}), on every "
+                              "node") from None
         if version != fer.__version__:
-            raise FerEnvError(f"{where} runs fer {version}, this machine {fer.__version__}: install the same fer on "
-                              "every node")
+            raise FerEnvError(f"{where} runs fer {version}, this machine {fer.__version__}: install the "
+                              "same fer on every node")
         if missing:
             what = next(k for k, v in paths.items() if str(v) == missing[0])
-            raise FerEnvError(f"{where} cannot see {what} at {missing[0]}: every node must reach it at the same path "
-                              "(a shared filesystem), or run without --engine ray")
-        if on_node is not None:
-            on_node(where)
+            raise FerEnvError(f"{where} cannot see {what} at {missing[0]}: every node must reach it at the "
+                              "same path (a shared filesystem), or run without --engine ray")
     return len(nodes)

@@ -1,17 +1,19 @@
 """`--engine ray` on a local Ray instance against the one-process runner, on this machine.
 
-    python benchmarks/bench_ray.py [--data ROOT] [--clips 48] [--mel-clips 192] [--out benchmarks/results/ray.md]
+    python benchmarks/bench_ray.py [--data ROOT] [--clips 48] [--mel-clips 192] [--out results/ray.md]
 
-Two workloads on the synthetic DFEW-layout dataset (written to a temporary folder unless --data points at one):
+Two workloads on the synthetic DFEW-layout dataset (written to a temporary folder unless --data names one):
 ResNet-18 faces (224x224, 16 frames, batch 8, random weights: the compute of ImageNet's) and log-mel audio
 (batch 8; decoding is almost all of it). Each runs into a fresh store with the one-process runner (default
 workers for this machine), then on Ray (`RayEngine`, default actors), then with the one-process runner again:
 the one-process figure is the mean of the two, which cancels a slow drift in the shared machine's load.
 
-Start-up is reported apart, not hidden: ``ray.init`` of the local instance, and the pipeline's start (from the
-run's start to its first batch back: the actor process starting, the model sent to it). While the actor starts,
-decoding runs ahead, so the batches right after the first come back fast; the Ray rate is therefore the steady
-one over the second half of the batches, and the ratio compares it with the one-process rate (target >= 0.8).
+Start-up is reported apart, not hidden: ``ray.init`` of the local instance, and the pipeline's start (from
+the run's start to its first batch back: the actor process starting, the model sent to it). While the actor
+starts, decoding runs ahead, so the batches right after the first come back fast; the Ray rate is therefore
+the steady one over the second half of the batches, and the ratio compares it with the one-process rate
+(target >= 0.8).
+
 Scheduling overhead: empty batches of 8 rows through the same two stages (a decoding task whose loader returns
 nothing, an actor whose model does nothing): what Ray costs per batch and per clip with no work to hide it.
 """
@@ -50,7 +52,7 @@ def scheduling_overhead(ds, batches: int = 64, batch: int = 8) -> dict:
     """Seconds per empty batch through Ray's decoding task and model actor, after the first is back."""
     import numpy as np
 
-    from fer.extract.ray_engine import ModelActor, absolute
+    from fer.extract.ray_tasks import ModelActor, absolute
     from fer.ray_session import ray_session
 
     class Nothing:
@@ -70,12 +72,14 @@ def scheduling_overhead(ds, batches: int = 64, batch: int = 8) -> dict:
     rows = np.arange(len(records))
     items = [np.resize(rows, batch) for _ in range(batches)]
     with ray_session() as session:
-        pipe = engine.pipeline(items, Nothing(), records, str(ds.root), Idle, (NoModel(), 0.0, 1), 0.0, (1, 1))
+        pipe = engine.pipeline(items, Nothing(), records, str(ds.root), Idle, (NoModel(), 0.0, 1), 0.0,
+                               (1, 1))
         t0 = time.perf_counter()
         n = sum(1 for _ in engine.results(session, pipe, _Sink()))
     (t_first, _), (t_last, _) = engine.arrivals[0], engine.arrivals[-1]
     per_batch = (t_last - t_first) / max(n - 1, 1)
-    return {"start_s": t_first - t0, "per_batch_ms": 1000 * per_batch, "per_clip_ms": 1000 * per_batch / batch}
+    return {"start_s": t_first - t0, "per_batch_ms": 1000 * per_batch,
+            "per_clip_ms": 1000 * per_batch / batch}
 
 
 class _Sink:
@@ -89,8 +93,8 @@ def one_process(ds, extractor, tmp: Path, name: str, batch: int) -> float:
     from fer.extract.loading import default_workers
     from fer.extract.runner import run_extraction
 
-    s = run_extraction(ds, extractor, tmp / f"{name}.zarr", batch_size=batch, workers=default_workers(extractor.device),
-                       progress=False)
+    s = run_extraction(ds, extractor, tmp / f"{name}.zarr", batch_size=batch,
+                       workers=default_workers(extractor.device), progress=False)
     return s.clips_per_s
 
 
@@ -105,7 +109,9 @@ def on_ray(ds, extractor, tmp: Path, batch: int) -> dict:
     half = len(arrivals) // 2
     (t_first, _), (t_mid, _), (t_last, _) = arrivals[0], arrivals[half - 1], arrivals[-1]
     clips = s.done + len(s.failed)
-    steady = sum(n for _, n in arrivals[half:]) / (t_last - t_mid) if half and t_last > t_mid else float("nan")
+    steady = float("nan")
+    if half and t_last > t_mid:
+        steady = sum(n for _, n in arrivals[half:]) / (t_last - t_mid)
     return {"pipeline_start_s": t_first - t_start, "steady": steady, "overall": clips / (t_last - t_start),
             "actors": len(engine.pids)}
 
@@ -145,7 +151,7 @@ def main() -> None:
             synthesize(root, clips=max(args.clips, args.mel_clips), seed=0)
         full = load_dataset(root)
         t0 = time.perf_counter()
-        with ray_session():  # the local instance every run below uses (as `fer extract --engine ray` starts it)
+        with ray_session():  # the local instance the runs below use (as `fer extract --engine ray` starts it)
             start_s = time.perf_counter() - t0
             rows = []
             faces = load_dataset(root)
@@ -159,24 +165,24 @@ def main() -> None:
     lines = [
         "# `--engine ray` on a local Ray instance against the one-process runner",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work; 1-min load average at the "
-        f"end {load:.1f}: above the core count the figures are pessimistic), torch {torch.__version__}, "
-        f"ray {ray.__version__}. Dataset: {full.root.name if args.data else 'synthetic DFEW layout'}. Batch 8, "
-        "default workers and actors (one model actor and one decoding CPU on 2 cores).",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work; 1-min load average "
+        f"at the end {load:.1f}: above the core count the figures are pessimistic), "
+        f"torch {torch.__version__}, ray {ray.__version__}. Dataset: {full.root.name if args.data else 'synthetic DFEW layout'}. "
+        "Batch 8, default workers and actors (one model actor and one decoding CPU on 2 cores).",
         "",
-        f"Start-up, apart from the rates: the local Ray instance (`ray.init`) took {start_s:.1f} s; the pipeline's "
-        "start (first batch back: actor process, model sent) is per workload below.",
+        f"Start-up, apart from the rates: the local Ray instance (`ray.init`) took {start_s:.1f} s; the "
+        "pipeline's start (first batch back: actor process, model sent) is per workload below.",
         "",
         "| workload | spec | clips | one process clips/s | Ray steady clips/s (2nd half) | ratio | "
         "pipeline start s | Ray clips/s incl. start |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['name']} | `{r['spec']}` | {r['clips']} | {r['one']:.2f} ({r['one_before']:.2f} / "
-                     f"{r['one_after']:.2f}) | {r['steady']:.2f} | {r['ratio']:.2f}x | "
-                     f"{r['pipeline_start_s']:.1f} | {r['overall']:.2f} |")
-    lines += ["", "One process: the mean of the runs before and after Ray's (in brackets). Ray steady: the clips of "
-              "the second half of the batches over the time they took to come back.", "",
+        lines.append(f"| {r['name']} | `{r['spec']}` | {r['clips']} | {r['one']:.2f} "
+                     f"({r['one_before']:.2f} / {r['one_after']:.2f}) | {r['steady']:.2f} | "
+                     f"{r['ratio']:.2f}x | {r['pipeline_start_s']:.1f} | {r['overall']:.2f} |")
+    lines += ["", "One process: the mean of the runs before and after Ray's (in brackets). Ray steady: the "
+              "clips of the second half of the batches over the time they took to come back.", "",
               f"Scheduling overhead (empty batches of 8 through a decoding task and a model actor): "
               f"{overhead['per_batch_ms']:.1f} ms a batch, {overhead['per_clip_ms']:.2f} ms a clip "
               f"(pipeline start {overhead['start_s']:.1f} s)."]

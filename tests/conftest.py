@@ -24,9 +24,9 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance for the whole test session (starting one takes 10-20 s on 2 loaded cores): 2 CPUs,
-    a small object store, no dashboard, workers' output kept in Ray's logs. Yields its address, which a `fer`
-    subprocess joins through RAY_ADDRESS; fer's own sessions inside this process use it and leave it running."""
+    """One local Ray instance for the whole test session (starting one takes 10-20 s on 2 loaded cores): 2
+    CPUs, a small object store, no dashboard, workers' output kept in Ray's logs. Yields its address, which a
+    `fer` subprocess joins through RAY_ADDRESS; fer's own sessions in this process use it and leave it be."""
     import logging
 
     import ray

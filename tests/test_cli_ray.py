@@ -1,5 +1,5 @@
-"""`fer extract --engine ray` as a user runs it, joining a running Ray instance through RAY_ADDRESS: one summary,
-no Ray logs, the rows in the store; options that do not go together are one-line errors."""
+"""`fer extract --engine ray` as a user runs it, joining a running Ray instance through RAY_ADDRESS: one
+summary, no Ray logs, the rows in the store; options that do not go together are one-line errors."""
 
 from fer.cache import open_store
 from fer.extract.synth import synthesize
@@ -10,8 +10,9 @@ def test_extract_on_ray_from_the_command_line(tmp_path, ray_local):
     root = tmp_path / "dfew"
     synthesize(root, clips=4, seed=5, corrupt=0, workers=1)
     store = tmp_path / "f.zarr"
-    p = fer_ok("extract", root, "-m", "face", "--weights", "none", "--size", "32", "--store", store, "--batch-size", "2",
-               "--engine", "ray", "--no-progress", env={**ENV, "RAY_ADDRESS": ray_local}, timeout=600)
+    p = fer_ok("extract", root, "-m", "face", "--weights", "none", "--size", "32", "--store", store,
+               "--batch-size", "2", "--engine", "ray", "--no-progress", env={**ENV, "RAY_ADDRESS": ray_local},
+               timeout=600)
     assert f"ray: Ray cluster at {ray_local} (2 CPUs); the model ran in 1 actor process(es)" in p.stdout
     assert "done 4, skipped 0 (already done), failed 0" in p.stdout and "decoding" in p.stdout
     noise = [ln for ln in (p.stdout + p.stderr).splitlines() if "core_worker" in ln or "(raylet)" in ln
@@ -23,7 +24,7 @@ def test_extract_on_ray_from_the_command_line(tmp_path, ray_local):
 
 def test_engine_options_that_do_not_go_together(tmp_path):
     for args, msg in (
-        (("--engine", "ray", "--shard", "1/2"), "--engine ray schedules every clip itself: leave out --shard"),
+        (("--engine", "ray", "--shard", "1/2"), "--engine ray schedules every clip itself: leave out"),
         (("--engine", "ray", "--workers", "2"), "--workers is for --engine process"),
         (("--actors", "1,2"), "--actors go with --engine ray"),
         (("--engine", "spark"), "unknown --engine 'spark'; choose process or ray"),

@@ -37,9 +37,10 @@ RETRIES = 3
 
 
 def shared(features: LoadedFeatures) -> LoadedFeatures:
-    """``features`` with the in-memory sets as numpy arrays (what Ray's object store shares without copies)."""
-    return replace(features, sets={m: replace(md, data=md.data.numpy(), mask=md.mask.numpy())
-                                   if isinstance(md, ModalityData) else md for m, md in features.sets.items()})
+    """``features`` with the in-memory sets as numpy arrays (which Ray's object store shares uncopied)."""
+    sets = {m: replace(md, data=md.data.numpy(), mask=md.mask.numpy()) if isinstance(md, ModalityData) else md
+            for m, md in features.sets.items()}
+    return replace(features, sets=sets)
 
 
 def unshared(features: LoadedFeatures) -> LoadedFeatures:
@@ -48,13 +49,17 @@ def unshared(features: LoadedFeatures) -> LoadedFeatures:
 
     with warnings.catch_warnings():  # torch warns that the arrays are read-only: they are never written
         warnings.simplefilter("ignore", UserWarning)
-        return replace(features, sets={m: replace(md, data=torch.from_numpy(md.data), mask=torch.from_numpy(md.mask))
-                                       if isinstance(md, ModalityData) else md for m, md in features.sets.items()})
+        sets = {m: replace(md, data=torch.from_numpy(md.data), mask=torch.from_numpy(md.mask))
+                if isinstance(md, ModalityData) else md for m, md in features.sets.items()}
+    return replace(features, sets=sets)
 
 
-def train_remote(cfg: TrainConfig, store_path: str, features: LoadedFeatures, threads: int) -> tuple[list[str],
-                                                                                                        str | None, int]:
-    """One unit in a Ray task: (its log lines, a fatal one-line error or None, the error's exit status)."""
+Outcome = tuple[list[str], "str | None", int]
+"""A task's log lines, its fatal one-line error (None when it trained), and that error's exit status."""
+
+
+def train_remote(cfg: TrainConfig, store_path: str, features: LoadedFeatures, threads: int) -> Outcome:
+    """One unit in a Ray task, with ``threads`` torch threads."""
     import torch
 
     torch.set_num_threads(max(1, threads))
@@ -78,23 +83,26 @@ class RaySweep:
             raise FerError(f"--gpus-per-run must be >= 0, got {gpus_per_run:g}")
         if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
             raise FerError(f"--gpus-per-run {gpus_per_run:g}: above 1 it must be a whole number of GPUs")
-        self.address, self.gpus, self.cpus, self.progress = address, float(gpus_per_run), int(cpus_per_run), progress
+        self.address, self.progress = address, progress
+        self.gpus, self.cpus = float(gpus_per_run), int(cpus_per_run)
 
     def run(self, units: Sequence[TrainConfig], store_path: str, features_for: Callable[[TrainConfig], Any],
             out_dir: Path, *, log: Log = print) -> None:
-        """Train every unit (features from ``features_for``, put into the object store once per distinct set)."""
+        """Train every unit (features from ``features_for``, into the object store once per distinct set)."""
         ray = import_ray()
         with ray_session(self.address) as session:
             if self.gpus and session.gpus < self.gpus:
-                raise FerError(f"--gpus-per-run {self.gpus:g} asks for more GPUs than the {session.describe()} has")
+                raise FerError(f"--gpus-per-run {self.gpus:g} asks for more GPUs than the "
+                               f"{session.describe()} has")
             paths = {"the sweep folder": str(Path(out_dir).resolve())}
-            if any(features_for(u).streamed for u in units):  # streamed sets are read from the store by the tasks
+            if any(features_for(u).streamed for u in units):  # the tasks read streamed sets from the store
                 paths["the store"] = str(Path(store_path).resolve())
             check_nodes(paths, session)
             log(f"sweep: {len(units)} points as Ray tasks on the {session.describe()}, "
                 f"{self.gpus:g} GPU and {self.cpus} CPU each")
             refs: dict[int, Any] = {}
-            task = ray.remote(train_remote).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=RETRIES)
+            task = ray.remote(train_remote).options(num_cpus=self.cpus, num_gpus=self.gpus,
+                                                    max_retries=RETRIES)
             running = {}
             for cfg in units:
                 feats = features_for(cfg)
@@ -104,7 +112,7 @@ class RaySweep:
             self._collect(ray, session, running, log)
 
     def _collect(self, ray: Any, session: Any, running: dict[Any, TrainConfig], log: Log) -> None:
-        """Wait for the tasks, printing each point's lines as it finishes; the first failure ends the sweep."""
+        """Wait for the tasks, printing each point's lines as it ends; the first failure ends the sweep."""
         from tqdm import tqdm
 
         bar = tqdm(total=len(running), unit="run", desc="sweep", file=sys.stderr, disable=not self.progress)

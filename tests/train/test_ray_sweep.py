@@ -1,5 +1,5 @@
-"""`fer sweep` on a local Ray instance: the points as Ray tasks give the same run folders, metrics and report as
-the sequential sweep; finished points are skipped."""
+"""`fer sweep` on a local Ray instance: the points as Ray tasks give the same run folders and metrics as the
+sequential sweep; finished points are skipped."""
 
 import json
 
