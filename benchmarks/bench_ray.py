@@ -167,7 +167,8 @@ def main() -> None:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared with other work; 1-min load average "
         f"at the end {load:.1f}: above the core count the figures are pessimistic), "
-        f"torch {torch.__version__}, ray {ray.__version__}. Dataset: {full.root.name if args.data else 'synthetic DFEW layout'}. "
+        f"torch {torch.__version__}, ray {ray.__version__}. Dataset: "
+        f"{full.root.name if args.data else 'synthetic DFEW layout'}. "
         "Batch 8, default workers and actors (one model actor and one decoding CPU on 2 cores).",
         "",
         f"Start-up, apart from the rates: the local Ray instance (`ray.init`) took {start_s:.1f} s; the "
