@@ -157,7 +157,7 @@ class RayEngine:
             summary.failed = in_order(summary.failed)
             if hasattr(summary, "row_info"):
                 summary.row_info = in_order(summary.row_info)
-            summary.engine = self.describe()
+            summary.engine = self.describe(stopped=summary.interrupted)
 
     def pipeline(self, items: list[np.ndarray], loader: Any, records: list[ClipRecord], root: str,
                  actor: type, actor_args: tuple, gpus: float, actors: tuple[int, int]) -> Any:
@@ -197,12 +197,13 @@ class RayEngine:
             summary.model_s += batch.model_s
             yield batch.loaded
 
-    def describe(self) -> str:
-        """The summary's line on where the run ran."""
+    def describe(self, stopped: bool = False) -> str:
+        """The summary's line on where the run ran (``stopped``: interrupted, when Ray's notices about dead
+        workers are about the workers it stopped, not retries)."""
         s = self.session
         where = s.describe() if s is not None else "Ray"
         line = f"ray: {where}; the model ran in {len(self.pids)} actor process(es)"
-        if s is not None and s.retries:
+        if s is not None and s.retries and not stopped:
             line += f"; {s.retries} task(s) retried after a worker died"
         if self.duplicates:
             line += f"; {self.duplicates} batch(es) that came back twice were dropped"
