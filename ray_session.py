@@ -33,6 +33,9 @@ from fer.cache.errors import FerEnvError, FerError
 
 INSTALL = "pip install 'fer-cache[ray]'"
 """How to get Ray (the ``ray`` extra: ``ray[data]``)."""
+ENGINES = ("process", "ray")
+"""``--engine``: process = this process (with its decoding workers; one per rank under torchrun or --shard);
+ray = Ray, on a local instance or a cluster."""
 PROBE_TIMEOUT_S = 300.0
 """How long the reachability probe waits for every node (a node's first worker process can take a while)."""
 
@@ -45,6 +48,20 @@ def import_ray() -> Any:
     except ImportError as e:
         raise FerEnvError(f"--engine ray needs Ray Data, which is not installed ({e}): {INSTALL}") from None
     return ray
+
+
+def wants_ray(engine: str | None, ray_only: dict[str, Any]) -> bool:
+    """True for ``--engine ray``, False for ``process`` (the default); FerError for another name, or for
+    options that only Ray uses (``ray_only``: {flag: value}) given with ``process``."""
+    name = (engine or "process").strip().lower()
+    if name not in ENGINES:
+        raise FerError(f"unknown --engine {engine!r}; choose {' or '.join(ENGINES)}")
+    given = [flag for flag, value in ray_only.items() if value]
+    if name == "process" and given:
+        many = len(given) > 1
+        raise FerError(f"{' and '.join(given)} {'go' if many else 'goes'} with --engine ray; add it, or "
+                       f"leave {'them' if many else 'it'} out")
+    return name == "ray"
 
 
 @dataclass

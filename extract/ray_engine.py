@@ -45,7 +45,7 @@ from fer.extract.ray_tasks import (
     MEDIA, AlignActor, EmbedActor, RecordAligned, RecordEmbeds, RemoteBatch, absolute, decode_batch,
 )
 from fer.extract.summary import RunSummary
-from fer.ray_session import RaySession, check_nodes, import_ray, ray_session
+from fer.ray_session import RaySession, check_nodes, import_ray, ray_session, wants_ray
 
 RETRIES = 3
 """Times Ray runs a batch again after its worker died, before the run ends."""
@@ -229,23 +229,12 @@ def retry_args(method: Any, **kw: Any) -> dict[str, Any]:
     return kw if takes else {}
 
 
-ENGINES = ("process", "ray")
-"""``--engine``: process = this process with its decoding workers (one per rank under torchrun or --shard);
-ray = Ray Data on a local instance or a cluster."""
-
-
 def make_engine(engine: str | None, *, actors: str | None = None, ray_address: str | None = None,
                 device: str = "auto", shard: str | None = None,
                 workers: int | None = None) -> RayEngine | None:
     """The engine a command's options ask for: None for ``process`` (the runners' own loop), a RayEngine for
     ``ray``; FerError for options that do not go with the engine chosen."""
-    name = (engine or "process").strip().lower()
-    if name not in ENGINES:
-        raise FerError(f"unknown --engine {engine!r}; choose process or ray")
-    if name == "process":
-        given = [flag for flag, value in (("--actors", actors), ("--ray-address", ray_address)) if value]
-        if given:
-            raise FerError(f"{' and '.join(given)} go with --engine ray; add it, or leave them out")
+    if not wants_ray(engine, {"--actors": actors, "--ray-address": ray_address}):
         return None
     if shard or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
         raise FerError("--engine ray schedules every clip itself: leave out --shard and run one fer, not "

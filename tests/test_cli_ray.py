@@ -25,10 +25,7 @@ def test_extract_on_ray_from_the_command_line(tmp_path, ray_local):
 def test_engine_options_that_do_not_go_together(tmp_path):
     for args, msg in (
         (("--engine", "ray", "--shard", "1/2"), "--engine ray schedules every clip itself: leave out"),
-        (("--engine", "ray", "--workers", "2"), "--workers is for --engine process"),
-        (("--actors", "1,2"), "--actors go with --engine ray"),
-        (("--engine", "spark"), "unknown --engine 'spark'; choose process or ray"),
-        (("--engine", "ray", "--actors", "2,1"), "--actors '2,1' is not MIN,MAX"),
+        (("--actors", "1,2"), "--actors goes with --engine ray; add it, or leave it out"),
     ):
         p = fer("extract", tmp_path, "-m", "face", *args, check=2)
         assert msg in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr

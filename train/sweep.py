@@ -103,7 +103,7 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
 
     Writes out_dir/<point>/ per point (skipping points already complete), then prints the
     comparison table and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
-    points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay this function's.
+    points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay here.
     """
     from fer.train.features import load_features
     from fer.train.report import report
@@ -130,7 +130,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             engine.run(todo, str(store_path), features_for, out_dir, log=log)
         else:
             for i, cfg in enumerate(todo, 1):
-                log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}" + (" (resuming)" if started(cfg) else ""))
+                resuming = " (resuming)" if started(cfg) else ""
+                log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}{resuming}")
                 run_unit(cfg, str(store_path), features_for(cfg), log)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
@@ -142,8 +143,8 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
 
 
 def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig]) -> tuple[str, ...]:
-    """The modalities loaded for ``cfg``. Without --allow-incomplete every chosen set has all fold rows done, so
-    the union of the points' modalities is loaded once and shared. With it, the rows kept depend on the
+    """The modalities loaded for ``cfg``. Without --allow-incomplete every chosen set has all fold rows done,
+    so the union of the points' modalities is loaded once and shared. With it, the rows kept depend on the
     modalities loaded, so each distinct modality set is loaded (once) on its own."""
     if base.allow_incomplete:
         return tuple(cfg.modalities)
@@ -167,13 +168,9 @@ def run_unit(cfg: TrainConfig, store_path: str, features: Any, log: Log = print)
 def sweep_engine(engine: str | None, *, gpus_per_run: float = 0.0, ray_address: str | None = None) -> Any:
     """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError for
     options that do not go with the engine chosen."""
-    name = (engine or "process").strip().lower()
-    if name not in ("process", "ray"):
-        raise FerError(f"unknown --engine {engine!r}; choose process or ray")
-    if name == "process":
-        given = [f for f, v in (("--gpus-per-run", gpus_per_run), ("--ray-address", ray_address)) if v]
-        if given:
-            raise FerError(f"{' and '.join(given)} go with --engine ray; add it, or leave them out")
+    from fer.ray_session import wants_ray
+
+    if not wants_ray(engine, {"--gpus-per-run": gpus_per_run, "--ray-address": ray_address}):
         return None
     from fer.train.ray_sweep import RaySweep
 

@@ -2,6 +2,7 @@
 the model's worker process killed mid-run; bad clips recorded; errors in one line."""
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ from fer.cache import open_store
 from fer.cache.errors import FerEnvError, FerError
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets import load_dataset
-from fer.extract.ray_engine import RayEngine, parse_actors
+from fer.extract.ray_engine import RayEngine, make_engine, parse_actors
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
 from fer.ray_session import check_nodes, import_ray, ray_session
@@ -92,11 +93,18 @@ def test_a_node_that_cannot_see_the_dataset_ends_the_run_in_one_line(tmp_path, r
             check_nodes({"the dataset": str(tmp_path / "gone")}, session)
 
 
-def test_actors_option_and_missing_ray(monkeypatch):
+def test_engine_options_and_missing_ray(monkeypatch):
     assert parse_actors("1,4") == (1, 4) and parse_actors("2") == (2, 2) and parse_actors(None) is None
     for bad in ("0,2", "3,1", "x", "1,2,3"):
         with pytest.raises(FerError, match="--actors .* is not MIN,MAX"):
             parse_actors(bad)
+    assert make_engine("process") is None and make_engine("ray", actors="1,3").actors == (1, 3)
+    for kw, msg in (({"engine": "ray", "workers": 2}, "--workers is for --engine process"),
+                    ({"engine": "spark"}, "unknown --engine 'spark'; choose process or ray"),
+                    ({"engine": "ray", "shard": "1/2"}, "leave out --shard and run one fer, not torchrun"),
+                    ({"engine": "process", "ray_address": "h:1"}, "--ray-address goes with --engine ray")):
+        with pytest.raises(FerError, match=re.escape(msg)):
+            make_engine(**kw)
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(FerEnvError, match=r"--engine ray needs Ray Data, which is not installed .*: "
                                           r"pip install 'fer-cache\[ray\]'"):
