@@ -165,8 +165,9 @@ def ray_session(address: str | None = None) -> Iterator[RaySession]:
     try:
         with _native_logs_to(Path(log)):
             try:
+                local = {} if address else {"num_cpus": local_cpus()}
                 ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.ERROR)
+                         logging_level=logging.ERROR, **local)
             except Exception as e:  # noqa: BLE001 - any failure to start or join is said in one line
                 session.keep_log = True
                 where = f"join the Ray cluster at {address}" if address else "start a local Ray instance"
@@ -193,6 +194,16 @@ def _init_hint(address: str | None, log: str) -> str:
     return ("; start the cluster with `ray start --head` on one machine and `ray start "
             "--address=HEAD:6379` on the others, or leave --ray-address and RAY_ADDRESS unset for a local "
             "instance")
+
+
+def local_cpus() -> int:
+    """CPUs of a local instance: the cores this process may use (its affinity mask), and at least 2, so one
+    model actor and one decoding task always fit (on one core they share it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(2, cores)
 
 
 def token_auth_for_join() -> None:

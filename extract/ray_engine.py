@@ -123,7 +123,7 @@ class RayEngine:
         lo, hi = self.actors or (1, max(1, int(gpus) if per else int(cpus) // 2))
         if per and lo > gpus:
             raise FerError(f"--actors {lo},{hi} needs {lo} GPUs; the {session.describe()} has {gpus:g}")
-        if lo + 1 > max(cpus, 2):  # each actor holds a CPU; decoding needs one more
+        if lo + 1 > cpus:  # each actor holds a CPU; decoding needs one more
             raise FerError(f"--actors {lo},{hi} needs {lo + 1} CPUs (one per actor, one to decode); the "
                            f"{session.describe()} has {cpus:g}")
         return per, 1, (lo, hi)
