@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from fer import __version__
 from fer.cache.errors import FerError
@@ -41,6 +42,98 @@ def _root(
     pass
 
 
+# ---------------------------------------------------------------- commands from settings dataclasses
+def _options_command(typer_app: typer.Typer, name: str, options, *, args: list[inspect.Parameter],
+                     sweep: bool = False, skip: tuple[str, ...] = (), **command_kw: Any):
+    """Register a command whose options are a settings dataclass's fields (``options()``: fer.options'
+    ConfigOptions, each with its type, flags and docstring); the decorated body receives ``args`` and the
+    option values as keyword arguments. With ``sweep``, sweepable options take a comma list (a grid axis).
+    ``command_kw`` go to Typer's ``command`` (e.g. ``cls``)."""
+
+    def typed(o) -> tuple[Any, Any]:
+        if sweep and o.sweepable:
+            help_ = (f"{_escape(o.help)} One value or a comma list (';' for {o.flag[2:]}): a grid axis. "
+                     f"[default: {o.default}]")
+            return Optional[str], typer.Option(None, *o.flags, help=help_, show_default=False)
+        if o.kind == "bool":
+            flags = (f"{o.flag}/--no-{o.flag[2:]}",) if o.default else o.flags
+            return bool, typer.Option(o.default, *flags, help=_escape(o.help))
+        tp = {"int": int, "float": float, "str": str, "int?": Optional[int], "float?": Optional[float],
+              "str?": Optional[str], "tuple": str, "parsed": Optional[str]}[o.kind]
+        return tp, typer.Option(... if o.required else o.default, *o.flags, help=_escape(o.help))
+
+    def register(body):
+        params = list(args)
+        taken = {p.name for p in params}
+        for o in options():
+            if o.name in taken or o.name in skip:
+                continue
+            tp, default = typed(o)
+            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
+                                            default=default))
+
+        def command(**kw: Any) -> None:
+            body(**kw)
+
+        command.__signature__ = inspect.Signature(params)
+        command.__doc__ = body.__doc__
+        command.__name__ = body.__name__
+        typer_app.command(name, **command_kw)(command)
+        return body
+
+    return register
+
+
+def _extract_options():
+    """`fer extract`'s options (read when the command line starts: fer.extract.config imports no torch)."""
+    from fer.extract.config import extract_options
+
+    return extract_options()
+
+
+def _faces_options():
+    from fer.extract.config import faces_options
+
+    return faces_options()
+
+
+def _train_options():
+    from fer.train.options import config_options
+
+    return config_options()
+
+
+def _sweep_options():
+    """TrainConfig's options (grid axes) and the sweep's own (SweepConfig: where the points run)."""
+    from fer.train.options import config_options, sweep_options
+
+    return config_options() + sweep_options()
+
+
+def _argument(name: str, tp: Any, help_: str) -> inspect.Parameter:
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
+                             default=typer.Argument(..., help=help_))
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", "\\[")  # rich markup would read [0, 1) as a tag
+
+
+class FamiliesInHelp(TyperCommand):
+    """A command whose option help may say ``{families}`` (or ``{fetchable families}``): the backbone
+    families of fer.extract.backbones.families, filled in when the help is shown (the table imports torch,
+    which `fer` does not at start-up, so bad arguments come back fast)."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from fer.extract.backbones.families import backbone_help
+
+        for p in self.params:
+            if isinstance(getattr(p, "help", None), str) and "families}" in p.help:
+                p.help = p.help.replace("{fetchable families}", backbone_help(fetchable=True)).replace(
+                    "{families}", backbone_help())
+        super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------- data
 @data_app.command("synth")
 def data_synth(
@@ -58,25 +151,20 @@ def data_synth(
     typer.echo(summary)
 
 
-ENGINE_HELP = ("process | ray: process = this process and its decoding workers (one per rank under torchrun or "
-               "--shard); ray = Ray Data: decoding in CPU tasks, the model in a pool of actors (one GPU each where "
-               "there are GPUs), on a local instance or a cluster (--ray-address, RAY_ADDRESS). Needs the ray extra.")
-ACTORS_HELP = ("With --engine ray: MIN,MAX model actors (or N), the pool growing and shrinking between them. "
-               "Default: 1 to one per GPU, or to half the CPUs.")
-RAY_ADDRESS_HELP = ("With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a "
-                    "local instance started and stopped by this command.")
 ROOT_HELP = "Dataset root (DFEW, MAFW, FERV39k, class folders train|val|test/<class>/<clip>) or a manifest CSV."
-LAYOUT_HELP = "dfew | mafw | ferv39k | folders | videos | manifest: the layout of ROOT [default: told by its files]."
-CLASSES_HELP = "The class names in order, e.g. angry,happy,sad [default: the dataset's own order; sorted names for " \
-               "class folders and manifests]."
+
+
+def _extract_help(name: str) -> str:
+    """The help of `fer extract`'s option for ExtractConfig field ``name`` (other commands share some)."""
+    return next(_escape(o.help) for o in _extract_options() if o.name == name)
 
 
 @data_app.command("info")
 def data_info(
     root: Path = typer.Argument(..., help=ROOT_HELP),
     check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
-    layout: Optional[str] = typer.Option(None, "--layout", help=LAYOUT_HELP),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
+    layout: Optional[str] = typer.Option(None, "--layout", help=_extract_help("layout")),
+    classes: Optional[str] = typer.Option(None, "--classes", help=_extract_help("classes")),
 ) -> None:
     """Print what a dataset holds: its layout, clips, classes, folds, media, problems."""
     from fer.extract.datasets import parse_classes
@@ -85,129 +173,28 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media, layout=layout, classes=parse_classes(classes)))
 
 
-@data_app.command("faces")
-def data_faces(
-    src: Path = typer.Argument(..., help="The clips: any dataset fer reads (DFEW root, manifest CSV, ...)."),
-    out: Path = typer.Argument(..., help="Folder for the aligned face frames, manifest.csv and faces.json."),
-    size: int = typer.Option(224, "--size", min=32, max=1024, help="Side of the aligned face crops in pixels."),
-    frames: str = typer.Option("all", "--frames", help="all | N: every frame, or N frames sampled uniformly."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="k/n, 1-based: this process does the clips i with i % n == k-1."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes. [default: this process's share of the cores less one, at most 8]"),
-    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="Frames per detector pass. [default: 8 on CPU, 32 on GPU]"),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    engine: str = typer.Option("process", "--engine", help=ENGINE_HELP),
-    actors: Optional[str] = typer.Option(None, "--actors", help=ACTORS_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-) -> None:
+_SRC = _argument("src", Path, "The clips: any dataset fer reads (DFEW root, manifest CSV, ...).")
+_OUT = _argument("out", Path, "Folder for the aligned face frames, manifest.csv and faces.json.")
+
+
+@_options_command(data_app, "faces", _faces_options, args=[_SRC, _OUT])
+def data_faces(src: Path, out: Path, **options: Any) -> None:
     """Detect, follow and align the main face of every video into DFEW-style frame folders (OUT/<clip id>/00001.jpg).
 
     Writes OUT/manifest.csv (feed it to `fer extract`) and OUT/faces.json (detector, template, per-clip counts).
     Rerunning resumes: finished clips are skipped. Exit status 1 when a clip failed (e.g. no face), 130 when
     interrupted.
     """
-    from fer.extract.datasets import load_dataset
-    from fer.extract.faces.runner import run_faces
-    from fer.extract.loading import default_workers
-    from fer.extract.shards import parse_shard, shard_from_env
+    from fer.extract.config import faces_config
+    from fer.extract.faces.runner import faces_from_config
 
-    from fer.extract.ray_engine import make_engine
-
-    n_frames = _parse_frames(frames)
-    run_engine = make_engine(engine, actors=actors, ray_address=ray_address, device=device, shard=shard,
-                             workers=workers)
-    shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
-    dataset = load_dataset(src)
-    summary = run_faces(dataset, out, size=size, frames=n_frames, device=device, shard=shard_kn,
-                        workers=default_workers() if workers is None else workers, batch=batch, progress=progress,
-                        engine=run_engine)
-    _finish(summary, "clips")
-
-
-def _parse_frames(text: str) -> Optional[int]:
-    if text.strip().lower() == "all":
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise typer.BadParameter(f"{text!r} is neither 'all' nor a positive number of frames", param_hint="--frames")
-    return n
+    _finish(faces_from_config(src, out, faces_config(options)), "clips")
 
 
 # ---------------------------------------------------------------- extract
-@app.command("extract")
-def extract_cmd(
-    root: Path = typer.Argument(..., help=ROOT_HELP),
-    modality: str = typer.Option(..., "--modality", "-m", help="face | pose | audio."),
-    layout: Optional[str] = typer.Option(None, "--layout", help=LAYOUT_HELP),
-    classes: Optional[str] = typer.Option(None, "--classes", help=CLASSES_HELP),
-    store: Optional[str] = typer.Option(
-        None, "--store", "-s",
-        help="Feature store to write (created if missing; *.zarr or *.h5). Default: ./<root name>.zarr "
-        "in the current folder (never inside the dataset).",
-    ),
-    fmt: Optional[str] = typer.Option(None, "--format", help="zarr | h5, for the default store name. [default: zarr]"),
-    backbone: Optional[str] = typer.Option(
-        None, "--backbone", "-b",
-        help="face: resnet18 (default) | any torchvision classification model (convnext_tiny, vit_b_16 ...) | "
-        "hf:<model id or folder> (CLIP, DINOv2, ViT) | timm:<model name>; pose: keypointrcnn | openpifpaf; "
-        "audio: wav2vec2 (default) | mel | hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...).",
-    ),
-    weights: Optional[str] = typer.Option(
-        None, "--weights", "-w",
-        help="imagenet (face) | coco (pose) | an HF model id or folder (audio) | none (random init, seeded) | "
-        "auto (pretrained when in the local cache, else random, with a warning) | "
-        "PATH to a state dict or a `fer train` checkpoint. Default: the backbone's pretrained weights.",
-    ),
-    layer: Optional[str] = typer.Option(
-        None, "--layer", help="face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | "
-        "layer3 | layer2 (resnet18 feature maps).",
-    ),
-    size: Optional[int] = typer.Option(
-        None, "--size", min=32, max=1024,
-        help="face: input size in pixels [the model's own, 224 for resnet18]; pose: the detector's short side [512] "
-        "(long side x1.67).",
-    ),
-    precision: Optional[str] = typer.Option(
-        None, "--precision",
-        help="fp32 | bf16 | fp16 | auto: bf16 autocast on GPUs with native bf16 (else fp16), and on CPUs with "
-        "native bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 "
-        "to the spec. [default: $FER_PRECISION, else auto]",
-    ),
-    frames: Optional[str] = typer.Option(
-        None, "--frames",
-        help="Frames per clip (face: 16, pose: 3). face: all = every face frame (up to --max-frames), padded with a "
-        "mask, for `fer train --augment jitter`.",
-    ),
-    max_frames: Optional[int] = typer.Option(
-        None, "--max-frames", min=1,
-        help="With --frames all: frames kept per clip; longer clips keep this many at the segment centres (recorded "
-        "per clip). [default: 64]",
-    ),
-    flip: bool = typer.Option(
-        False, "--flip",
-        help="face: also store the horizontally mirrored view of every frame (spec .flip), for `fer train --augment flip` "
-        "and flip averaging at test.",
-    ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random init for --weights none."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Clips per model batch."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding worker processes (0: decode in the main process). [default: this process's share of the "
-                                 "cores less one, at most 8; 0 for a CPU model with 2 cores or fewer]"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda (cuda:N)."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Extract at most N more clips in this call."),
-    shard: Optional[str] = typer.Option(
-        None, "--shard",
-        help="k/n, 1-based: this process does shard k of n (e.g. --shard 1/2 and --shard 2/2 on two machines). "
-        "Under torchrun RANK/WORLD_SIZE set it automatically.",
-    ),
-    chunk_mb: Optional[float] = typer.Option(None, "--chunk-mb", help="Chunk size in MB when the feature set is created."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
-    engine: str = typer.Option("process", "--engine", help=ENGINE_HELP),
-    actors: Optional[str] = typer.Option(None, "--actors", help=ACTORS_HELP),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
-) -> None:
+@_options_command(app, "extract", _extract_options, args=[_argument("root", Path, ROOT_HELP)],
+                  cls=FamiliesInHelp)
+def extract_cmd(root: Path, **options: Any) -> None:
     """Run one backbone over every clip into the feature store (stage 1).
 
     One feature set per call, named by its spec (e.g. face.resnet18.imagenet.pool.224.16f, or
@@ -216,47 +203,12 @@ def extract_cmd(
     (reasons are in the summary and the store), 2 for bad input, 3 for a fault of the machine (no space,
     read-only, damaged store), 130 when interrupted (rerun to resume).
     """
-    from fer.extract.backbones.registry import FACTORIES
+    from fer.extract.config import extract_config
+    from fer.extract.runner import extract_dataset
 
-    if modality not in FACTORIES:
-        raise typer.BadParameter(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}", param_hint="--modality")
-    if limit is not None and limit < 1:
-        raise typer.BadParameter(f"must be >= 1, got {limit}", param_hint="--limit")
     if not root.exists():
         raise typer.BadParameter(f"{root} does not exist", param_hint="ROOT")
-    if chunk_mb is not None and chunk_mb <= 0:
-        raise typer.BadParameter("must be > 0", param_hint="--chunk-mb")
-
-    from fer.extract.backbones.registry import make_extractor
-    from fer.extract.datasets import load_dataset, parse_classes
-    from fer.extract.loading import default_workers
-    from fer.extract.runner import run_extraction
-    from fer.extract.shards import parse_shard, shard_from_env
-    from fer.extract.stores import check_store_format, default_store_path
-
-    from fer.extract.ray_engine import make_engine
-
-    run_engine = make_engine(engine, actors=actors, ray_address=ray_address, device=device, shard=shard,
-                             workers=workers)
-    shard_kn = parse_shard(shard) if shard else (shard_from_env() or (0, 1))
-    store_path = store if store else str(default_store_path(root, fmt))
-    check_store_format(store_path, fmt)
-    dataset = load_dataset(root, layout=layout, classes=parse_classes(classes))
-    n_frames = None if frames is None else (_parse_frames(frames) or "all")
-    # on Ray the model is built here on the CPU and sent to the actors, which move it to their own device
-    extractor = make_extractor(modality, backbone, weights, "cpu" if run_engine else device, layer=layer, size=size,
-                               frames=n_frames, seed=seed, precision=precision, max_frames=max_frames, flip=flip or None)
-    summary = run_extraction(
-        dataset, extractor, store_path,
-        batch_size=batch_size,
-        workers=default_workers(extractor.device) if workers is None else workers,
-        shard=shard_kn,
-        limit=limit,
-        progress=progress,
-        chunk_bytes=int(chunk_mb * 1e6) if chunk_mb else None,
-        engine=run_engine,
-    )
-    _finish(summary, "rows")
+    _finish(extract_dataset(root, extract_config(options)), "rows")
 
 
 def _finish(summary, saved: str) -> None:
@@ -270,22 +222,21 @@ def _finish(summary, saved: str) -> None:
 
 
 # ---------------------------------------------------------------- weights
-@weights_app.command("fetch")
+@weights_app.command("fetch", cls=FamiliesInHelp)
 def weights_fetch(
     modality: Optional[str] = typer.Option(
         None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
     ),
     backbone: Optional[list[str]] = typer.Option(
         None, "--backbone", "-b",
-        help="Fetch this backbone instead of the defaults (repeatable): resnet18, any torchvision model name, "
-        "hf:<model id>, timm:<model name>, wav2vec2, keypointrcnn.",
+        help="Fetch this backbone instead of the defaults (repeatable): {fetchable families}",
     ),
 ) -> None:
     """Download every default backbone weight into its normal cache (TORCH_HOME, HF cache), for offline use.
 
     Copy TORCH_HOME (default ~/.cache/torch) and HF_HOME (~/.cache/huggingface) to the offline machine.
     """
-    from fer.extract.backbones.weights import fetch_all
+    from fer.extract.backbones.families import fetch_all
 
     mods = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
     fetch_all(mods, echo=typer.echo, backbones=[b for b in backbone or [] if b.strip()] or None)
@@ -293,53 +244,10 @@ def weights_fetch(
 
 # ---------------------------------------------------------------- train
 STORE_HELP = "Feature store made by `fer extract` (.zarr or .h5)."
+_STORE = _argument("store", Path, STORE_HELP)
 
 
-def _config_command(name: str, *, sweep: bool, extra: list[inspect.Parameter] = ()):
-    """Register a command whose options are TrainConfig's fields (fer.train.options: the field's type, flag and
-    docstring); the decorated body receives them as keyword arguments."""
-    from fer.train.options import config_options
-
-    def typed(o) -> tuple[Any, Any]:
-        if sweep and o.sweepable:
-            return Optional[str], typer.Option(None, *o.flags, help=f"{_escape(o.help)} One value or a comma list "
-                                               f"(';' for {o.flag[2:]}): a grid axis. [default: {o.default}]",
-                                               show_default=False)
-        if o.kind == "bool":
-            flags = (f"{o.flag}/--no-{o.flag[2:]}",) if o.default else o.flags
-            return bool, typer.Option(o.default, *flags, help=_escape(o.help))
-        tp = {"int": int, "float": float, "str": str, "int?": Optional[int], "str?": Optional[str], "tuple": str,
-              "parsed": Optional[str]}[o.kind]
-        return tp, typer.Option(o.default, *o.flags, help=_escape(o.help))
-
-    def register(body):
-        params = [inspect.Parameter("store", inspect.Parameter.KEYWORD_ONLY, annotation=Path,
-                                    default=typer.Argument(..., help=STORE_HELP))]
-        params += list(extra)
-        taken = {p.name for p in params}
-        for o in config_options():
-            if o.name in taken or (sweep and o.name == "resume"):
-                continue
-            tp, default = typed(o)
-            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp, default=default))
-
-        def command(**kw: Any) -> None:
-            body(**kw)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__doc__ = body.__doc__
-        command.__name__ = body.__name__
-        app.command(name)(command)
-        return body
-
-    return register
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")  # rich markup would read [0, 1) as a tag
-
-
-@_config_command("train", sweep=False)
+@_options_command(app, "train", _train_options, args=[_STORE])
 def train_cmd(store: Path, **options: Any) -> None:
     """Train the face Transformer (+ pose/audio fusion) on cached features over the store's folds."""
     from fer.train.options import config_from_options
@@ -375,30 +283,17 @@ _SWEEP_OUT = inspect.Parameter(
                          "the same --out to resume a killed sweep."))
 
 
-_SWEEP_ENGINE = [
-    inspect.Parameter("engine", inspect.Parameter.KEYWORD_ONLY, annotation=str, default=typer.Option(
-        "process", "--engine", help="process | ray: the grid points one after another in this process, or side by "
-        "side as Ray tasks (features loaded once and shared through Ray's object store; needs the ray extra).")),
-    inspect.Parameter("gpus_per_run", inspect.Parameter.KEYWORD_ONLY, annotation=float, default=typer.Option(
-        0.0, "--gpus-per-run", help="With --engine ray: GPUs each grid point holds; a fraction (0.25) lets several "
-        "small runs share one GPU, 0 trains on CPUs.")),
-    inspect.Parameter("ray_address", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(
-        None, "--ray-address", help=RAY_ADDRESS_HELP)),
-]
-
-
-@_config_command("sweep", sweep=True, extra=[_SWEEP_OUT, *_SWEEP_ENGINE])
-def sweep_cmd(store: Path, out: Path, engine: str, gpus_per_run: float, ray_address: Optional[str],
-              **options: Any) -> None:
+@_options_command(app, "sweep", _sweep_options, args=[_STORE, _SWEEP_OUT], sweep=True, skip=("resume",))
+def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
-    from fer.train.options import config_from_options, option, parse_grid
-    from fer.train.sweep import sweep, sweep_engine
+    from fer.train.options import config_from_options, option, parse_grid, sweep_config, sweep_options
+    from fer.train.sweep import sweep
 
+    runner = sweep_config({o.name: options.pop(o.name) for o in sweep_options()}).runner()
     texts = {k: v for k, v in options.items() if option(k).sweepable}
     grid, single = parse_grid(texts)
     base = config_from_options({**{k: v for k, v in options.items() if k not in texts}, **single})
-    run_engine = sweep_engine(engine, gpus_per_run=gpus_per_run, ray_address=ray_address)
-    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")), engine=run_engine)
+    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")), engine=runner)
 
 
 # ---------------------------------------------------------------- cache

@@ -92,7 +92,7 @@ def pick(names: str | None) -> list[Family]:
 def build(family: Family, tmp: Path, precision: str, **kw: Any) -> Any:
     """The family's extractor on the CPU: pretrained when cached, else random init (seed 0)."""
     from fer.extract.backbones.registry import make_extractor
-    from fer.extract.backbones.weights import pretrained_available
+    from fer.extract.backbones.families import pretrained_available
 
     backbone, weights = family.backbone, None
     if not pretrained_available(family.modality, backbone)[0]:

@@ -1,7 +1,7 @@
 """Clips/s of `fer data faces` against the bare face detector, and the detector batched against a per-frame loop.
 
 Input: short videos of a real photograph (matplotlib's grace_hopper.jpg) whose face moves, grows and
-turns (`fer.tests.extract.faces.videos`), written to a temporary folder. Three measurements in one run:
+turns (`fer.extract.synth.photo`), written to a temporary folder. Three measurements in one run:
 
 - detector, per-frame loop: one frame per detector call, as the peers' MTCNN scripts do, on frames
   already decoded in memory;
@@ -27,7 +27,7 @@ import torch
 
 def make_clips(folder: Path, clips: int, frames: int, size: tuple[int, int]) -> Path:
     """``clips`` videos of a moving face and a manifest listing them; returns the manifest."""
-    from fer.tests.extract.faces.videos import make_moving
+    from fer.extract.synth.photo import make_moving
 
     lines = ["clip_id,video,label"]
     for i in range(clips):
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="interleaved repeats; the best time of each is kept")
     args = ap.parse_args()
 
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
     from fer.extract.datasets import load_dataset
     from fer.extract.faces.detect import MTCNN
     from fer.extract.faces.pipeline import decode_clip

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache import create_store, open_store
-from fer.cache import store as store_mod
-from fer.cache.backends import _du
+from fer.cache import reading
+from fer.cache.backends import bytes_under
 
 SPEC = "face.bench"
 T, D = 16, 512
@@ -79,17 +79,17 @@ def bench_store(data, ids, votes, folds, work: Path, fmt: str, compressor: str, 
     with open_store(path) as s:
         size = s.info(SPEC)["bytes_on_disk"]
         chunk_rows = s.info(SPEC)["chunk_rows"]
-        old = store_mod._READ_THREADS
+        old = reading.READ_THREADS
         if threads is not None:
-            store_mod._READ_THREADS = threads
+            reading.READ_THREADS = threads
         try:
             fs = s.read(SPEC)  # warm
             assert np.array_equal(fs.data, data)
             del fs
             r, r_med = best_of(lambda: s.read(SPEC), repeats)
         finally:
-            store_mod._READ_THREADS = old
-    data_size = _du(path / "features" / SPEC / "data") if fmt == "zarr" else size
+            reading.READ_THREADS = old
+    data_size = bytes_under(path / "features" / SPEC / "data") if fmt == "zarr" else size
     shutil.rmtree(path) if path.is_dir() else path.unlink()
     return {"write": w, "read": r, "read_med": r_med, "size": size, "data_size": data_size, "chunk_rows": chunk_rows}
 

@@ -111,10 +111,11 @@ def bench_a(store: Path, spec: str, set_bytes: int, args: argparse.Namespace, wo
 
 def bench_b(store: Path, spec: str, args: argparse.Namespace) -> dict:
     """Batches of one epoch through each source, no model (the data path's own rate)."""
-    from fer.train.batches import MemorySource, StreamSource, frame_plans
+    from fer.train.batches import MemorySource, frame_plans, sampling_blocks
     from fer.train.config import TrainConfig
     from fer.train.features import load_features
     from fer.train.sampling import epoch_order
+    from fer.train.stream import StreamSource
 
     cfg = TrainConfig(face=spec, augment=("jitter", "flip"), batch_size=args.batch)
     out = {}
@@ -125,10 +126,12 @@ def bench_b(store: Path, spec: str, args: argparse.Namespace) -> dict:
                StreamSource(feats, cfg, plans, torch.device("cpu"), budget=int(args.budget_gb * 1e9), log=lambda s: None))
         gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         rows = np.arange(feats.n)
+        blocks, _ = sampling_blocks(feats, cfg.modalities)
         best = 0.0
         for _ in range(2):
             t0 = time.perf_counter()
-            n = sum(len(b.idx) for b in src.epoch(epoch_order(rows, feats.labels, balance=False, gen=gen), draw=draw, gen=gen))
+            order = epoch_order(rows, feats.labels, balance=False, gen=gen, blocks=blocks)
+            n = sum(len(b.idx) for b in src.epoch(order, draw=draw))
             best = max(best, n / (time.perf_counter() - t0))
         src.close()
         out[name] = best
@@ -166,7 +169,7 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
             for e in range(2):  # the first epoch warms up
                 t0 = time.perf_counter()
                 train_epoch(model, src, epoch_order(rows, f.labels, balance=False, gen=gen), opt, loss_fn, dist, labels,
-                            draw=draw, gen=gen)
+                            draw=draw)
                 dt = time.perf_counter() - t0
             times[name].append(dt)
             print(f"(c) {name}: epoch {dt:.2f} s", flush=True)
@@ -180,7 +183,7 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
         gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         rows = np.arange(min(f.n, args.clips_c))
         path[name] = min(_timed(lambda: sum(1 for _ in src.epoch(epoch_order(rows, f.labels, balance=False, gen=gen),
-                                                                 draw=draw, gen=gen))) for _ in range(5))
+                                                                 draw=draw))) for _ in range(5))
         print(f"(c) {name}: data path alone {path[name] * 1e3:.1f} ms per epoch", flush=True)
     return {"best": best, "all": times, "clips": min(feats[spec16].n, args.clips_c), "path": path}
 

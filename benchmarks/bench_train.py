@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from fer.cache.schema import NUM_CLASSES
 from fer.train.config import TrainConfig
 from fer.train.features import LoadedFeatures, ModalityData
+from fer.train.batches import MemorySource, frame_plans
 from fer.train.fit import fit_fold
 from fer.train.losses import make_loss
 from fer.train.model import FerModel, make_batch
@@ -67,7 +68,9 @@ def run_fit(cfg: TrainConfig, feats: LoadedFeatures, n_test: int, work: Path) ->
     n = feats.n
     split = FoldSplit(fold=1, train=np.arange(n - n_test), val=np.zeros(0, np.int64), test=np.arange(n - n_test, n))
     t0 = time.perf_counter()
-    res = fit_fold(cfg, feats, feats.sets, split, torch.device("cpu"), checkpoint=work / "ck.pt", log=lambda s: None)
+    source = MemorySource(feats.sets, cfg, frame_plans(feats.sets, cfg), torch.device("cpu"))
+    res = fit_fold(cfg, feats, source, split, torch.device("cpu"), checkpoint=work / "ck.pt",
+                   log=lambda s: None)
     return res.history, time.perf_counter() - t0
 
 

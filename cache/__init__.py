@@ -11,13 +11,15 @@ from fer.cache.errors import FerError
 
 if TYPE_CHECKING:
     from fer.cache.provenance import sha256_file
-    from fer.cache.store import FeatureSet, FeatureStore, create_store, open_store
+    from fer.cache.create import create_store
+    from fer.cache.reading import FeatureSet
+    from fer.cache.store import FeatureStore, open_store
     from fer.cache.writer import FeatureWriter
 
 _LAZY = {
-    "FeatureSet": "fer.cache.store",
+    "FeatureSet": "fer.cache.reading",
     "FeatureStore": "fer.cache.store",
-    "create_store": "fer.cache.store",
+    "create_store": "fer.cache.create",
     "open_store": "fer.cache.store",
     "FeatureWriter": "fer.cache.writer",
     "sha256_file": "fer.cache.provenance",

@@ -12,6 +12,9 @@ from fer.cache.errors import FerError
 CLIPS_ID = "clips/id"
 CLIPS_VOTES = "clips/votes"
 CLIPS_FOLD = "clips/fold"
+CLIPS_LABEL = "clips/label"
+"""(N,) int16: the dataset's official label of each clip (split file, label column, class folder), -1 where it
+names none. Optional: stores made before it existed score every clip by its votes' majority."""
 FEATURES = "features"
 
 # Failure reasons are stored per row as fixed-width UTF-8 (no object/pickle codecs), chunked like `done`

@@ -20,6 +20,22 @@ FOLD_VAL = 3
 FOLD_CODES = (FOLD_UNUSED, FOLD_TRAIN, FOLD_TEST, FOLD_VAL)
 FOLD_CODE_NAMES = {FOLD_UNUSED: "unused", FOLD_TRAIN: "train", FOLD_TEST: "test", FOLD_VAL: "val"}
 
+NO_LABEL = -1
+"""clips/label of a clip whose dataset names no official label (only votes)."""
+
+
+def scored_labels(votes, official=None):
+    """(N,) int64: the label each clip is trained and scored by: the dataset's official label where it names
+    one (so a tie in the votes takes it), else the majority of the votes (ties to the lower class index)."""
+    import numpy as np
+
+    top = np.asarray(votes).argmax(axis=1).astype(np.int64)
+    if official is None:
+        return top
+    official = np.asarray(official, dtype=np.int64)
+    return np.where(official >= 0, official, top)
+
+
 # DFEW counts a clip as single-labeled when one class has more than this many of 10 votes.
 SINGLE_LABEL_MIN_VOTES = 7
 NUM_ANNOTATORS = 10

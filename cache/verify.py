@@ -105,7 +105,7 @@ def _check_set(store: FeatureStore, spec: str, rep: VerifyReport) -> None:
 
 
 def _check_leftovers(store: FeatureStore, rep: VerifyReport) -> None:
-    local = store._local
+    local = store.local
     if local is None or store.format != "zarr" or not Path(local).is_dir():
         return
     partial = list(Path(local).rglob("*.partial"))
@@ -121,9 +121,7 @@ def clean_leftovers(store: FeatureStore) -> int:
     Takes every chunk lock of a feature set first, so it never pulls a temp file from under a live writer
     (FerError if one is writing).
     """
-    from fer.cache.locks import ChunkLocks
-
-    local = store._local
+    local = store.local
     if local is None or store.format != "zarr":
         return 0
     count = 0
@@ -132,8 +130,7 @@ def clean_leftovers(store: FeatureStore) -> int:
         if not partial:
             continue  # nothing to clean: no lock taken, so a read-only store needs no write
         cr = store.safe_chunk_rows(spec)
-        locks = ChunkLocks(store._lock_key(spec), store._lock_file(spec), range(L.n_chunks(store.n, cr)),
-                           f"cannot clean {spec!r}")
+        locks = store.locks.chunks(spec, range(L.n_chunks(store.n, cr)), f"cannot clean {spec!r}")
         try:
             with env_faults(local, f"removing temp files of {spec}"):
                 for p in partial:

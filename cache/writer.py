@@ -11,22 +11,111 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from fer.cache import layout as L
+from fer.cache.backends import Backend
 from fer.cache.errors import FerError, env_faults
-from fer.cache.locks import ChunkLocks, exclusive
+from fer.cache.locks import StoreLocks
+from fer.cache.schema import FORMAT_VERSION
 
-if TYPE_CHECKING:
-    from fer.cache.store import FeatureStore
+
+class WritableStore(Protocol):
+    """What a writer needs of an open store (``fer.cache.store.FeatureStore`` is one): this module depends on
+    these names only, so the store can import the writer without the writer importing the store."""
+
+    path: str
+    mode: str
+    locks: StoreLocks
+
+    @property
+    def n(self) -> int: ...
+    @property
+    def ids(self) -> np.ndarray: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def backend(self) -> Backend: ...
+    def has(self, spec: str) -> bool: ...
+    def set_attrs(self, spec: str) -> dict: ...
+
+
+def open_writer(store: WritableStore, spec: str, *, row_shape: tuple[int, ...] | None = None,
+                attrs: dict | None = None, dtype: str = "float16", shard: tuple[int, int] = (0, 1),
+                chunk_bytes: int | None = None, compressor: str | None = None) -> FeatureWriter:
+    """A FeatureWriter for ``spec``, creating the feature set when missing (``FeatureStore.writer``)."""
+    if store.mode == "r":
+        raise FerError(f"{store.path} is open read-only; open it with mode='r+' to write")
+    L.check_spec(spec)
+    with store.locks.creating():
+        if not store.has(spec):
+            try:
+                with env_faults(store.path, f"creating feature set {spec}"):
+                    _create_set(store, spec, row_shape, attrs, dtype, chunk_bytes, compressor)
+            except BaseException:
+                _drop_half_set(store, spec)
+                raise
+        else:
+            have = store.set_attrs(spec)
+            if row_shape is not None and tuple(row_shape) != tuple(have["row_shape"]):
+                raise FerError(
+                    f"feature set {spec!r} holds rows of shape {tuple(have['row_shape'])}, not "
+                    f"{tuple(row_shape)}; a different shape needs a different spec"
+                )
+            if np.dtype(dtype) != np.dtype(have["dtype"]):
+                raise FerError(f"feature set {spec!r} holds {have['dtype']}, not {dtype}")
+    return FeatureWriter(store, spec, shard=shard)
+
+
+def _create_set(store: WritableStore, spec, row_shape, attrs, dtype, chunk_bytes, compressor) -> None:
+    if row_shape is None or attrs is None or "modality" not in attrs:
+        raise FerError(f"feature set {spec!r} does not exist yet: give row_shape and attrs (with 'modality') "
+                       "to create it")
+    row_shape = tuple(int(x) for x in row_shape)
+    if len(row_shape) < 1 or min(row_shape) < 1:
+        raise FerError(f"row_shape must be (T, ...) with positive sizes, got {row_shape}")
+    dt = np.dtype(dtype)
+    fmt, b = store.format, store.backend
+    compressor = compressor or L.DEFAULT_COMPRESSOR[fmt]
+    cr = min(store.n, L.chunk_rows_for(row_shape, dt, chunk_bytes or L.DEFAULT_CHUNK_BYTES))
+    n, t = store.n, row_shape[0]
+    g = L.group_key(spec)
+    b.reserve(0)
+    b.create_group(g)
+    fill = np.nan if dt.kind == "f" else 0
+    # mask/done/failed share data's rows per chunk so writers of disjoint chunks never share a chunk file.
+    b.create_array(L.data_key(spec), (n,) + row_shape, dt, (cr,) + row_shape, fill, compressor)
+    b.create_array(L.mask_key(spec), (n, t), bool, (cr, t), False, "none" if fmt == "hdf5" else "zstd-1")
+    b.create_array(L.done_key(spec), (n,), bool, (cr,), False, "none")
+    b.create_array(L.failed_key(spec), (n, L.FAIL_WIDTH), np.uint8, (cr, L.FAIL_WIDTH), 0,
+                   "gzip-1" if fmt == "hdf5" else "zstd-1")
+    from fer.cache.provenance import base_provenance
+
+    meta = {**base_provenance(), **dict(attrs)}
+    meta.update(spec=spec, row_shape=list(row_shape), dtype=str(dt), chunk_rows=cr, compressor=compressor,
+                format_version=FORMAT_VERSION)
+    b.set_group_attrs(g, meta)  # last: its chunk_rows marks the set as complete
+    b.flush()
+
+
+def _drop_half_set(store: WritableStore, spec: str) -> None:
+    """Remove what a failed _create_set made, so no half-made set is left (best effort: the disk may be
+    full)."""
+    b = store.backend
+    try:
+        if not store.has(spec):
+            b.delete(L.group_key(spec))
+            b.flush()
+    except Exception:  # noqa: BLE001 - a set without chunk_rows is never listed, and verify names it
+        b.mark_write_failed()
 
 
 class FeatureWriter:
     """Writes rows of feature set ``spec``; owns chunks c with c % n == k for shard (k, n)."""
 
-    def __init__(self, store: FeatureStore, spec: str, *, shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, store: WritableStore, spec: str, *, shard: tuple[int, int] = (0, 1)) -> None:
         k, n = (int(x) for x in shard)
         if n < 1 or not 0 <= k < n:
             raise FerError(f"shard must be (k, n) with 0 <= k < n, got {shard}")
@@ -45,8 +134,7 @@ class FeatureWriter:
         self._failed = b.array(L.failed_key(spec))
         self._chunks = L.owned_chunks(store.n, self.chunk_rows, (k, n))
         self._owned = set(self._chunks)
-        self._locks = ChunkLocks(store._lock_key(spec), store._lock_file(spec), self._chunks,
-                                 f"feature set {spec!r} of {store.path}")
+        self._locks = store.locks.chunks(spec, self._chunks, f"feature set {spec!r} of {store.path}")
 
     @contextlib.contextmanager
     def _writing(self, what: str) -> Iterator[None]:
@@ -180,7 +268,7 @@ class FeatureWriter:
     def update_attrs(self, attrs: dict) -> None:
         """Merge JSON-able values into the feature set's attrs (e.g. summary figures at the end of a run)."""
         g = L.group_key(self.spec)
-        with exclusive(self.store._lock_file("_create"), f"{self.store.path}::create"):
+        with self.store.locks.creating():
             cur = self._b.group_attrs(g)
             protected = {"spec", "row_shape", "dtype", "chunk_rows", "compressor", "format_version"}
             clash = protected & set(attrs)

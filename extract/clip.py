@@ -18,7 +18,7 @@ FACE_FRAMES = 16
 def _aligned_faces(video: Path, out_dir: Path, device: str = "auto", all_frames: int | None = None) -> Path:
     """Detect, follow and align the main face of ``video`` as `fer data faces` does, into jpgs: 16 frames, or with
     ``all_frames`` every frame up to that many (segment centres of a longer video; a short one is not stretched)."""
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
     from fer.extract.faces.pipeline import NoFaceError, aligned_faces, save_frames
 
     try:

@@ -1,5 +1,6 @@
-"""The model half of ``fer extract``: a batch of loaded clips through ``extractor.embed``, one clip that breaks
-the model failing alone, and a systemic failure (a bug, out of memory) stopping the run with one line."""
+"""The model half of ``fer extract``: a batch of loaded clips through ``extractor.embed``, one clip that
+breaks the model failing alone, and a systemic failure (a bug, out of memory) stopping the run with one
+line."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def embed_safe(
 
 @dataclass
 class _Failure:
-    """What is kept of a failed model call: its message, never the exception (whose traceback holds tensors)."""
+    """What is kept of a failed model call: its message, never the exception (its traceback holds tensors)."""
 
     reason: str
     out_of_memory: bool
@@ -85,8 +86,8 @@ def _systemic_error(extractor: Extractor, failure: _Failure, clips: int) -> FerE
     what = "the first clip" if clips == 1 else f"every clip of a batch of {clips}, also one at a time"
     if failure.out_of_memory:
         return FerEnvError(
-            f"the model ran out of memory on {extractor.device} on {what} ({failure.reason}): free the device "
-            "(other processes on it?), use a smaller --batch-size or --size, or --device cpu"
+            f"the model ran out of memory on {extractor.device} on {what} ({failure.reason}): free the "
+            "device (other processes on it?), use a smaller --batch-size or --size, or --device cpu"
         )
-    return FerError(f"the model failed on {what} ({failure.reason}); this looks like a bug or a broken install, "
-                    "not bad clips")
+    return FerError(f"the model failed on {what} ({failure.reason}); this looks like a bug or a broken "
+                    "install, not bad clips")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +56,14 @@ class Extractor(ABC):
     @abstractmethod
     def embed(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Run loaded clips through the model: ``(data (B, *row_shape), mask (B, T) bool)`` on CPU."""
+
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        """Settle what ``--precision auto`` guessed, on this run's own weights and first ``clips`` loadable
+        ``records``, before the spec (which names the precision) is read: call it once between building the
+        extractor and creating its feature set. ``started``: the feature sets the store already holds, so a
+        resumed run keeps the precision it began in. Extractors without a precision choice keep this no-op;
+        the face and speech extractors measure (fer.extract.backbones.precision_check)."""
 
     def row_info(self, item: Any) -> str | None:
         """Optional one-line note on how this loaded clip was read (e.g. ``repeated 16 from 9 frames``),

@@ -1,7 +1,7 @@
 """Clips decoded in DataLoader worker processes while the main process runs the model.
 
-``clip_batches`` yields batches of ``Loaded`` items: a clip's decoded data, or the one-line reason it could not
-be decoded, so one bad clip never stops a run. Workers receive only a loader without a model
+``clip_batches`` yields batches of ``Loaded`` items: a clip's decoded data, or the one-line reason it could
+not be decoded, so one bad clip never stops a run. Workers receive only a loader without a model
 (``Extractor.loader()``), started by fork on CPU and never by fork beside a CUDA context. How many workers a
 process gets, and what happens when their shared memory runs out, is said here too.
 """
@@ -65,7 +65,8 @@ def default_workers(device: torch.device | None = None) -> int:
 def worker_start_method(device: torch.device) -> str:
     """How decoding workers start. On CPU under Linux: fork (fast, nothing to pickle); with a CUDA model in
     this process: forkserver (or spawn), which never copies a CUDA context into a child; elsewhere the
-    platform's safe default, spawn. Either way workers receive only ``extractor.loader()``, which holds no model."""
+    platform's safe default, spawn. Either way workers receive only ``extractor.loader()``, which holds no
+    model."""
     methods = multiprocessing.get_all_start_methods()
     if device.type == "cpu" and "fork" in methods and sys.platform.startswith("linux"):
         return "fork"
@@ -187,9 +188,11 @@ def shm_error(workers: int, reason: object) -> FerEnvError:
     with contextlib.suppress(OSError):
         u = shutil.disk_usage("/dev/shm")
         free = f" ({u.free / 1e6:.1f} MB free of {u.total / 1e6:.1f} MB)"
-    fewer = f"fewer workers (--workers {workers // 2}, or --workers 0" if workers > 1 else "no workers (--workers 0"
+    fewer = (f"fewer workers (--workers {workers // 2}, or --workers 0" if workers > 1
+             else "no workers (--workers 0")
     return FerEnvError(
-        f"the {workers} decoding worker(s) ran out of shared memory in /dev/shm{free}: {fold_line(reason, 160)}; use "
-        f"{fewer} to decode in the main process) or a smaller --batch-size, or give the machine more shared memory "
-        "(docker run --shm-size=2g); then rerun the same command to resume"
+        f"the {workers} decoding worker(s) ran out of shared memory in /dev/shm{free}: "
+        f"{fold_line(reason, 160)}; use {fewer} to decode in the main process) or a smaller --batch-size, or "
+        "give the machine more shared memory (docker run --shm-size=2g); then rerun the same command to "
+        "resume"
     )

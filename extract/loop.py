@@ -1,4 +1,4 @@
-"""The one clip loop of ``fer extract`` and ``fer data faces`` (in the spirit of video_features' base extractor).
+"""The one clip loop of ``fer extract`` and ``fer data faces``, in the spirit of video_features' extractor.
 
 A run is made of reusable pieces, each usable on its own (an engine that decodes and runs the model elsewhere
 takes the ones it needs):
@@ -93,9 +93,9 @@ def progress_bar(total: int, desc: str, on: bool = True) -> Any:
 def run_clip_loop(batches: Iterable[list[Loaded]], work: ClipWork, summary: RunSummary, *, total: int,
                   progress: bool = True, workers: int = 0, strict_loads: bool = True) -> None:
     """Every batch through ``work``; Ctrl-C / SIGTERM set ``summary.interrupted`` and end the loop, and
-    ``work.finish()`` writes what is finished in any case. ``strict_loads``: when every clip of the first batch
-    failed to load with an unexpected error (not a ClipError), that is a broken install or a bug: FerError.
-    ``workers`` names the decoding workers in the error when their shared memory runs out."""
+    ``work.finish()`` writes what is finished in any case. ``strict_loads``: when every clip of the first
+    batch failed to load with an unexpected error (not a ClipError), that is a broken install or a bug:
+    FerError. ``workers`` names the decoding workers in the error when their shared memory runs out."""
     bar = progress_bar(total, work.desc, progress)
     t_start = time.perf_counter()
     with sigterm_as_interrupt():

@@ -7,6 +7,7 @@ Every problem a clip can have (missing, empty, truncated, undecodable) becomes a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,20 @@ def _count_packets(path: Path) -> int:
             return 0
 
 
+def _decode_frames(path: Path, on_frame: Callable[[av.VideoFrame], bool]) -> None:
+    """Decode the video front to back (threaded), handing each frame to ``on_frame`` until it returns False.
+    A broken packet ends the usable stream; the caller judges whether enough decoded."""
+    with _open(path) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        try:
+            for frame in c.decode(s):
+                if not on_frame(frame):
+                    break
+        except (av.error.FFmpegError, EOFError):
+            pass
+
+
 def read_video_frames(path: str | Path, k: int, max_side: int | None = None, *,
                       info: dict | None = None) -> np.ndarray:
     """Decode k frames sampled uniformly over the clip: uint8 ``(k, H, W, 3)`` RGB.
@@ -136,28 +151,27 @@ def read_all_video_frames(path: str | Path, max_side: int | None = None, max_byt
     out: list[np.ndarray] = []
     size = None
     total = 0
-    with _open(path) as c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        try:
-            for frame in c.decode(s):
-                if size is None:
-                    size = _target_size(frame.width, frame.height, max_side)
-                    if max_bytes:
-                        fit = (max_bytes / (3 * n * size[0] * size[1])) ** 0.5
-                        if fit < 1 and max(size) * fit < 160:
-                            raise ClipError(f"{n} frames of {path.name} do not fit in {max_bytes / 2**30:.1f} GiB; "
-                                            "sample fewer frames (e.g. --frames 64)")
-                        if fit < 1:
-                            size = _target_size(frame.width, frame.height, int(max(size) * fit))
-                img = _to_rgb(frame, size)
-                total += img.nbytes
-                if max_bytes and total > max_bytes:
-                    raise ClipError(f"{path.name} holds more frames than it declares ({n}) and does not fit in "
-                                    f"{max_bytes / 2**30:.1f} GiB; sample fewer frames (e.g. --frames 64)")
-                out.append(img)
-        except (av.error.FFmpegError, EOFError):
-            pass  # a broken packet ends the usable stream; judged below
+
+    def keep(frame: av.VideoFrame) -> bool:
+        nonlocal size, total
+        if size is None:
+            size = _target_size(frame.width, frame.height, max_side)
+            if max_bytes:
+                fit = (max_bytes / (3 * n * size[0] * size[1])) ** 0.5
+                if fit < 1 and max(size) * fit < 160:
+                    raise ClipError(f"{n} frames of {path.name} do not fit in {max_bytes / 2**30:.1f} GiB; "
+                                    "sample fewer frames (e.g. --frames 64)")
+                if fit < 1:
+                    size = _target_size(frame.width, frame.height, int(max(size) * fit))
+        img = _to_rgb(frame, size)
+        total += img.nbytes
+        if max_bytes and total > max_bytes:
+            raise ClipError(f"{path.name} holds more frames than it declares ({n}) and does not fit in "
+                            f"{max_bytes / 2**30:.1f} GiB; sample fewer frames (e.g. --frames 64)")
+        out.append(img)
+        return True
+
+    _decode_frames(path, keep)
     if len(out) < max(1, TRUNCATED_FRACTION * n):
         raise ClipError(f"truncated or undecodable video: {len(out)} of {n} frames decode in {path.name}")
     return np.stack(out)
@@ -172,21 +186,18 @@ def _read_sequential(path: Path, idx: np.ndarray, max_side: int | None) -> tuple
     out: list[np.ndarray | None] = [None] * len(idx)
     size = None
     j = 0
-    with _open(path) as c:
-        s = c.streams.video[0]
-        s.thread_type = "AUTO"
-        try:
-            for frame in c.decode(s):
-                if j in want:
-                    size = size or _target_size(frame.width, frame.height, max_side)
-                    img = _to_rgb(frame, size)
-                    for pos in want[j]:
-                        out[pos] = img
-                j += 1
-                if j > last:
-                    break
-        except (av.error.FFmpegError, EOFError):
-            pass  # a broken packet ends the usable stream; the caller decides if enough decoded
+
+    def keep(frame: av.VideoFrame) -> bool:
+        nonlocal size, j
+        if j in want:
+            size = size or _target_size(frame.width, frame.height, max_side)
+            img = _to_rgb(frame, size)
+            for pos in want[j]:
+                out[pos] = img
+        j += 1
+        return j <= last
+
+    _decode_frames(path, keep)
     if any(o is None for o in out):
         return None, j
     return np.stack(out), j  # type: ignore[arg-type]

@@ -30,7 +30,6 @@ check). The todo list, skip-finished, failure records, provenance and the summar
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -45,25 +44,10 @@ from fer.extract.ray_tasks import (
     MEDIA, AlignActor, EmbedActor, RecordAligned, RecordEmbeds, RemoteBatch, absolute, decode_batch,
 )
 from fer.extract.summary import RunSummary
-from fer.ray_session import RaySession, check_nodes, import_ray, ray_session, wants_ray
+from fer.ray_session import RaySession, check_nodes, import_ray, ray_session
 
 RETRIES = 3
 """Times Ray runs a batch again after its worker died, before the run ends."""
-
-
-def parse_actors(text: str | None) -> tuple[int, int] | None:
-    """``"MIN,MAX"`` or ``"N"`` -> (min, max) model actors; None for the default; FerError when malformed."""
-    if text is None or not str(text).strip():
-        return None
-    try:
-        parts = [int(p) for p in str(text).split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
-        raise FerError(f"--actors {text!r} is not MIN,MAX (e.g. 1,4) or N with 1 <= MIN <= MAX")
-    return parts[0], parts[1]
 
 
 class RayEngine:
@@ -227,18 +211,3 @@ def retry_args(method: Any, **kw: Any) -> dict[str, Any]:
     params = inspect.signature(method).parameters.values()
     takes = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
     return kw if takes else {}
-
-
-def make_engine(engine: str | None, *, actors: str | None = None, ray_address: str | None = None,
-                device: str = "auto", shard: str | None = None,
-                workers: int | None = None) -> RayEngine | None:
-    """The engine a command's options ask for: None for ``process`` (the runners' own loop), a RayEngine for
-    ``ray``; FerError for options that do not go with the engine chosen."""
-    if not wants_ray(engine, {"--actors": actors, "--ray-address": ray_address}):
-        return None
-    if shard or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
-        raise FerError("--engine ray schedules every clip itself: leave out --shard and run one fer, not "
-                       "torchrun")
-    if workers is not None:
-        raise FerError("--workers is for --engine process; on Ray, decoding runs in Ray's own tasks")
-    return RayEngine(ray_address, parse_actors(actors), device)

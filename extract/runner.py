@@ -2,9 +2,9 @@
 
 Decoding runs in DataLoader workers (``extractor.load``, fer.extract.loading) while the main process runs the
 model (``extractor.embed``, fer.extract.embed) and a background thread writes finished chunks
-(fer.extract.writes), so decode, compute and I/O overlap; the loop around them is fer.extract.loop, shared with
-``fer data faces``. One bad clip never stops the run: its one-line reason is recorded in the store and the row
-stays not-done, so a rerun retries exactly the failed and unfinished rows.
+(fer.extract.writes), so decode, compute and I/O overlap; the loop around them is fer.extract.loop, shared
+with ``fer data faces``. One bad clip never stops the run: its one-line reason is recorded in the store and
+the row stays not-done, so a rerun retries exactly the failed and unfinished rows.
 """
 
 from __future__ import annotations
@@ -16,14 +16,16 @@ from typing import Any
 import numpy as np
 
 from fer.cache.errors import FerError
+from fer.extract.config import ExtractConfig, check_run_settings
 from fer.extract.datasets.records import Dataset
 from fer.extract.embed import embed_safe
 from fer.extract.extractor import Extractor
-from fer.extract.loading import Loaded, clip_batches, worker_start_method
+from fer.extract.loading import Loaded, clip_batches, default_workers, worker_start_method
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
-from fer.extract.shards import check_shard
+from fer.extract.shards import check_shard, pick_shard
 from fer.extract.stores import (
-    check_store_outside, finished_summary, merge_row_info, open_feature_set, set_attrs,
+    check_store_format, check_store_outside, default_store_path, finished_summary, merge_row_info,
+    open_feature_set, set_attrs, store_specs,
 )
 from fer.extract.summary import ExtractSummary, describe
 from fer.extract.writes import BackgroundWrites, ChunkRows
@@ -32,14 +34,30 @@ MAX_PENDING_WRITES = 3
 """Chunk writes queued behind the writer thread before the main loop waits (bounds memory)."""
 
 
-def check_run_settings(batch_size: int, workers: int, limit: int | None) -> None:
-    """FerError for a batch size, worker count or limit no run can use."""
-    if batch_size < 1:
-        raise FerError(f"--batch-size must be >= 1, got {batch_size}")
-    if workers < 0:
-        raise FerError(f"--workers must be >= 0, got {workers}")
-    if limit is not None and limit < 1:
-        raise FerError(f"--limit must be >= 1, got {limit}")
+def extract_dataset(root: str | Path, cfg: ExtractConfig) -> ExtractSummary:
+    """`fer extract ROOT` with the settings ``cfg`` (validated): read the dataset, build the extractor, run it
+    into the store (``cfg.store``, else ./<root name>.zarr) for this process's shard."""
+    from fer.extract.backbones.registry import make_extractor
+    from fer.extract.datasets import load_dataset, parse_classes
+
+    store_path = cfg.store or str(default_store_path(root, cfg.format))
+    check_store_format(store_path, cfg.format)
+    dataset = load_dataset(root, layout=cfg.layout, classes=parse_classes(cfg.classes))
+    engine = cfg.ray_engine(cfg.device)
+    # on Ray the model is built here on the CPU and sent to the actors, which move it to their own device
+    extractor = make_extractor(device="cpu" if engine else cfg.device, **cfg.build_args())
+    # `--precision auto` checks its guess on the first batch of clips before the spec (which names it) is used
+    extractor.settle_precision(dataset.records, clips=cfg.batch_size, started=store_specs(store_path))
+    return run_extraction(
+        dataset, extractor, store_path,
+        batch_size=cfg.batch_size,
+        workers=default_workers(extractor.device) if cfg.workers is None else cfg.workers,
+        shard=pick_shard(cfg.shard),
+        limit=cfg.limit,
+        progress=cfg.progress,
+        chunk_bytes=cfg.chunk_bytes(),
+        engine=engine,
+    )
 
 
 def run_extraction(
@@ -64,10 +82,10 @@ def run_extraction(
     ``chunk_bytes`` sets the chunk size when the feature set is created (store default otherwise).
     ``start_method`` starts the decoding workers (default: worker_start_method for the extractor's device).
     ``engine`` (e.g. fer.extract.ray_engine.RayEngine) decodes and runs the model elsewhere and feeds this
-    run's writing (``engine.extract``); everything else (todo list, skip-finished, failure records, provenance,
-    summary) stays this function's. A store inside the dataset folder is refused. When every row this shard
-    owns is already done, the store is only read (no lock file, no write), so a finished set on a read-only store
-    is a no-op.
+    run's writing (``engine.extract``); everything else (todo list, skip-finished, failure records,
+    provenance, summary) stays here. A store inside the dataset folder is refused. When every row this shard
+    owns is already done, the store is only read (no lock file, no write), so a finished set on a read-only
+    store is a no-op.
     Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
     flush every finished row and return with ``interrupted=True``.
     """
@@ -76,8 +94,9 @@ def run_extraction(
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to extract")
     if not dataset.class_names:
-        raise FerError(f"{dataset.root} has no labels ({dataset.kind}): align the faces with `fer data faces`, then "
-                       "label the clips in its manifest.csv (a label column) and extract from that")
+        raise FerError(f"{dataset.root} has no labels ({dataset.kind}): align the faces with `fer data "
+                       "faces`, then label the clips in its manifest.csv (a label column) and extract from "
+                       "that")
     check_store_outside(store_path, dataset.root)
 
     spec, row_shape = extractor.spec, tuple(extractor.row_shape)
@@ -127,8 +146,9 @@ class EmbedWork(ClipWork):
         self.record(batch, results, row_notes(self.extractor, batch))
 
     def record(self, batch: list[Loaded], results: dict[int, Any], notes: dict[int, str]) -> None:
-        """Each clip of the batch into the summary and its chunk's buffer: ``results`` (row -> (data, mask), or a
-        failure reason) for the clips that loaded, ``notes`` (row -> how the clip was read) where there is one."""
+        """Each clip of the batch into the summary and its chunk's buffer: ``results`` (row -> (data, mask),
+        or a failure reason) for the clips that loaded, ``notes`` (row -> how the clip was read) where there
+        is one."""
         for b in batch:
             res = results.get(b.row) if b.ok else None
             if isinstance(res, tuple):

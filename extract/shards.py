@@ -22,7 +22,8 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         raise FerError(f"--shard {text!r} is not k/n (e.g. 1/2 for the first of two shards)") from None
     if n < 1 or not 1 <= k <= n:
-        raise FerError(f"--shard {text}: k must be between 1 and n (1-based), e.g. 1/{max(n, 2)} .. {max(n, 2)}/{max(n, 2)}")
+        m = max(n, 2)
+        raise FerError(f"--shard {text}: k must be between 1 and n (1-based), e.g. 1/{m} .. {m}/{m}")
     return k - 1, n
 
 
@@ -54,5 +55,5 @@ def pick_shard(text: str | None) -> tuple[int, int]:
 
 
 def owned_items(count: int, shard: tuple[int, int], chunk_rows: int = 1) -> np.ndarray:
-    """Indices of the items ``shard`` owns among ``count``: whole chunks of ``chunk_rows``, every n-th chunk."""
+    """Indices of the items ``shard`` owns among ``count``: every n-th chunk of ``chunk_rows`` items."""
     return L.owned_rows(count, chunk_rows, check_shard(shard))

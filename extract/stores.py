@@ -13,6 +13,7 @@ from typing import Any, Iterator
 from fer.cache import layout as L
 from fer.cache.backends import local_path
 from fer.cache.errors import FerError, env_faults
+from fer.extract.datasets.common import vote_conflicts
 from fer.extract.datasets.records import Dataset
 from fer.extract.extractor import Extractor
 from fer.extract.summary import ExtractSummary
@@ -40,19 +41,21 @@ def check_store_format(store: str | Path, fmt: str | None) -> None:
     s = str(store).rstrip("/").lower()
     is_h5 = s.endswith((".h5", ".hdf5"))
     if (fmt.lower() == "h5") != is_h5:
-        raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr store *.zarr")
+        raise FerError(f"--store {store} does not match --format {fmt}; name an HDF5 store *.h5 and a Zarr "
+                       "store *.zarr")
 
 
 def check_store_outside(store_path: str | Path, root: str | Path) -> None:
-    """FerError when the store would be written inside the dataset folder (fer never writes into a dataset)."""
+    """FerError when the store would be written inside the dataset folder (fer never writes into one)."""
     local = local_path(store_path)
     root = Path(root)
     if local is None or not root.is_dir():
         return
     store, data = local.expanduser().resolve(), root.expanduser().resolve()
     if store == data or data in store.parents:
-        raise FerError(f"--store {store_path} lies inside the dataset folder {root}; fer never writes into a dataset: "
-                       "put the store elsewhere (leave --store out for ./<dataset name>.zarr in the current folder)")
+        raise FerError(f"--store {store_path} lies inside the dataset folder {root}; fer never writes into a "
+                       "dataset: put the store elsewhere (leave --store out for ./<dataset name>.zarr in the "
+                       "current folder)")
 
 
 @contextlib.contextmanager
@@ -83,8 +86,8 @@ def dir_lock(store_path: str | Path) -> Iterator[None]:
 
 
 def set_attrs(dataset: Dataset, extractor: Extractor, command: str | None = None) -> dict[str, Any]:
-    """The feature set's provenance: the extractor's own, its build arguments (so `fer predict` can rebuild it),
-    the command line, the dataset as read, and how `fer data faces` made the face frames."""
+    """The feature set's provenance: the extractor's own, its build arguments (so `fer predict` can rebuild
+    it), the command line, the dataset as read, and how `fer data faces` made the face frames."""
     attrs = dict(extractor.provenance())
     attrs.setdefault("modality", extractor.modality)
     attrs["spec"] = extractor.spec
@@ -99,10 +102,11 @@ def set_attrs(dataset: Dataset, extractor: Extractor, command: str | None = None
     return attrs
 
 
-def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_shape: tuple, attrs: dict[str, Any],
-                     shard: tuple[int, int], chunk_bytes: int | None = None) -> tuple[Any, Any]:
-    """``(store, writer)``: the store for ``dataset`` (created if missing, its clip index checked) and a writer
-    of this shard's chunks of the feature set ``spec`` (created if missing); close both when done."""
+def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_shape: tuple,
+                     attrs: dict[str, Any], shard: tuple[int, int],
+                     chunk_bytes: int | None = None) -> tuple[Any, Any]:
+    """``(store, writer)``: the store for ``dataset`` (created if missing, its clip index checked) and a
+    writer of this shard's chunks of the feature set ``spec`` (created if missing); close both when done."""
     from fer.cache import create_store
 
     with dir_lock(store_path):
@@ -110,10 +114,13 @@ def open_feature_set(dataset: Dataset, store_path: str | Path, spec: str, row_sh
             store_path, dataset.ids, dataset.votes(), dataset.folds(),
             class_names=dataset.class_names, fold_names=dataset.fold_names, layout=dataset.kind,
             description=f"{dataset.kind} dataset at {dataset.root}",
-            attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol},
+            attrs={"has_votes": bool(dataset.has_votes), "protocol": dataset.protocol,
+                   "votes_vs_label": vote_conflicts(dataset.votes(), dataset.official())},
+            labels=dataset.official(),
         )
         try:
-            writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=shard, chunk_bytes=chunk_bytes)
+            writer = store.writer(spec, row_shape=row_shape, attrs=attrs, shard=shard,
+                                  chunk_bytes=chunk_bytes)
         except BaseException:
             store.close()
             raise
@@ -134,7 +141,8 @@ def finished_summary(dataset: Dataset, spec: str, row_shape: tuple, store_path: 
     except Exception:  # noqa: BLE001 - any doubt: take the normal path, which reports it properly
         return None
     with st:
-        differs = st.index_mismatch(dataset.ids, dataset.votes(), dataset.folds(), dataset.class_names)
+        differs = st.index_mismatch(dataset.ids, dataset.votes(), dataset.folds(), dataset.class_names,
+                                    dataset.official())
         if differs:
             raise FerError(differs)  # said now, before a lock file is made beside another dataset's store
         try:
@@ -160,3 +168,15 @@ def merge_row_info(store: Any, writer: Any, notes: dict[str, str]) -> None:
         old = {}
     old.update(notes)
     writer.update_attrs({"row_info": old})
+
+
+def store_specs(store: str | Path) -> list[str]:
+    """The feature sets a store already holds (none when it is not there yet, or cannot be read: the run
+    says why)."""
+    from fer.cache.store import open_store
+
+    try:
+        with open_store(store, "r") as s:
+            return s.specs()
+    except Exception:  # noqa: BLE001 - not there yet, or damaged: the run reports it properly
+        return []

@@ -56,7 +56,7 @@ class RunSummary:
         return what + (f" (shard {k + 1}/{n})" if n > 1 else "")
 
     def _counts(self, rate: str) -> str:
-        """The 'done, skipped, failed, left' line; ``rate`` (e.g. '1.2 clips/s') is added when this run tried rows."""
+        """The 'done, skipped, failed, left' line, and ``rate`` (e.g. '1.2 clips/s') when rows were tried."""
         return (f"done {self.done}, skipped {self.skipped} (already done), failed {len(self.failed)}, "
                 f"left {max(self.owned - self.skipped - self.done, 0)}"
                 + (f"; {rate} over {self.seconds:.1f} s" if self.todo else ""))
@@ -81,7 +81,8 @@ class ExtractSummary(RunSummary):
 
     def __str__(self) -> str:
         lines = [self.source] if self.source else []
-        lines += [self._where(f"feature set {self.spec} in {self.store}"), self._counts(f"{self.clips_per_s:.2f} clips/s")]
+        lines += [self._where(f"feature set {self.spec} in {self.store}"),
+                  self._counts(f"{self.clips_per_s:.2f} clips/s")]
         if self.todo and self.seconds > 0:
             lines.append(
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
@@ -94,8 +95,9 @@ class ExtractSummary(RunSummary):
             lines.append(self.engine)
         if self.row_info:  # e.g. frames sampled to the cap, or read from the video: said, not only stored
             cid, note = next(iter(self.row_info.items()))
-            lines.append(f"noted how {len(self.row_info)} clip{'s were' if len(self.row_info) > 1 else ' was'} read, "
-                         f"e.g. {cid}: {note} (every note: `fer cache info` row_info)")
+            clips = f"{len(self.row_info)} clip{'s were' if len(self.row_info) > 1 else ' was'}"
+            lines.append(f"noted how {clips} read, e.g. {cid}: {note} "
+                         "(every note: `fer cache info` row_info)")
         lines += failure_lines(self.failed, "in the store: `fer cache info`")
         return "\n".join(lines)
 

@@ -1,6 +1,7 @@
-"""Writing finished clips behind the compute: one background thread with a bounded queue (``BackgroundWrites``,
-both runs), and the rows of a feature set gathered per store chunk until the chunk is complete (``ChunkRows``,
-``fer extract``), so every chunk file is written once per run however the clips arrive."""
+"""Writing finished clips behind the compute: one background thread with a bounded queue
+(``BackgroundWrites``, both runs), and the rows of a feature set gathered per store chunk until the chunk is
+complete (``ChunkRows``, ``fer extract``), so every chunk file is written once per run however the clips
+arrive."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class BackgroundWrites:
     would only fail again) and the error is raised in the main thread at the next ``submit`` or ``close``.
     """
 
-    def __init__(self, max_pending: int, name: str = "fer-writer", absorb: tuple[type[BaseException], ...] = ()):
+    def __init__(self, max_pending: int, name: str = "fer-writer",
+                 absorb: tuple[type[BaseException], ...] = ()):
         self.max_pending, self.absorb = max_pending, absorb
         self.seconds = 0.0
         """Time the thread spent in writes."""
@@ -125,6 +127,7 @@ class ChunkRows:
     def _write(self, rows_data: list[tuple[int, np.ndarray, np.ndarray]], fails: dict[int, str]) -> None:
         if rows_data:
             rows = np.array([r for r, _, _ in rows_data], dtype=np.int64)
-            self.writer.write_rows(rows, np.stack([d for _, d, _ in rows_data]), np.stack([m for _, _, m in rows_data]))
+            data, mask = np.stack([d for _, d, _ in rows_data]), np.stack([m for _, _, m in rows_data])
+            self.writer.write_rows(rows, data, mask)
         if fails:
             self.writer.record_failures(fails)

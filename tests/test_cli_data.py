@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -107,7 +106,6 @@ SYNTH_REASONS = {
 }
 
 
-@pytest.mark.skipif(importlib.util.find_spec("fer.extract.synth") is None, reason="fer.extract.synth not written yet")
 def test_data_info_finds_synth_corrupt_clips(tmp_path: Path):
     from fer.extract.synth import synthesize
 

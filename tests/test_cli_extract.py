@@ -183,3 +183,23 @@ def test_torchrun_env_picks_the_shard(roots, tmp_path, monkeypatch):
     r = CliRunner().invoke(app, list(map(str, face_args(roots[1], tmp_path / "t.zarr", 32))))
     assert r.exit_code == 0, r.output
     assert "(shard 2/2)" in r.output and "done 5" in r.output  # 10 rows, 1 row per chunk, odd chunks
+
+
+def test_every_extract_config_field_is_an_option_with_its_docstring():
+    from fer.extract.backbones.families import backbone_help
+    from fer.extract.config import extract_options
+
+    r = CliRunner().invoke(app, ["extract", "--help"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    text = " ".join(r.output.replace("│", " ").split())  # the help as one line, out of its wrapped box
+    for o in extract_options():
+        assert o.flag in r.output and all(f in r.output for f in o.flags), o.name
+        help_ = o.help.replace("{families}", backbone_help())  # filled from the family table when shown
+        assert " ".join(help_.split()) in text, o.name  # the whole docstring, as written
+
+
+def test_an_option_of_another_modality_is_one_line_exit_2(roots, tmp_path):
+    p = fer("extract", roots[1], "-m", "pose", "--layer", "layer3", "--weights", "none",
+            "--store", tmp_path / "p.zarr", check=2)
+    assert p.stderr.strip() == "error: --layer applies to the face modality only; leave it out for pose"
+    assert not (tmp_path / "p.zarr").exists()

@@ -13,7 +13,7 @@ import pytest
 from fer.cache import open_store
 from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL
 from fer.extract.frames import list_frames
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 from fer.tests.cli import ENV, fer
 
 
@@ -106,3 +106,16 @@ def test_predict_on_a_video_without_a_face_says_so(src, tmp_path):
         "face": {"spec": "face.resnet18.none-s0.pool.32.16f", "provenance": {}}}}))
     p = fer("predict", src / "v" / "empty.mp4", "--run", run, check=2)
     assert "no face found (no face in 8 frames)" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_every_faces_config_field_is_an_option_with_its_docstring():
+    from typer.testing import CliRunner
+
+    from fer.cli import app
+    from fer.extract.config import faces_options
+
+    r = CliRunner().invoke(app, ["data", "faces", "--help"], env={"COLUMNS": "300"})
+    assert r.exit_code == 0
+    text = " ".join(r.output.replace("│", " ").split())  # the help as one line, out of its wrapped box
+    for o in faces_options():
+        assert o.flag in r.output and " ".join(o.help.split()) in text, o.name

@@ -1,7 +1,11 @@
-"""`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C + --resume."""
+"""`fer train` end to end on small real stores: fusions x losses learn, errors are one line, Ctrl-C +
+--resume, one process owns a run folder (two trains, two sweeps on one --out)."""
 
+import csv
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -142,3 +146,54 @@ def test_ctrl_c_then_resume(store, tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["folds"]["1"]["epochs_run"] == done + 2
     assert (out / "history.csv").read_text().count("\n") == done + 3
+
+
+# ---------------------------------------------------------------- one process owns a run folder
+def _start(*args: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fer.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+
+
+SMALL = ["--heads", "2", "--ff", "64", "--hidden", "64", "--batch-size", "32", "--device", "cpu",
+         "--patience", "0", "--no-plots"]
+
+
+def test_two_trains_started_together_into_one_out_one_runs_and_the_folder_is_its(store, tmp_path):
+    out = tmp_path / "run"
+    settings = [{"epochs": 4, "layers": 1, "seed": 0}, {"epochs": 2, "layers": 2, "seed": 5}]
+    procs = [_start("train", store, "--out", out, *SMALL, *[x for k, v in s.items() for x in (f"--{k}", v)])
+             for s in settings]
+    res = [(*p.communicate(timeout=300), p.returncode) for p in procs]
+    assert sorted(r[2] for r in res) == [0, 2], res
+    won = 0 if res[0][2] == 0 else 1
+    err = res[1 - won][1].strip()
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    # refused while the other runs (naming it), or, had it already finished, because the folder holds its run
+    assert (f"is in use by process {procs[won].pid} on host {socket.gethostname()}" in err
+            or "already holds a run" in err), err
+    cfg = json.loads((out / "config.json").read_text())
+    assert {k: cfg[k] for k in settings[won]} == settings[won]
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    epochs = settings[won]["epochs"]
+    assert [(r["fold"], int(r["epoch"])) for r in rows] == [("1", e) for e in range(1, epochs + 1)]
+
+
+def test_two_sweeps_on_one_grid_and_out_run_every_point_once(store, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", store, "--layers", "1,2", "--lr", "1e-3,3e-4", "--epochs", 2, "--out", out, *SMALL]
+    procs = [_start(*args) for _ in range(2)]
+    res = [(*p.communicate(timeout=600), p.returncode) for p in procs]
+    assert [r[2] for r in res] == [0, 0], res
+    # each process names the points it ran; the others it left to the other process (or found complete)
+    ran = [re.findall(r"^sweep: \[\d+/\d+\] (\S+)$", r[0], re.M) for r in res]
+    points = {"lr-0.001_layers-1", "lr-0.001_layers-2", "lr-0.0003_layers-1", "lr-0.0003_layers-2"}
+    assert sorted(ran[0] + ran[1]) == sorted(points), ran  # every point once, none twice
+    for name in points:
+        cfg = json.loads((out / name / "config.json").read_text())
+        assert name == f"lr-{cfg['lr']:g}_layers-{cfg['layers']}"
+        assert (out / name / "history.csv").read_text().count("\n") == 3  # one run's 2 epochs
+    # each ends with the report of what is complete
+    assert all("sweep: table written to" in r[0] for r in res)
+    report = (out / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in points)

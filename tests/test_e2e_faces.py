@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fer.cache import open_store
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 from fer.tests.cli import fer_ok as fer
 
 SPEC = "face.resnet18.none-s0.pool.32.16f"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from fer.cache.errors import FerError
@@ -16,6 +16,8 @@ SELECTS = ("best", "last")
 MONITORS = ("uar", "loss")
 FINETUNES = (None, "layer4")
 AUGMENTS = ("jitter", "flip")
+PROTOCOLS = ("fer", "literature")
+TEST_FLIPS = ("auto", "on", "off")
 
 
 @dataclass
@@ -71,11 +73,17 @@ class TrainConfig:
     audio_layer: int | str | None = None
     """Audio hidden-state index to use (0 = the input embedding, L = last layer); None: the last one;
     ``weighted``: a learned softmax-weighted sum of every layer (fer.train.layer_mix)."""
+    protocol: str = "fer"
+    """fer: select the epoch on validation clips (the protocol's, else a split of the training fold), never on
+    test; literature: what DFER papers report: train on the whole official training fold (no validation clips,
+    no plateau scheduler, no early stopping), keep the last epoch, no test-time flip unless --test-flip on.
+    The literature protocol overrides --val-fraction, --select, --patience and a plateau --scheduler."""
     val_fraction: float = 0.1
     """Share of each class of the training fold held out for validation (model selection);
     0 disables validation (then select=last and no early stopping)."""
     select: str = "best"
-    """best: keep the epoch with the best validation score; last: keep the last epoch (literature protocol)."""
+    """best: keep the epoch with the best validation score; last: keep the last epoch, still training on the
+    training fold less its validation clips (--protocol literature trains on all of it)."""
     monitor: str = "uar"
     """Validation score that picks the best epoch and drives early stopping: uar or loss."""
     patience: int = 10
@@ -105,6 +113,9 @@ class TrainConfig:
     segments: int = 16
     """Face tokens drawn from an all-frame set: one frame per segment, the centre at evaluation (sets with a
     fixed number of frames are used as they are)."""
+    test_flip: str = "auto"
+    """On a face set with mirrored views (--flip): on averages the predictions of the original and the mirror
+    at evaluation, off uses the original only, auto is on under --protocol fer and off under literature."""
     stream: bool = False
     """Read the feature sets chunk by chunk while training even when they fit the memory budget (sets larger than
     FER_MEMORY_BUDGET_GB, default the available memory, always stream)."""
@@ -131,6 +142,8 @@ class TrainConfig:
         _choice("scheduler", self.scheduler, SCHEDULERS)
         _choice("select", self.select, SELECTS)
         _choice("monitor", self.monitor, MONITORS)
+        _choice("protocol", self.protocol, PROTOCOLS)
+        _choice("test-flip", self.test_flip, TEST_FLIPS)
         if self.finetune not in FINETUNES:
             raise FerError(f"unknown --finetune {self.finetune}: the only choice is layer4")
         if len(self.modalities) > 1 and self.fusion == "none":
@@ -165,7 +178,27 @@ class TrainConfig:
         folds = "all" if every else "_".join(map(str, self.folds))
         ft = "-ft4" if self.finetune else ""
         aug = "".join(f"-{a}" for a in self.augment) + ("-balance" if self.balance else "")
-        return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}{aug}-f{folds}"
+        lit = "-literature" if self.protocol == "literature" else ""
+        return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}{aug}{lit}-f{folds}"
+
+    def for_run(self, fold_names: tuple[str, ...], store: str) -> "TrainConfig":
+        """A copy with what a run settles before it starts (this config is left as it is): the folds (--fold
+        all -> every fold of the store), the run folder, and the protocol's settings (literature: no
+        validation clips, last epoch, no plateau scheduler, no early stopping)."""
+        folds = resolve_folds(self.folds, fold_names, store)
+        out = self.out or replace(self, folds=folds).default_out(len(fold_names))
+        cfg = replace(self, folds=folds, out=str(out))
+        if cfg.protocol == "literature":
+            cfg = replace(cfg, val_fraction=0.0, select="last", patience=0,
+                          scheduler="none" if cfg.scheduler == "plateau" else cfg.scheduler)
+        return cfg
+
+    def flip_at_test(self) -> bool | None:
+        """fer.train.sampling.FramePlan's flip_test: True (average both views), False (the original only),
+        None (every view the set has: --test-flip auto under fer's protocol)."""
+        if self.test_flip == "auto":
+            return False if self.protocol == "literature" else None
+        return self.test_flip == "on"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -1,5 +1,6 @@
-"""The run folder on disk: made and tested writable up front, checked for room for checkpoints, checkpoints
-saved atomically, and disk faults (no space, read-only, permission) turned into one-line FerEnvErrors."""
+"""The run folder on disk: owned by one process, made and tested writable up front, checked for room for
+checkpoints, checkpoints saved atomically, and disk faults (no space, read-only, permission) turned into
+one-line FerEnvErrors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerEnvError, FerError, env_error, env_faults
+from fer.cache.locks import FolderLock, Holder, own_folder
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,6 +28,24 @@ BASE_BYTES = 16 << 10
 """What a checkpoint holds beside its tensors (history, config, RNG states), about."""
 SLACK_BYTES = 4 << 20
 """Room beyond the checkpoints for history, predictions, metrics and plots."""
+
+
+def try_run_folder(out: Path) -> FolderLock | Holder:
+    """Make ``out`` and take it for this process (the held lock), or say who holds it. One process owns a
+    run folder until it releases the lock; the lock dies with its process, so a killed run never blocks a
+    rerun."""
+    with env_faults(out, "creating the run folder", _OUT_FIX):
+        out.mkdir(parents=True, exist_ok=True)
+    return own_folder(out, _OUT_FIX)
+
+
+def own_run_folder(out: Path) -> FolderLock:
+    """``try_run_folder``, or a one-line FerError naming the holder (process, host, since when)."""
+    got = try_run_folder(out)
+    if isinstance(got, Holder):
+        raise FerError(f"{out} is in use by {got}, which is writing its run (one process owns a run folder): "
+                       "wait for it to finish, or choose another --out")
+    return got
 
 
 def prepare_run_folder(out: Path) -> None:

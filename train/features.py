@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fer.cache.errors import FerError
+from fer.cache.schema import scored_labels
 
 Log = Callable[[str], None]
 
@@ -100,6 +101,8 @@ class LoadedFeatures:
     """The store's classes, in the order of the vote columns (and of every model output)."""
     fold_names: tuple[str, ...] = ()
     """The store's folds; fold k (1-based) is column k-1 of ``folds``."""
+    official: np.ndarray | None = None
+    """(n,) the dataset's official labels (-1: none named); None for a store made before clips/label."""
 
     @property
     def streamed(self) -> bool:
@@ -120,8 +123,9 @@ class LoadedFeatures:
 
     @property
     def labels(self) -> np.ndarray:
-        """(n,) int64 majority class (argmax of votes)."""
-        return self.votes.argmax(axis=1).astype(np.int64)
+        """(n,) int64 the label each clip is trained and scored by: its official label where the dataset names
+        one (a tie in the votes takes it), else the votes' majority (fer.cache.schema.scored_labels)."""
+        return scored_labels(self.votes, self.official)
 
     @property
     def dist(self) -> np.ndarray:
@@ -304,9 +308,10 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
             log("warning: the store has no vote distributions (one label per clip): kl/mse train on one-hot targets")
         ids = np.asarray(store.ids)[rows]
         class_names, fold_names = tuple(store.class_names), tuple(store.fold_names)
+        official = None if store.labels is None else np.asarray(store.labels, dtype=np.int64)[rows]
     return LoadedFeatures(store_path=str(store_path), ids=ids, votes=votes, folds=folds[rows], rows=rows,
                           sets=sets, has_votes=has_votes, left_out=left_out, class_names=class_names,
-                          fold_names=fold_names)
+                          fold_names=fold_names, official=official)
 
 
 def features_for(features: LoadedFeatures, modalities: Sequence[str], specs: Mapping[str, str | None]) -> None:

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
-from fer.train.batches import EVAL_BATCH, BatchSource, MemorySource, frame_plans
+from fer.train.batches import EVAL_BATCH, BatchSource, sampling_blocks
 from fer.train.config import TrainConfig
 from fer.train.disk import check_checkpoint_space, save_checkpoint
-from fer.train.features import LoadedFeatures, ModalityData
+from fer.train.features import LoadedFeatures
 from fer.train.losses import LossFn, make_loss
 from fer.train.metrics import confusion_matrix, per_class_recall, uar, war
 from fer.train.model import FerModel
@@ -43,22 +43,13 @@ class FoldResult:
     probs: np.ndarray
     """(n_test, C) float32 predicted probabilities of the selected state."""
     labels: np.ndarray
-    """(n_test,) int64 true labels (argmax of votes)."""
+    """(n_test,) int64 true labels (official, else the votes' majority: LoadedFeatures.labels)."""
     history: list[dict[str, float]] = field(default_factory=list)
 
 
 def fold_seed(seed: int, fold: int) -> int:
     """Seed of everything random in one fold (init, batch order, dropout)."""
     return seed * 1000 + fold
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto -> cuda when available, else cpu; a cuda request without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise FerError("--device cuda was asked for but no CUDA GPU is visible: use --device cpu or auto")
-    return torch.device(name)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -168,14 +159,24 @@ def _set_rng_state(ck: Mapping[str, Any], gen: torch.Generator, draw: torch.Gene
         torch.cuda.set_rng_state(ck["cuda_rng"], device)
 
 
+def selected_validation(history: list[dict[str, float]], epoch: int, n_val: int) -> dict[str, Any]:
+    """val_war, val_uar, val_loss of the kept epoch and n_val (None without validation clips: the literature
+    protocol), what `fer report` ranks runs by."""
+    row = next((r for r in history if int(r["epoch"]) == epoch), None)
+    if not n_val or row is None:
+        return {"val_war": None, "val_uar": None, "val_loss": None, "n_val": int(n_val)}
+    return {"val_war": float(row["val_war"]), "val_uar": float(row["val_uar"]),
+            "val_loss": float(row["val_loss"]), "n_val": int(n_val)}
+
+
 def train_epoch(model: nn.Module, source: BatchSource, order: torch.Tensor, opt: torch.optim.Optimizer, loss_fn: LossFn,
-                dist: torch.Tensor, labels: torch.Tensor, *, draw: torch.Generator, gen: torch.Generator) -> tuple[float, int]:
+                dist: torch.Tensor, labels: torch.Tensor, *, draw: torch.Generator) -> tuple[float, int]:
     """One pass over ``order``'s batches; (mean training loss, clips seen)."""
     model.train()
     has_bn = any(isinstance(m, nn.BatchNorm1d) for m in model.modules())
     total = torch.zeros((), device=dist.device)
     seen = 0
-    for batch in source.epoch(order, draw=draw, gen=gen):
+    for batch in source.epoch(order, draw=draw):
         idx = batch.idx
         if has_bn and len(idx) < 2:
             break  # batch norm cannot train on one sample
@@ -188,18 +189,17 @@ def train_epoch(model: nn.Module, source: BatchSource, order: torch.Tensor, opt:
     return float(total) / max(seen, 1), seen  # one sync per epoch
 
 
-def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | Mapping[str, ModalityData], split: FoldSplit,
+def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource, split: FoldSplit,
              device: torch.device, *, checkpoint: Path, backbone: nn.Module | None = None, resume: bool = False,
              on_epoch: Callable[[list[dict[str, float]]], None] | None = None, log: Log = print) -> FoldResult:
     """Train one fold and evaluate its test rows once with the selected state.
 
-    `source` gives the batches (fer.train.batches; in-memory feature sets are wrapped in a MemorySource on
-    `device`); `backbone` (with --finetune layer4) is the ResNet-18 whose layer4 is trained on the layer3 maps;
-    `checkpoint` is rewritten every CHECKPOINT_EVERY_S; with `resume` an unfinished checkpoint there is
-    continued (same numbers as an uninterrupted run).
+    `source` gives the batches (fer.train.batches.MemorySource or fer.train.stream.StreamSource, on `device`):
+    it serves the epoch order drawn here, so how the features are held never changes a number; `backbone`
+    (with --finetune layer4) is the ResNet-18 whose layer4 is trained on the layer3 maps; `checkpoint` is
+    rewritten every CHECKPOINT_EVERY_S; with `resume` an unfinished checkpoint there is continued (same
+    numbers as an uninterrupted run).
     """
-    if isinstance(source, Mapping):
-        source = MemorySource(source, cfg, frame_plans(source, cfg), device)
     t_start = time.perf_counter()
     fold, num_classes = split.fold, features.num_classes
     seed = fold_seed(cfg.seed, fold)
@@ -214,6 +214,7 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | M
     gen = torch.Generator().manual_seed(seed)  # batch order (on the host: a streamed epoch is planned there)
     draw = torch.Generator(device=device).manual_seed(seed + DRAW_SEED)  # frames and views, on the device
     labels_np = features.labels
+    blocks, _ = sampling_blocks(features, cfg.modalities)
     loss_fn: LossFn = make_loss(cfg.loss, train_labels=labels_np[split.train], num_classes=num_classes, device=device)
     dist = torch.from_numpy(features.dist).to(device)
     labels = torch.from_numpy(labels_np).to(device)
@@ -237,8 +238,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | M
     last_save, saved_epoch = -math.inf, p.epoch
     for epoch in range(p.epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
-        order = epoch_order(split.train, labels_np, balance=cfg.balance, gen=gen)
-        train_loss, seen = train_epoch(model, source, order, opt, loss_fn, dist, labels, draw=draw, gen=gen)
+        order = epoch_order(split.train, labels_np, balance=cfg.balance, gen=gen, blocks=blocks)
+        train_loss, seen = train_epoch(model, source, order, opt, loss_fn, dist, labels, draw=draw)
         train_s = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             where = (f"the last good checkpoint (epoch {saved_epoch}) is kept in {checkpoint}" if saved_epoch
@@ -296,7 +297,8 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource | M
     metrics = {"war": war(y_true, y_pred), "uar": uar(y_true, y_pred),
                "per_class_recall": [float(x) for x in per_class_recall(y_true, y_pred, num_classes)],
                "confusion": confusion_matrix(y_true, y_pred, num_classes).tolist(), "n_test": int(len(y_true)),
-               "best_epoch": int(best_epoch), "epochs_run": int(epochs_run), "seconds": float(seconds)}
+               "best_epoch": int(best_epoch), "epochs_run": int(epochs_run), "seconds": float(seconds),
+               **selected_validation(p.history, best_epoch, len(split.val))}
     final = {"fold": fold, "epoch": int(best_epoch), "epochs_run": int(epochs_run), "complete": True,
              "model": _cpu(model.state_dict()), "config": cfg.to_dict(), "history": p.history}
     if backbone is not None:

@@ -67,7 +67,7 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
     classes = run_classes(run_dir)
     n = int(next(iter(sets.values())).data.shape[0])
     rows = np.arange(n)
-    # the run's frame plan (segment centres of an all-frame set, every stored view averaged), on the CPU
+    # the run's frame plan (segment centres of an all-frame set, its evaluated views averaged), on the CPU
     source = MemorySource(sets, cfg, frame_plans(sets, cfg), torch.device("cpu"))
     probs = []
     for path in _checkpoints(run_dir, fold):

@@ -13,17 +13,19 @@ import numpy as np
 import torch
 
 from fer import __version__
+from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.report import human_bytes
-from fer.train.config import TrainConfig, resolve_folds
-from fer.train.batches import MemorySource, StreamSource, check_held, describe, frame_plans
+from fer.train.config import TrainConfig
+from fer.train.batches import MemorySource, frame_plans
 from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
                                 memory_budget)
-from fer.train.disk import prepare_run_folder, run_folder_faults
-from fer.train.fit import FoldResult, fit_fold, resolve_device
+from fer.train.disk import own_run_folder, prepare_run_folder, run_folder_faults
+from fer.train.fit import FoldResult, fit_fold
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.splits import make_split
+from fer.train.stream import StreamSource, check_held
 
 Log = Callable[[str], None]
 
@@ -31,7 +33,7 @@ HISTORY_COLUMNS = ["fold", "epoch", "train_loss", "val_loss", "val_war", "val_ua
 # settings a resumed run may change (they do not change what the finished epochs mean)
 # finished folds of an unfinished run; metrics.json appears only when every fold is done
 PARTIAL = "metrics_partial.json"
-RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out", "plots"}
+RESUMABLE_CHANGES = {"epochs", "patience", "device", "resume", "out", "plots", "stream"}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -62,24 +64,37 @@ def _write_history(path: Path, rows: list[dict[str, float]]) -> None:
 
 def metrics_summary(fold_metrics: dict[str, dict[str, Any]], cfg: TrainConfig,
                     class_names: tuple[str, ...], fold_names: tuple[str, ...] = ()) -> dict[str, Any]:
-    """metrics.json content: per-fold metrics plus mean and population std of WAR/UAR over folds."""
-    wars = [m["war"] for m in fold_metrics.values()]
-    uars = [m["uar"] for m in fold_metrics.values()]
+    """metrics.json content: per-fold metrics plus mean and population std over folds of the test WAR/UAR and,
+    when every fold had validation clips, of the kept epoch's validation WAR/UAR."""
+    keys = ["war", "uar"]
+    if all(m.get("val_uar") is not None for m in fold_metrics.values()):
+        keys += ["val_war", "val_uar"]
     return {"folds": dict(sorted(fold_metrics.items(), key=lambda kv: int(kv[0]))),
-            "mean": {"war": float(np.mean(wars)), "uar": float(np.mean(uars))},
-            "std": {"war": float(np.std(wars)), "uar": float(np.std(uars))},
+            "mean": {k: float(np.mean([m[k] for m in fold_metrics.values()])) for k in keys},
+            "std": {k: float(np.std([m[k] for m in fold_metrics.values()])) for k in keys},
             "class_names": list(class_names), "fold_names": list(fold_names), "modalities": list(cfg.modalities),
-            "fusion": cfg.fusion, "loss": cfg.loss}
+            "fusion": cfg.fusion, "loss": cfg.loss, "protocol": cfg.protocol}
 
 
 def results_table(summary: dict[str, Any]) -> str:
-    """Per-fold WAR/UAR and the mean +/- std, as a small text table."""
-    lines = [f"{'fold':>6}  {'WAR':>6}  {'UAR':>6}  {'best':>4}  {'epochs':>6}  {'seconds':>7}"]
+    """Per-fold test WAR/UAR (and the kept epoch's validation UAR), the mean +/- std: a small text table."""
+    val = "val_uar" in summary["mean"]
+
+    def v(m: dict[str, Any]) -> str:
+        return f"  {100 * m['val_uar']:7.2f}" if val else ""
+
+    lines = [f"{'fold':>6}  {'WAR':>6}  {'UAR':>6}" + (f"  {'val UAR':>7}" if val else "")
+             + f"  {'best':>4}  {'epochs':>6}  {'seconds':>7}"]
     for k, m in summary["folds"].items():
-        lines.append(f"{k:>6}  {100 * m['war']:6.2f}  {100 * m['uar']:6.2f}  {m['best_epoch']:4d}  {m['epochs_run']:6d}  {m['seconds']:7.1f}")
+        lines.append(f"{k:>6}  {100 * m['war']:6.2f}  {100 * m['uar']:6.2f}" + v(m)
+                     + f"  {m['best_epoch']:4d}  {m['epochs_run']:6d}  {m['seconds']:7.1f}")
     mean, std = summary["mean"], summary["std"]
-    lines.append(f"{'mean':>6}  {100 * mean['war']:6.2f}  {100 * mean['uar']:6.2f}")
-    lines.append(f"{'± std':>6}  {100 * std['war']:6.2f}  {100 * std['uar']:6.2f}   (over {len(summary['folds'])} folds)")
+    lines.append(f"{'mean':>6}  {100 * mean['war']:6.2f}  {100 * mean['uar']:6.2f}" + v(mean))
+    lines.append(f"{'± std':>6}  {100 * std['war']:6.2f}  {100 * std['uar']:6.2f}" + v(std)
+                 + f"   (over {len(summary['folds'])} folds)")
+    if summary.get("protocol") == "literature":
+        lines.append("literature protocol: trained on the whole training fold, the last epoch kept, "
+                     "no validation")
     return "\n".join(lines)
 
 
@@ -93,7 +108,8 @@ def _check_resume(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> 
             if k not in RESUMABLE_CHANGES and k in old and old.get(k) != v]
     if diff:
         raise FerError(f"--resume with other settings than {out} was started with: {', '.join(diff)}; "
-                       "repeat the original options (only --epochs, --patience, --device may change)")
+                       "repeat the original options (only --epochs, --patience, --device, --stream may "
+                       "change)")
 
 
 def _prepare_out(out: Path, cfg: TrainConfig, class_names: tuple[str, ...]) -> None:
@@ -128,6 +144,7 @@ def deterministic(device: torch.device) -> Callable[[], None]:
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
               torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
               torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    cublas = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.deterministic = True
@@ -140,6 +157,8 @@ def deterministic(device: torch.device) -> Callable[[], None]:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before[4], before[5]
+        if cublas is None:  # cuBLAS read it when it started; the variable itself goes back to unset
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
     return restore
 
@@ -178,22 +197,35 @@ def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.
     return build_backbone(features.sets["face"].provenance, log)
 
 
-@run_folder_faults(lambda cfg, *_, **__: cfg.out)
 def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: LoadedFeatures | None = None,
               log: Log = print) -> dict[str, Any]:
     """Train `cfg.folds` on the store and write the run folder; return the metrics.json dict.
 
-    `features` (from `load_features`, possibly holding more modalities) skips loading, so `fer sweep`
-    reads a store once for many runs.
+    `cfg` is left as it is: the run works on `cfg.for_run(...)` (its folds, run folder and protocol settled),
+    which is what config.json records. `features` (from `load_features`, possibly holding more modalities)
+    skips loading, so `fer sweep` reads a store once for many runs.
     """
     cfg.validate()
     if features is None:
         class_names, fold_names = store_protocol(store_path)
     else:
         class_names, fold_names = features.class_names, features.fold_names
-    cfg.folds = resolve_folds(cfg.folds, fold_names, str(store_path))
-    out = Path(cfg.out or cfg.default_out(len(fold_names)))
-    cfg.out = str(out)
+    return _train(cfg.for_run(fold_names, str(store_path)), store_path, class_names, features=features,
+                  log=log)
+
+
+@run_folder_faults(lambda cfg, *_, **__: cfg.out)
+def _train(cfg: TrainConfig, store_path: str | os.PathLike, class_names: tuple[str, ...], *,
+           features: LoadedFeatures | None, log: Log) -> dict[str, Any]:
+    """train_run on a settled config (TrainConfig.for_run), in the run folder it owns."""
+    out = Path(cfg.out)
+    with own_run_folder(out):  # before anything is written; a second process on this --out stops here
+        return _train_in(out, cfg, store_path, class_names, features, log)
+
+
+def _train_in(out: Path, cfg: TrainConfig, store_path: str | os.PathLike, class_names: tuple[str, ...],
+              features: LoadedFeatures | None, log: Log) -> dict[str, Any]:
+    """The rest of train_run, in the run folder it owns."""
     _prepare_out(out, cfg, class_names)
     specs = {"face": cfg.face, "pose": cfg.pose, "audio": cfg.audio}
     device = resolve_device(cfg.device)
@@ -211,7 +243,8 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         for fold in cfg.folds:  # refuse before any training happens
             check_leakage(features, cfg.modalities, fold)
             splits[fold] = make_split(features.folds, features.labels, fold, val_fraction=cfg.val_fraction,
-                                      seed=cfg.seed, usable=features.has_target)
+                                      seed=cfg.seed, usable=features.has_target,
+                                      validation=cfg.protocol != "literature")
         source = make_source(features, cfg, plans, device, splits, str(store_path), log)
     except BaseException:
         restore()
@@ -229,10 +262,6 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         })
         if not (cfg.resume and (out / "config.json").is_file()):
             _write_json(out / "config.json", config)
-        elif json.loads((out / "config.json").read_text()).get("streamed", features.streamed) != features.streamed:
-            log("warning: this run was started with its features " + ("streamed" if not features.streamed else "in memory")
-                + " and continues " + ("streamed" if features.streamed else "in memory") + " (the memory budget changed?): "
-                "batches come in another order, so the numbers will differ from an uninterrupted run")
 
         fold_metrics: dict[str, dict[str, Any]] = {}
         partial = out / PARTIAL
@@ -245,7 +274,7 @@ def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: Load
         log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.row_shape)}" for m, md in features.sets.items()
                                                 if m in cfg.modalities) + f"; device {device}; run folder {out}")
         resources = {"rss_start_bytes": rss_start, "peak_is_this_run": own_peak, "feature_bytes": features.nbytes(cfg.modalities),
-                     "memory_budget_bytes": memory_budget(), "device": str(device), **describe(source)}
+                     "memory_budget_bytes": memory_budget(), "device": str(device), **source.describe()}
         for fold in cfg.folds:
             if str(fold) in fold_metrics:
                 log(f"fold {fold}: already finished, skipped")

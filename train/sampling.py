@@ -63,11 +63,15 @@ class FramePlan:
     """Training draws a random frame per segment (else the centre)."""
     flip: bool = False
     """Training draws a random view per clip (else view 0)."""
+    flip_test: bool = True
+    """Evaluation averages the predictions of every stored view (else it uses view 0, the original)."""
 
     @classmethod
     def for_set(cls, spec: str, provenance: Mapping[str, Any], row_shape: tuple[int, ...], augment: tuple[str, ...],
-                segments: int, store: str = "STORE") -> "FramePlan":
-        """The plan for a face set and the asked augmentations; FerError saying what to extract when it cannot."""
+                segments: int, store: str = "STORE", *, flip_test: bool | None = None) -> "FramePlan":
+        """The plan for a face set and the asked augmentations; FerError saying what to extract when it
+        cannot. ``flip_test``: True averages every stored view at evaluation (an error without mirrored
+        views), False uses the original only, None averages whatever views the set has."""
         views, every = set_views(provenance), is_all_frames(provenance)
         if "jitter" in augment and not every:
             raise FerError(f"--augment jitter draws from every frame of a clip, and {spec} holds {row_shape[0]} fixed "
@@ -75,11 +79,20 @@ class FramePlan:
         if "flip" in augment and views < 2:
             raise FerError(f"--augment flip needs the mirrored view of every frame, and {spec} has none: extract "
                            f"them with `fer extract ROOT -m face --frames all --flip --store {store}`")
+        if flip_test and views < 2:
+            raise FerError(f"--test-flip on averages the mirrored view of every frame, and {spec} has none: "
+                           f"extract them with `fer extract ROOT -m face --flip --store {store}`, or use "
+                           "--test-flip auto")
         if views > 1 and (len(row_shape) < 3 or row_shape[1] != views):
             raise FerError(f"{spec} names {views} views but its rows are {tuple(row_shape)}, not (T, {views}, ...): "
                            "the set is damaged; extract it again")
         return cls(segments=segments if every else None, views=views, jitter="jitter" in augment,
-                   flip="flip" in augment)
+                   flip="flip" in augment, flip_test=flip_test is not False)
+
+    @property
+    def test_views(self) -> int:
+        """Views evaluated per clip (their predictions are averaged)."""
+        return self.views if self.flip_test else 1
 
     def tokens(self, stored_frames: int) -> int:
         """Tokens per clip the model sees."""
@@ -128,17 +141,58 @@ class FramePlan:
         return x, present
 
 
-def epoch_order(rows: np.ndarray, labels: np.ndarray, *, balance: bool, gen: torch.Generator) -> torch.Tensor:
-    """The training rows of one epoch, shuffled (a CPU int64 tensor; with ``balance``, rows repeat).
+BLOCK_BYTES = 4 << 20
+"""Stored bytes (every chosen set, data and mask) of one sampling block: the consecutive store rows an epoch
+keeps together, so that a streamed epoch reads them in one span."""
+WINDOW_BLOCKS = 32
+"""Blocks whose rows an epoch shuffles together (the shuffle window); a stream holds one window at a time."""
+MIN_BLOCKS = 8
+"""A small set is cut into at least this many blocks, so that blocks still move within an epoch."""
+
+
+def block_rows(row_bytes: int, n_rows: int) -> int:
+    """Rows per sampling block for rows of ``row_bytes`` stored bytes among ``n_rows`` store rows.
+
+    A function of the data alone (never of the memory budget or of how the data is held), so that the epoch
+    order, and with it every number of a run, is the same in memory and streamed.
+    """
+    return int(max(1, min(BLOCK_BYTES // max(int(row_bytes), 1), -(-int(n_rows) // MIN_BLOCKS))))
+
+
+def epoch_order(rows: np.ndarray, labels: np.ndarray, *, balance: bool, gen: torch.Generator,
+                blocks: np.ndarray | None = None) -> torch.Tensor:
+    """The training rows of one epoch in the order they are trained on (a CPU int64 tensor; with ``balance``,
+    rows repeat): a function of the generator's state, the rows, their labels and their blocks only.
 
     balance: the epoch keeps its length n and every class present gets n // C clips (the remainder to
     randomly chosen classes): a class with fewer clips repeats each one floor or ceil times (every copy in a
     fresh order), a larger one contributes a different random subset each epoch.
+
+    blocks: (n,) the sampling block of every loaded row (fer.train.batches.sampling_blocks): the epoch then
+    visits its blocks in a random order, WINDOW_BLOCKS at a time, with the rows of each window in a random
+    order (what a streamed epoch can read a span at a time). None: one shuffle of every row.
     """
-    r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+    order = _drawn(np.asarray(rows, dtype=np.int64), labels, balance=balance, gen=gen)
+    return order if blocks is None else by_window(order, np.asarray(blocks), gen)
+
+
+def by_window(order: torch.Tensor, blocks: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+    """``order`` (already shuffled) regrouped by window: its blocks in a random order, cut into windows of
+    WINDOW_BLOCKS, each window's rows in their order within ``order`` (a random order, since ``order`` is)."""
+    blk = blocks[order.numpy()]
+    present = np.unique(blk)
+    rank = np.empty(int(present[-1]) + 1 if len(present) else 0, dtype=np.int64)
+    rank[present[torch.randperm(len(present), generator=gen).numpy()]] = np.arange(len(present))
+    window = rank[blk] // WINDOW_BLOCKS
+    return order[torch.from_numpy(np.argsort(window, kind="stable"))]
+
+
+def _drawn(rows: np.ndarray, labels: np.ndarray, *, balance: bool, gen: torch.Generator) -> torch.Tensor:
+    """The epoch's rows shuffled; with ``balance``, drawn to equal class counts (see epoch_order)."""
+    r = torch.from_numpy(rows)
     if not balance:
         return r[torch.randperm(len(r), generator=gen)]
-    y = torch.from_numpy(np.asarray(labels)[np.asarray(rows, dtype=np.int64)])
+    y = torch.from_numpy(np.asarray(labels)[rows])
     classes = torch.unique(y)
     c, n = len(classes), len(r)
     counts = torch.full((c,), n // c, dtype=torch.long)

@@ -25,13 +25,14 @@ class FoldSplit:
 
 
 def make_split(folds: np.ndarray, labels: np.ndarray, fold: int, *, val_fraction: float, seed: int,
-               usable: np.ndarray | None = None) -> FoldSplit:
+               usable: np.ndarray | None = None, validation: bool = True) -> FoldSplit:
     """Split rows for `fold` (1-based) from the (N, K) fold codes and the (N,) majority labels.
 
     Where the protocol has validation clips in this fold (code 3: e.g. CAER's val folder), they are the
     validation set. Otherwise validation takes round(val_fraction * n_c) rows of every class c with at
     least 2 training rows (at least one, never all), chosen by a generator seeded from (seed, fold).
     Test rows are never in train or validation. `usable` (N,) bool drops rows without a usable target.
+    `validation` False (the literature protocol): no validation clips at all, the whole training fold trains.
     """
     folds = np.asarray(folds)
     k = folds.shape[1] if folds.ndim == 2 else 0
@@ -45,6 +46,9 @@ def make_split(folds: np.ndarray, labels: np.ndarray, fold: int, *, val_fraction
     if train_all.size == 0 or test.size == 0:
         raise FerError(f"fold {fold} has {train_all.size} training and {test.size} test clips in this store: "
                        "the store needs fold columns with both (re-extract from a root with its split files)")
+    if not validation:
+        return FoldSplit(fold=fold, train=train_all.astype(np.int64), val=np.zeros(0, np.int64),
+                         test=test.astype(np.int64))
     if protocol_val.size:
         return FoldSplit(fold=fold, train=train_all.astype(np.int64), val=protocol_val.astype(np.int64),
                          test=test.astype(np.int64))

@@ -2,17 +2,21 @@
 
 The "many ablations on one cache" workflow: every grid point is a normal run folder under
 out_dir, named from the settings that vary. A point whose metrics.json exists is skipped, so a
-killed sweep resumes where it stopped.
+killed sweep resumes where it stopped. A sweep owns one point's folder at a time (the lock of
+`fer train`), and passes over points another process holds: several sweeps started on one grid
+and --out (on one machine, or on several sharing the file system) split the grid between them.
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import fields, replace
+import os
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fer.cache.errors import FerError
+from fer.cache.locks import Holder
 from fer.train.config import TrainConfig
 
 Log = Callable[[str], None]
@@ -101,8 +105,9 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
           log: Log = print, engine: Any = None) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
-    Writes out_dir/<point>/ per point (skipping points already complete), then prints the
-    comparison table and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
+    Writes out_dir/<point>/ per point (skipping points already complete, and points another process
+    is running), then prints the comparison table of the complete points, which names the best point by
+    validation UAR, and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
     points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay here.
     """
     from fer.train.features import load_features
@@ -113,6 +118,7 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     todo = [c for c in configs if not is_complete(Path(c.out))]
     done = len(configs) - len(todo)
     log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run)")
+    others: dict[str, Holder] = {}  # points another process holds
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
@@ -127,17 +133,24 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             return loaded[key]
 
         if engine is not None:
-            engine.run(todo, str(store_path), features_for, out_dir, log=log)
+            others = engine.run(todo, str(store_path), features_for, out_dir, log=log)
         else:
             for i, cfg in enumerate(todo, 1):
-                resuming = " (resuming)" if started(cfg) else ""
-                log(f"sweep: [{i}/{len(todo)}] {Path(cfg.out).name}{resuming}")
-                run_unit(cfg, str(store_path), features_for(cfg), log)
+                holder = run_unit(cfg, str(store_path), features_for, log, f"[{i}/{len(todo)}]")
+                if holder is not None:
+                    others[Path(cfg.out).name] = holder
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
-    if finished:
-        log(report(finished))
-        (out_dir / "report.md").write_text(report(finished, markdown=True))
+    running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
+    if running:
+        log(f"sweep: {len(finished)} of {len(runs)} points complete; still running in other processes: "
+            + ", ".join(running))
+    if finished:  # the best point named by validation UAR, never by test
+        log(report(finished, best=True, strict=False))
+        # several sweeps may end at once: each writes its own temp file and renames it into place
+        tmp = out_dir / f".report.md.{os.getpid()}.tmp"
+        tmp.write_text(report(finished, markdown=True, best=True, strict=False))
+        os.replace(tmp, out_dir / "report.md")
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs
 
@@ -151,27 +164,52 @@ def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig
     return tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
 
-def started(cfg: TrainConfig) -> bool:
-    """A point killed mid-run left its config or a checkpoint: it continues from there."""
-    run = Path(cfg.out)
-    return (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-
-
-def run_unit(cfg: TrainConfig, store_path: str, features: Any, log: Log = print) -> None:
-    """Train one unit of the sweep (a grid point) on features already loaded; a point killed mid-run continues
-    from its finished folds and last checkpoint."""
+def run_unit(cfg: TrainConfig, store_path: str, features_for: Callable[[TrainConfig], Any], log: Log = print,
+             tag: str = "") -> Holder | None:
+    """Train one unit of the sweep (a grid point) in this process, which owns its run folder meanwhile;
+    returns who holds the folder when another process does (the point is left to it). A point killed mid-run
+    continues from its finished folds and last checkpoint; one another process completed is passed over."""
+    from fer.train.disk import try_run_folder
     from fer.train.run import train_run
 
-    train_run(replace(cfg, resume=started(cfg)), store_path, features=features, log=log)
+    run = Path(cfg.out)
+    lock = try_run_folder(run)
+    if isinstance(lock, Holder):
+        log(f"sweep: {tag} {run.name} is being run by {lock}: left to it")
+        return lock
+    with lock:  # held through train_run, which takes it again
+        if is_complete(run):  # another sweep finished it after this one looked
+            log(f"sweep: {tag} {run.name} was completed by another process")
+            return None
+        started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
+        log(f"sweep: {tag} {run.name}" + (" (resuming)" if started else ""))
+        train_run(replace(cfg, resume=started), store_path, features=features_for(cfg), log=log)
+    return None
 
 
-def sweep_engine(engine: str | None, *, gpus_per_run: float = 0.0, ray_address: str | None = None) -> Any:
-    """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError for
-    options that do not go with the engine chosen."""
-    from fer.ray_session import wants_ray
+@dataclass
+class SweepConfig:
+    """Settings of `fer sweep` itself, beside each point's TrainConfig: where the points run."""
 
-    if not wants_ray(engine, {"--gpus-per-run": gpus_per_run, "--ray-address": ray_address}):
-        return None
-    from fer.train.ray_sweep import RaySweep
+    engine: str = "process"
+    """process | ray: the grid points one after another in this process, or side by side as Ray tasks on a
+    local Ray instance or a cluster (the features loaded once and shared through Ray's object store; the sweep
+    folder on a shared filesystem). Needs the ray extra."""
+    gpus_per_run: float = 0.0
+    """With --engine ray: GPUs each grid point holds; a fraction (0.25) lets several small runs share one GPU,
+    0 trains on CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    instance started and stopped by this command."""
 
-    return RaySweep(ray_address, gpus_per_run)
+    def runner(self) -> Any:
+        """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError
+        for options that do not go with the engine chosen."""
+        from fer.ray_session import wants_ray
+
+        ray_only = {"--gpus-per-run": self.gpus_per_run, "--ray-address": self.ray_address}
+        if not wants_ray(self.engine, ray_only):
+            return None
+        from fer.train.ray_sweep import RaySweep
+
+        return RaySweep(self.ray_address, self.gpus_per_run)

@@ -14,6 +14,7 @@ mask all False, and a note in the feature set's ``row_info``.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ import torch
 
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
-from fer.extract.backbones.hf import SPEECH_HINT
+from fer.extract.backbones.family import Family
+from fer.extract.backbones.hf import SPEECH_HINT, fetch_hub, hub_cached
+from fer.extract.config import check_family
 from fer.extract.backbones.image import slug
+from fer.extract.backbones.precision_check import settle
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_audio
 from fer.extract.datasets.records import ClipRecord
@@ -116,10 +120,10 @@ class SpeechAudio(_AudioBase):
             config = default_wav2vec2_config() if none and local_folder(source) is None else None
             enc = hf_speech_encoder(source, "none" if none else None, seed, backbone_arg="wav2vec2", config=config)
             self.family = "wav2vec2"  # fer's name for its default: the spec stays what it always was
-        elif backbone.startswith("hf:"):
+        elif HF_SPEECH.matches(backbone):
             if model is not None:
                 raise FerError("--model applies to the wav2vec2 backbone; with hf: the model is the part after hf:")
-            enc = hf_speech_encoder(backbone[3:], weights, seed)
+            enc = hf_speech_encoder(HF_SPEECH.model_name(backbone), weights, seed)
             self.family = slug(enc.model_type)
         else:
             raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
@@ -140,8 +144,13 @@ class SpeechAudio(_AudioBase):
             self.min_samples = self._receptive_field()
         self.max_seconds = float(max_seconds)
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
+
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
 
     def to(self, device: torch.device | str) -> "SpeechAudio":
         self.device = torch.device(device)
@@ -190,7 +199,7 @@ class SpeechAudio(_AudioBase):
             "width": self.width,
             "sample_rate": SAMPLE_RATE,
             "max_seconds": self.max_seconds,
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 "audio demuxed with PyAV (or read with soundfile), downmixed to mono and resampled to 16 kHz by "
                 f"libswresample, cut to the first {self.max_seconds:g} s, {how}"
@@ -366,6 +375,50 @@ class MelAudio(_AudioBase):
         return data, mask
 
 
+# ---------------------------------------------------------------- the families
+def wav2vec2_extractor(name: str, weights: str | None, device: torch.device | str, **kw: Any) -> SpeechAudio:
+    """fer's default audio backbone (``wav2vec2``): DEFAULT_WAV2VEC2, or the checkpoint ``weights`` names."""
+    return SpeechAudio("wav2vec2", weights=weights, device=device, **kw)
+
+
+def hf_speech_extractor(name: str, weights: str | None, device: torch.device | str, **kw: Any) -> SpeechAudio:
+    """Any Hugging Face speech encoder, ``hf:<name>`` (a hub id or a folder)."""
+    return SpeechAudio(f"{HF_SPEECH.prefix}{name}", weights=weights, device=device, **kw)
+
+
+def mel_extractor(name: str, weights: str | None, device: torch.device | str, seed: int | None = None,
+                  precision: str | None = None, **kw: Any) -> MelAudio:
+    """Log-mel: no weights (``seed`` is ignored), fp32 only (MEL.only, checked before it is built)."""
+    return MelAudio(device=device, **kw)
+
+
+WAV2VEC2 = Family(
+    name="wav2vec2", modalities=("audio",), pattern="wav2vec2", help="wav2vec2", build=wav2vec2_extractor,
+    spec="audio.wav2vec2.<checkpoint name>.mean.16k[.max<S>s]", fetch=lambda _: fetch_hub(DEFAULT_WAV2VEC2),
+    cached=lambda _: hub_cached(DEFAULT_WAV2VEC2),
+    top="every layer's hidden states (the input embedding, then each Transformer layer), mean-pooled",
+)
+"""fer's default audio backbone: wav2vec2-large XLSR-53 (DEFAULT_WAV2VEC2), every layer."""
+
+MEL = Family(
+    name="mel", modalities=("audio",), pattern="mel", help="mel", build=mel_extractor,
+    spec="audio.mel.<bands>.<window>ms<hop>ms.16k.<seconds>s", top="a log-mel spectrogram; no weights",
+    only=(("weights", "none", "the mel audio backend has no weights"),
+          ("precision", "fp32", "the mel audio backend runs in fp32 only")),
+)
+"""Log-mel spectrogram: a fixed front end, no weights."""
+
+HF_SPEECH = Family(
+    name="hf-speech", modalities=("audio",), pattern="hf:*",
+    help="hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...)", build=hf_speech_extractor,
+    spec="audio.<model type>.<hub name | folder-sha8>.mean.16k[.max<S>s]", fetch=fetch_hub, cached=hub_cached,
+    folders=True, top="every layer's hidden states, mean-pooled over the frames the audio covers",
+)
+"""Hugging Face speech encoders (HuBERT, WavLM, data2vec-audio, Whisper's encoder), ``hf:<id or folder>``."""
+
+AUDIO_FAMILIES = (WAV2VEC2, MEL, HF_SPEECH)
+
+
 # ---------------------------------------------------------------- factory
 def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, device: torch.device | str = "cpu",
                          **kw: Any) -> Extractor:
@@ -376,14 +429,9 @@ def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, 
     None or ``none``. mel: ``weights`` must be None/``none``; ``n_mels``, ``win_ms``, ``hop_ms``, ``seconds``,
     ``fmin``, ``fmax`` in ``kw``.
     """
-    if backend == "wav2vec2" or backend.startswith("hf:"):
-        return SpeechAudio(backend, weights=weights, device=device, **kw)
-    if backend == "mel":
-        if weights not in (None, "none"):
-            raise FerError("the mel audio backend has no weights; leave --weights out")
-        kw.pop("seed", None)
-        if (kw.pop("precision", None) or "auto") not in ("fp32", "auto"):
-            raise FerError("the mel audio backend runs in fp32 only; leave --precision out")
-        return MelAudio(device=device, **kw)
-    raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
-                   f"(e.g. {SPEECH_HINT})")
+    family = next((f for f in AUDIO_FAMILIES if f.matches(backend)), None)
+    if family is None:
+        raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or "
+                       f"hf:<speech model> (e.g. {SPEECH_HINT})")
+    check_family(family, backend, weights=weights, **kw)
+    return family.build(family.model_name(backend), weights, device, **kw)

@@ -25,6 +25,7 @@ are scattered into the padded rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,12 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.image import ImageEncoder
+from fer.extract.backbones.precision_check import settle
+from fer.extract.config import check_family, check_frames
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import Extractor
 from fer.extract.frames import read_all_frames, read_face_frames
 
-LAYERS = ("pool", "layer3", "layer2")
 MAX_FRAMES = 64
 """Default cap on the frames an all-frame set keeps per clip (``--max-frames``)."""
 FRAME_BATCH = 256
@@ -46,39 +48,26 @@ VIEWS = ("original", "hflip")
 
 
 def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, layer: str | None = None,
-                        size: int | None = None, seed: int = 0) -> ImageEncoder:
-    """The image encoder ``backbone`` names: ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>``."""
+                        size: int | None = None, seed: int = 0,
+                        transforms: str | None = None) -> ImageEncoder:
+    """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
+    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``transforms`` names
+    whose preprocessing to use, for the families that take it."""
+    from fer.extract.backbones.families import FAMILIES, family_of, normalize_backbone
+
     if size is not None and not 32 <= size <= 1024:
         raise FerError(f"face input size {size} is out of range (32..1024)")
-    if backbone.startswith("hf:"):
-        from fer.extract.backbones.hf import hf_vision_encoder
-
-        return hf_vision_encoder(backbone[3:], weights, layer, size, seed)
-    if backbone.startswith("timm:"):
-        from fer.extract.backbones.timm_models import timm_encoder
-
-        return timm_encoder(backbone[5:], weights, layer, size, seed)
-    if backbone == "resnet18":
-        from fer.extract.backbones.torchvision_models import resnet18_encoder
-
-        return resnet18_encoder(weights, layer, size, seed)
-    from fer.extract.backbones.torchvision_models import torchvision_encoder
-
-    return torchvision_encoder(backbone, weights, layer, size, seed)
-
-
-def parse_frames(frames: int | str) -> int | str:
-    """``frames`` as the face extractor takes it: a positive int, or ``"all"``; FerError otherwise."""
-    if isinstance(frames, str):
-        text = frames.strip().lower()
-        if text == "all":
-            return "all"
-        if not text.isdigit():
-            raise FerError(f"--frames {frames!r} is neither 'all' nor a number of frames")
-        frames = int(text)
-    if int(frames) < 1:
-        raise FerError(f"frames must be >= 1, got {frames}")
-    return int(frames)
+    backbone = normalize_backbone(backbone)
+    family = family_of("face", backbone)
+    check_family(family, backbone, layer=layer)
+    if transforms is None:
+        return family.build(family.model_name(backbone), weights, layer, size, seed)
+    if family.transforms is None:
+        takes = "; ".join(f"{f.name}: {f.transforms}" for f in FAMILIES
+                          if f.transforms and "face" in f.modalities)
+        raise FerError(f"--transforms does not apply to {backbone}, whose preprocessing is fixed; it applies "
+                       f"to {takes}")
+    return family.build(family.model_name(backbone), weights, layer, size, seed, transforms=transforms)
 
 
 class FaceExtractor(Extractor):
@@ -101,23 +90,19 @@ class FaceExtractor(Extractor):
         max_frames: int | None = None,
         flip: bool = False,
         frame_batch: int = FRAME_BATCH,
+        transforms: str | None = None,
     ):
         """``backbone`` + ``weights``/``layer``/``size``/``seed`` build the encoder (or pass ``encoder``);
         ``precision``: fp32 | bf16 | fp16 | auto; None: $FER_PRECISION or auto (fer.extract.backbones.precision).
         ``frames``: N, or ``"all"`` with ``max_frames`` (64 by default) the cap; ``flip``: store mirrored views too;
-        ``frame_batch``: images per model forward."""
-        if layer is not None and backbone == "resnet18" and layer not in LAYERS:
-            raise FerError(f"unknown --layer {layer!r} for the face backbone; choose from {', '.join(LAYERS)}")
-        frames = parse_frames(frames)
+        ``frame_batch``: images per model forward; ``transforms``: whose preprocessing to use (a weights
+        entry, a timm pretrained tag, an HF model), for the families that take it."""
+        frames = check_frames(frames, max_frames)
         self.all_frames = frames == "all"
-        if not self.all_frames and max_frames is not None:
-            raise FerError("--max-frames caps --frames all; with a fixed --frames N leave it out")
-        if max_frames is not None and max_frames < 1:
-            raise FerError(f"--max-frames must be >= 1, got {max_frames}")
         if frame_batch < 1:
             raise FerError(f"frame_batch must be >= 1, got {frame_batch}")
         self.max_frames = (max_frames or MAX_FRAMES) if self.all_frames else None
-        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed)
+        self.encoder = encoder or build_image_encoder(backbone, weights, layer, size, seed, transforms)
         self.model = self.encoder.model.eval()
         self.preprocess = self.encoder.preprocess
         self.layer, self.size, self.frames, self.seed = self.encoder.layer, self.encoder.size, frames, seed
@@ -128,6 +113,7 @@ class FaceExtractor(Extractor):
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
                            "--frames 16 (for --finetune layer4), or every frame with --layer pool")
         self.requested_precision = precision
+        self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
         self.to(device)
 
@@ -185,7 +171,7 @@ class FaceExtractor(Extractor):
             **({"max_frames": self.max_frames} if self.all_frames else {}),
             **views,
             "width": e.out_shape[0],
-            **prec.provenance(self.precision, self.device),
+            **prec.provenance(self.precision, self.device, self.precision_check),
             "preprocessing": (
                 f"{frames}, RGB, resized to {e.size}x{e.size} bilinear when needed; then {e.preprocessing}"
             ),
@@ -194,6 +180,10 @@ class FaceExtractor(Extractor):
         }
 
     # ---------------------------------------------------------------- work
+    def settle_precision(self, records: Sequence[ClipRecord], clips: int = 8,
+                         started: Collection[str] = ()) -> None:
+        settle(self, records, clips, started)
+
     def to(self, device: torch.device | str) -> "FaceExtractor":
         self.device = torch.device(device)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, self.encoder.family)

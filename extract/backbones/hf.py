@@ -21,7 +21,8 @@ from torch import nn
 
 from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
-from fer.extract.backbones.image import ImageEncoder, check_layer, slug
+from fer.extract.backbones.family import Cut, Family
+from fer.extract.backbones.image import ImageEncoder, check_layer, slug, with_transforms
 from fer.extract.backbones.weights import offline, random_init
 
 
@@ -132,6 +133,36 @@ def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple
     return model, missing
 
 
+def fetch_hub(model_id: str) -> str:
+    """Download a hub model's configs (model, image processor, feature extractor) and weights in one format
+    into the HF cache; says where. FerError for a local folder (nothing to fetch) or when it cannot."""
+    if Path(model_id).expanduser().exists():
+        raise FerError(f"{model_id} is a local folder: nothing to fetch")
+    if offline():
+        raise FerError(f"cannot fetch {model_id}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine "
+                       "with internet")
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(model_id, allow_patterns=["*.json", "*.safetensors", "*.txt"])
+        if not any(Path(folder).glob("*.safetensors")):
+            folder = snapshot_download(model_id, allow_patterns=["*.json", "*.bin", "*.txt"])
+    except Exception as e:
+        raise FerError(f"could not download {model_id} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+                       "check the network, or copy an HF cache (HF_HOME) from a machine that has it"
+                       ) from None
+    return f"{model_id} (HF cache {folder})"
+
+
+def hub_cached(source: str) -> bool:
+    """Whether ``source`` is a local folder or a hub id whose config is in the HF cache (no download)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if Path(source).expanduser().is_dir():
+        return True
+    return isinstance(try_to_load_from_cache(source, "config.json"), str)
+
+
 # ---------------------------------------------------------------- vision
 CLIP_TYPES = ("clip", "clip_vision_model")
 POOLER_TYPES = CLIP_TYPES + ("dinov2", "siglip", "siglip_vision_model")
@@ -196,16 +227,48 @@ def _describe_processor(processor: Any, overrides: dict[str, Any]) -> str:
     return f"{type(processor).__name__} on the device: " + ", ".join(parts)
 
 
+def _canonical(source: str) -> str:
+    """A model source as recorded: a folder made absolute, a hub id as is."""
+    p = Path(source).expanduser()
+    return str(p.resolve()) if p.exists() else source
+
+
+def _image_processor(source: str, transforms: str | None) -> tuple[Any, str, str]:
+    """(the image processor, where it comes from, why): the one saved beside the model, or the one of the
+    model (hub id or folder) ``transforms`` names."""
+    from transformers import AutoImageProcessor
+
+    own = _canonical(source)
+    named = None if transforms is None else _canonical(transforms)
+    where = named or own
+    local = Path(where).exists()
+    try:
+        with quiet_transformers():
+            processor = AutoImageProcessor.from_pretrained(where, local_files_only=local or offline())
+    except (OSError, ValueError) as e:
+        what = f"--transforms {transforms}" if named else f"hf:{source}"
+        how = "name a folder or cached hub id that holds one" if named else (
+            "save the processor with save_pretrained, or name a model whose processor to use with --transforms "
+            "<id or folder>")
+        raise FerError(f"{what} has no image processor config (preprocessor_config.json) to take the "
+                       f"preprocessing from ({type(e).__name__}); {how}") from None
+    why = "the image processor saved with the model" if named in (None, own) else "named with --transforms"
+    return processor, where, why
+
+
 def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None = None, size: int | None = None,
-                      seed: int = 0) -> ImageEncoder:
-    """A Hugging Face vision encoder for ``hf:<source>``; ``layer`` pool (default) or proj (CLIP's image embedding)."""
-    from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, CLIPVisionModelWithProjection
+                      seed: int = 0, transforms: str | None = None) -> ImageEncoder:
+    """A Hugging Face vision encoder for ``hf:<source>``; ``layer`` pool (default) or proj (CLIP's image
+    embedding); preprocessing by the image processor saved with the model, or by the one of the model
+    ``transforms`` names."""
+    from transformers import AutoModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
     backbone_arg = f"hf:{source}"
     cfg = load_config(source, backbone_arg)
     mtype = str(cfg.model_type)
     is_clip = mtype in CLIP_TYPES
-    layer = check_layer(layer, ("pool", "proj") if is_clip else ("pool",), f"{backbone_arg} ({mtype})")
+    cuts = [c.name for c in HF_VISION.cuts]
+    layer = check_layer(layer, cuts if is_clip else cuts[:1], f"{backbone_arg} ({mtype})")
     cls = (CLIPVisionModelWithProjection if layer == "proj" else CLIPVisionModel) if is_clip else AutoModel
     w = (weights or "").strip().lower()
     if w and w != "none":
@@ -227,13 +290,7 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
         model, missing = from_pretrained(cls, source, backbone_arg, allowed_missing=("pooler.",))
         ident, tag = identity(source, model)
     model = model.float().eval()
-    folder = local_folder(source)
-    try:
-        with quiet_transformers():
-            processor = AutoImageProcessor.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline())
-    except (OSError, ValueError) as e:
-        raise FerError(f"{backbone_arg} has no image processor config (preprocessor_config.json) to take its "
-                       f"preprocessing from ({type(e).__name__}); save the processor with save_pretrained") from None
+    processor, processor_source, why = _image_processor(source, transforms)
     crop, resize = _native_side(processor)
     size = size or crop
     overrides: dict[str, Any] = {}
@@ -250,14 +307,30 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     output = {"proj": "CLIP projected image embedding (image_embeds)",
               "pooler": "pooled embedding (pooler_output: normalised CLS token)",
               "cls": "CLS token of the last hidden state"}[take]
-    extra = {"model_type": mtype, "model_class": type(model).__name__}
+    extra: dict[str, Any] = {"model_type": mtype, "model_class": type(model).__name__,
+                             "transforms": {"processor": processor_source, "chosen": why}}
     if missing:
         extra["unused_missing_keys"] = missing[:20]
     return ImageEncoder(
         backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped, preprocess=HFImageProcess(processor, overrides),
-        weights=ident, tag=tag, size=size, out_shape=(width,), layer=layer,
-        preprocessing=_describe_processor(processor, overrides), output=output, extra=extra,
+        weights=ident, tag=with_transforms(tag, processor_source, _canonical(source)), size=size,
+        out_shape=(width,), layer=layer, preprocessing=_describe_processor(processor, overrides),
+        output=output, extra=extra, transforms=processor_source,
     )
+
+
+
+HF_VISION = Family(
+    name="hf-vision", modalities=("face",), pattern="hf:*",
+    help="hf:<model id or folder> (CLIP, DINOv2, ViT)",
+    build=hf_vision_encoder, spec="face.hf-<model type>.<hub name | folder-sha8>.<layer>.<size>.<frames>f",
+    fetch=fetch_hub, cached=hub_cached, folders=True,
+    cuts=(Cut("pool", "pooled embedding (CLS token, or the model's normalised pooler output)"),
+          Cut("proj", "CLIP models only: the projected image embedding (image_embeds)")),
+    top="the model's own output; its image processor's preprocessing",
+    transforms="a model (hub id or folder) whose image processor to use",
+)
+"""Hugging Face vision encoders, ``hf:<hub id or folder saved with save_pretrained>``."""
 
 
 # ---------------------------------------------------------------- speech

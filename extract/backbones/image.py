@@ -7,6 +7,7 @@ extractor (fer.extract.backbones.face) runs any of them over a clip's face frame
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 
 from fer.cache.errors import FerError
+from fer.extract.backbones.family import cut_matches
 
 
 def slug(name: str, limit: int = 60) -> str:
@@ -50,6 +52,22 @@ class ImageEncoder:
     """Run convolutions in channels_last (faster oneDNN/cuDNN convolutions)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """More provenance (e.g. the checkpoint keys that were ignored, the model config)."""
+    transforms: str | None = None
+    """Whose preprocessing ``preprocess`` is, as ``--transforms`` names it (a torchvision weights entry, a
+    timm pretrained tag, an HF processor's model); None for a family with one fixed preprocessing."""
+
+
+def notice(message: str) -> None:
+    """A one-line note on stderr: something the user should know about a choice fer made (the run goes on)."""
+    print(f"note: {message}", file=sys.stderr)
+
+
+def with_transforms(tag: str, transforms: str | None, automatic: str | None) -> str:
+    """The weights' spec token, plus ``+<transforms>`` when ``--transforms`` named another preprocessing than
+    the weights alone would get: the name changes only when the numbers do."""
+    if transforms is None or transforms == automatic:
+        return tag
+    return f"{tag}+{slug(transforms.rstrip('/').rsplit('/', 1)[-1], 40)}"
 
 
 def probe_width(model: nn.Module, size: int, what: str) -> tuple[int, ...]:
@@ -71,9 +89,10 @@ def probe_width(model: nn.Module, size: int, what: str) -> tuple[int, ...]:
 
 
 def check_layer(layer: str | None, allowed: Sequence[str], what: str) -> str:
-    """``layer`` or the first allowed one; FerError naming the choices otherwise."""
+    """``layer`` or the first allowed one; FerError naming the choices otherwise (an allowed ``block:K`` takes
+    any ``block:<integer>``, fer.extract.backbones.family.cut_matches)."""
     layer = layer or allowed[0]
-    if layer not in allowed:
+    if not any(cut_matches(a, layer) for a in allowed):
         raise FerError(f"--layer {layer} is not available for {what}; choose from {', '.join(allowed)}")
     return layer
 

@@ -22,7 +22,11 @@ from fer.cache.errors import FerError
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
 from fer.extract.datasets.records import ClipRecord
-from fer.extract.backbones.weights import WeightsIdentity, resolve_torchvision
+from fer.extract.backbones.family import Family
+from fer.extract.config import check_family
+from fer.extract.backbones.weights import (
+    WeightsIdentity, fetch_torchvision, resolve_torchvision, torchvision_file,
+)
 
 NUM_KEYPOINTS = 17
 BACKENDS = ("keypointrcnn", "openpifpaf")
@@ -269,6 +273,54 @@ def _make_pifpaf_predictor(checkpoint: str) -> Any:
                        f"{str(e).splitlines()[0][:200] if str(e) else ''}); fetch it while online or pass a local file") from None
 
 
+# ---------------------------------------------------------------- the families
+def keypointrcnn_extractor(name: str, weights: str | None, device: torch.device | str,
+                           frames: int | None = None, size: int | None = None, **kw: Any) -> KeypointRCNNPose:
+    """Keypoint R-CNN; ``size`` is the detector's short side, its long side keeps torchvision's 800:1333."""
+    if size:
+        kw.setdefault("min_size", size)
+        kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
+    return KeypointRCNNPose(weights=weights or "coco", frames=frames or 3, device=device, **kw)
+
+
+def openpifpaf_extractor(name: str, weights: str | None, device: torch.device | str,
+                         frames: int | None = None, size: int | None = None, seed: int | None = None,
+                         **kw: Any) -> OpenPifPafPose:
+    """OpenPifPaf; ``weights`` is its checkpoint name (``coco``: shufflenetv2k16); no random init, no
+    ``size`` (it decodes frames at ``max_side``)."""
+    checkpoint = "shufflenetv2k16" if weights in (None, "coco") else weights
+    predictor = kw.pop("predictor", None) or _make_pifpaf_predictor(checkpoint)
+    return OpenPifPafPose(predictor, checkpoint, frames=frames or 3, device=device, **kw)
+
+
+def _coco_weights() -> Any:
+    from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights
+
+    return KeypointRCNN_ResNet50_FPN_Weights.COCO_V1
+
+
+KEYPOINTRCNN = Family(
+    name="keypointrcnn", modalities=("pose",), pattern="keypointrcnn", help="keypointrcnn",
+    build=keypointrcnn_extractor, spec="pose.keypointrcnn.<weights>.k<frames>.<min size>-<max size>",
+    fetch=lambda _: str(fetch_torchvision(_coco_weights(), what="Keypoint R-CNN COCO")),
+    cached=lambda _: torchvision_file(_coco_weights()).is_file(),
+    top="COCO-17 keypoints and their scores of the main person (the detector's own output)",
+    only=(("precision", "fp32", "the pose backends run in fp32 only"),),
+)
+"""torchvision's Keypoint R-CNN ResNet-50 FPN, COCO weights."""
+
+OPENPIFPAF = Family(
+    name="openpifpaf", modalities=("pose",), pattern="openpifpaf", help="openpifpaf",
+    build=openpifpaf_extractor,
+    spec="pose.openpifpaf.<checkpoint>.k<frames>.<max side>", top="COCO-17 keypoints of the main person",
+    only=(("precision", "fp32", "the pose backends run in fp32 only"),
+          ("size", None, "it decodes frames at its own max_side")),
+)
+"""OpenPifPaf (its own package and checkpoints, which it fetches itself)."""
+
+POSE_FAMILIES = (KEYPOINTRCNN, OPENPIFPAF)
+
+
 # ---------------------------------------------------------------- factory
 def make_pose_extractor(backend: str = "keypointrcnn", weights: str = "coco", frames: int = 3,
                         device: torch.device | str = "cpu", **kw: Any) -> Extractor:
@@ -278,10 +330,8 @@ def make_pose_extractor(backend: str = "keypointrcnn", weights: str = "coco", fr
     openpifpaf: ``weights`` is the OpenPifPaf checkpoint name ("coco" means shufflenetv2k16);
     ``predictor=`` injects a ready predictor; ``max_side``, ``min_score`` in ``kw``.
     """
-    if backend == "keypointrcnn":
-        return KeypointRCNNPose(weights=weights, frames=frames, device=device, **kw)
-    if backend == "openpifpaf":
-        checkpoint = "shufflenetv2k16" if weights in (None, "coco") else weights
-        predictor = kw.pop("predictor", None) or _make_pifpaf_predictor(checkpoint)
-        return OpenPifPafPose(predictor, checkpoint, frames=frames, device=device, **kw)
-    raise FerError(f"unknown pose backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    family = next((f for f in POSE_FAMILIES if f.matches(backend)), None)
+    if family is None:
+        raise FerError(f"unknown pose backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    check_family(family, backend, **kw)
+    return family.build(family.model_name(backend), weights, device, frames=frames, **kw)

@@ -8,6 +8,9 @@
   *and* the backbone family was measured to gain from it (benchmarks/bench_precision.py: at least
   1.5x faster with every pooled feature within cosine 0.999 of fp32, see CPU_BF16_FAMILIES); else fp32.
 
+That choice is the starting guess: before a run commits to it, fer.extract.backbones.precision_check measures
+it on the run's own weights and first clips, and falls back to fp32 when it drifts or is slower.
+
 fp32 keeps the spec name fer always used, so older stores keep matching; any autocast adds its
 precision (``.bf16``, ``.fp16``), so features of two precisions never share a feature set (a set
 resumed or sharded across mixed machines would otherwise mix them) and ``fer predict`` recomputes a
@@ -57,6 +60,11 @@ def cuda_bf16_native(device: torch.device) -> bool:
         return bool(torch.cuda.is_bf16_supported(including_emulation=False))
 
 
+def is_auto(requested: str | None) -> bool:
+    """True when ``requested`` (None: $FER_PRECISION, else auto) leaves the precision to ``auto``."""
+    return (requested or os.environ.get(ENV) or "auto").strip().lower() == "auto"
+
+
 def resolve_precision(requested: str | None, device: torch.device | str, family: str) -> str:
     """``auto`` | ``fp32`` | ``bf16`` | ``fp16`` -> the precision to run (never ``auto``); None: $FER_PRECISION or auto.
 
@@ -86,11 +94,14 @@ def spec_suffix(precision: str) -> str:
     return "" if precision == "fp32" else f".{precision}"
 
 
-def provenance(precision: str, device: torch.device | str) -> dict[str, Any]:
-    """The ``precision`` entry of a feature set's attrs."""
+def provenance(precision: str, device: torch.device | str,
+               check: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``precision`` entries of a feature set's attrs; ``check``: what ``auto`` measured before choosing
+    (fer.extract.backbones.precision_check)."""
     dev = torch.device(device)
     how = "fp32" if precision == "fp32" else f"torch.autocast({dev.type!r}, {DTYPES[precision]}): matmuls and convolutions in {precision}, accumulation and pooling in fp32"
-    return {"precision": precision, "compute": how, "device": dev.type}
+    measured = {"precision_check": check} if check else {}
+    return {"precision": precision, "compute": how, "device": dev.type, **measured}
 
 
 @contextlib.contextmanager

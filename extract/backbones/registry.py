@@ -1,68 +1,50 @@
-"""Modality + backend name -> Extractor, for the CLI. Pose and audio backends import lazily."""
+"""Modality + backend name -> Extractor, for the CLI: the modality's option checks, then the family table
+(fer.extract.backbones.families, imported when an extractor is built) builds it."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from fer.cache.devices import resolve_device
 from fer.cache.errors import FerError
+from fer.extract.config import check_family, check_options
 
 if TYPE_CHECKING:  # torch is imported when an extractor is built, so argument errors come back fast
     import torch
 
+    from fer.extract.backbones.family import Family
     from fer.extract.extractor import Extractor
 
-DEFAULT_BACKBONE = {"face": "resnet18", "pose": "keypointrcnn", "audio": "wav2vec2"}
-"""Backbone used when ``--backbone`` is not given."""
+
+def _family(modality: str, backend: str) -> Family:
+    from fer.extract.backbones.families import family_of
+
+    return family_of(modality, backend)
 
 
 def _face(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
           size: int | None = None, frames: int | str | None = None, seed: int = 0, precision: str | None = None,
-          max_frames: int | None = None, flip: bool = False, **_: Any) -> Extractor:
+          max_frames: int | None = None, flip: bool = False, transforms: str | None = None,
+          **_: Any) -> Extractor:
     from fer.extract.backbones.face import FaceExtractor
 
     return FaceExtractor(weights=weights, layer=layer, size=size, frames=frames or 16, device=device, seed=seed,
-                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip)
+                         backbone=backend, precision=precision, max_frames=max_frames, flip=flip,
+                         transforms=transforms)
 
 
-def _pose(backend: str, weights: str | None, device: torch.device, frames: int | None = None,
-          layer: str | None = None, **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only")
-    try:
-        from fer.extract.backbones.pose import make_pose_extractor
-    except ImportError as e:
-        raise FerError(f"the pose backends are not available ({e})") from None
-    size = kw.pop("size", None)
-    if size and backend == "keypointrcnn":  # the detector's short side; long side keeps torchvision's 800:1333
-        kw.setdefault("min_size", size)
-        kw.setdefault("max_size", max(size, round(size * 1333 / 800)))
-    if backend != "keypointrcnn":
-        kw.pop("seed", None)  # only the torchvision model has a random init
-    if (kw.pop("precision", None) or "auto") not in ("auto", "fp32"):
-        raise FerError("the pose backends run in fp32 only; leave --precision out")
-    return make_pose_extractor(backend, weights or "coco", frames or 3, device, **kw)
+def _pose(backend: str, weights: str | None, device: torch.device, **kw: Any) -> Extractor:
+    kw.pop("precision", None)  # fp32 only: KEYPOINTRCNN.only, OPENPIFPAF.only, checked by make_extractor
+    family = _family("pose", backend)
+    return family.build(family.model_name(backend), weights, device, **kw)
 
 
-def _audio(backend: str, weights: str | None, device: torch.device, layer: str | None = None,
-           frames: int | None = None, **kw: Any) -> Extractor:
-    if layer:
-        raise FerError("--layer applies to the face modality only (audio stores every layer)")
-    unused = [flag for flag, value in (("--size", kw.pop("size", None)), ("--frames", frames)) if value is not None]
-    if unused:
-        raise FerError(f"{' and '.join(unused)} {'apply' if len(unused) > 1 else 'applies'} to face and pose only; "
-                       "the audio backends take each clip's sound as it is: leave it out")
-    try:
-        from fer.extract.backbones.audio import make_audio_extractor
-    except ImportError as e:
-        raise FerError(f"the audio backends are not available ({e})") from None
-    if backend == "mel":
-        kw.pop("seed", None)  # mel has no weights
-    return make_audio_extractor(backend, weights, device, **kw)
+def _audio(backend: str, weights: str | None, device: torch.device, **kw: Any) -> Extractor:
+    family = _family("audio", backend)
+    return family.build(family.model_name(backend), weights, device, **kw)
 
 
 FACTORIES: dict[str, Callable[..., Extractor]] = {"face": _face, "pose": _pose, "audio": _audio}
-
-AUDIO_BACKBONES = ("wav2vec2", "mel", "hf:<speech model id or folder>")
 
 
 def _absolute(value: str | None) -> str | None:
@@ -75,60 +57,6 @@ def _absolute(value: str | None) -> str | None:
     return str(p.resolve()) if p.exists() else value
 
 
-def normalize_backbone(backbone: str) -> str:
-    """Lower-case a backbone name, but keep what follows ``hf:``/``timm:`` as written (paths, hub ids)."""
-    b = backbone.strip()
-    prefix, sep, rest = b.partition(":")
-    if sep and prefix.lower() in ("hf", "timm"):
-        if not rest.strip():
-            raise FerError(f"--backbone {backbone!r} names no model after {prefix.lower()}:")
-        return f"{prefix.lower()}:{rest.strip()}"
-    return b.lower()
-
-
-def local_cuda_index(local_rank: str | None, count: int) -> int:
-    """The GPU of this process: LOCAL_RANK modulo the visible GPUs (0 without LOCAL_RANK). Launchers that show
-    each process only its own GPU (SLURM --gpus-per-task) give every rank one visible device, index 0."""
-    if local_rank is None or local_rank == "":
-        return 0
-    try:
-        rank = int(local_rank)
-    except ValueError:
-        raise FerError(f"LOCAL_RANK={local_rank!r} is not an integer") from None
-    if count < 1:
-        raise FerError("no CUDA GPU is visible; use --device cpu or auto")
-    return rank % count
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> the local CUDA device when there is one (LOCAL_RANK under torchrun, modulo the visible
-    GPUs), else CPU. A CUDA device is also made the current one (torch.cuda.set_device)."""
-    import os
-
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        d = "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise FerError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-        try:
-            dev = torch.device(d)
-        except RuntimeError:
-            raise FerError(f"unknown --device {device!r}; choose auto, cpu, cuda or cuda:N") from None
-        count = torch.cuda.device_count()
-        if dev.index is None:
-            dev = torch.device("cuda", local_cuda_index(os.environ.get("LOCAL_RANK"), count))
-        elif dev.index >= count:
-            raise FerError(f"--device {device} asks for GPU {dev.index} but {count} GPU(s) are visible "
-                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}); use cuda:0..{count - 1}")
-        # the current device too, so libraries that use "the current device" (and new contexts) land here
-        torch.cuda.set_device(dev)
-        return dev
-    if d != "cpu":
-        raise FerError(f"unknown --device {device!r}; choose auto, cpu or cuda")
-    return torch.device("cpu")
 
 
 def make_extractor(
@@ -140,30 +68,28 @@ def make_extractor(
 ) -> Extractor:
     """Build the extractor for ``modality`` (face|pose|audio) and ``backbone`` (default per modality).
 
-    ``backbone``: face ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio
-    ``wav2vec2`` | ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``.
+    ``backbone``: a name of one of the modality's families (fer.extract.backbones.families: face
+    ``resnet18`` | a torchvision model name | ``hf:<id|folder>`` | ``timm:<name>``; audio ``wav2vec2`` |
+    ``mel`` | ``hf:<id|folder>``; pose ``keypointrcnn`` | ``openpifpaf``).
     Extra keywords (``layer``, ``size``, ``frames``, ``seed``, ``precision``: $FER_PRECISION or auto by
     default; face only: ``frames="all"``, ``max_frames``, ``flip``) go to the modality's factory.
     """
+    from fer.extract.backbones.families import DEFAULT_BACKBONE, normalize_backbone
+
     if modality not in FACTORIES:
         raise FerError(f"unknown modality {modality!r}; choose from {', '.join(FACTORIES)}")
     backend = normalize_backbone(backbone or DEFAULT_BACKBONE[modality])
-    if backend.startswith("hf:"):
-        backend = "hf:" + str(_absolute(backend[3:]))
+    family = _family(modality, backend)  # a name of another modality's family is a one-line error here
+    if family.folders and family.prefix:
+        backend = family.prefix + str(_absolute(family.model_name(backend)))
     weights = _absolute(weights)
-    if kw.get("model"):
-        kw["model"] = _absolute(kw["model"])
-    if modality == "pose" and backend.startswith(("hf:", "timm:")):
-        raise FerError(f"--backbone {backend} is not a pose backend; choose keypointrcnn or openpifpaf")
-    if modality == "audio" and backend.startswith("timm:"):
-        raise FerError(f"--backbone {backend} is an image model; audio takes {', '.join(AUDIO_BACKBONES)}")
+    for key in ("model", "transforms"):  # model folders, recorded absolute
+        if kw.get(key):
+            kw[key] = _absolute(kw[key])
     kw = {k: v for k, v in kw.items() if v is not None and not (k == "flip" and v is False)}
-    if modality != "face":
-        face_only = [f for f, on in (("--frames all", str(kw.get("frames", "")).lower() == "all"),
-                                     ("--max-frames", "max_frames" in kw), ("--flip", "flip" in kw)) if on]
-        if face_only:
-            raise FerError(f"{' and '.join(face_only)} {'apply' if len(face_only) > 1 else 'applies'} to the face "
-                           f"modality only; leave {'them' if len(face_only) > 1 else 'it'} out for {modality}")
+    # which option applies to which modality, and to which family (its record): fer.extract.config
+    check_options(modality, **kw)
+    check_family(family, backend, weights=weights, **kw)
     dev = resolve_device(device) if isinstance(device, str) else device
     weights = resolve_auto_weights(modality, backend, weights)
     extractor = FACTORIES[modality](backend, weights, dev, **kw)
@@ -172,6 +98,9 @@ def make_extractor(
     extractor.build_args = {"modality": modality, "backbone": backend, "weights": weights, **kw}
     if getattr(extractor, "precision", None):
         extractor.build_args["precision"] = extractor.precision
+    transforms = getattr(getattr(extractor, "encoder", None), "transforms", None)
+    if transforms:  # as chosen, so a rebuild preprocesses the same way even where the defaults have changed
+        extractor.build_args["transforms"] = transforms
     if getattr(extractor, "all_frames", False):  # the cap as resolved, so a changed default cannot change a rebuild
         extractor.build_args.update(frames="all", max_frames=extractor.max_frames)
     return extractor
@@ -194,7 +123,7 @@ def resolve_auto_weights(modality: str, backend: str, weights: str | None) -> st
     """``auto``: the pretrained weights when they are in the local cache, else random init, said loudly."""
     if (weights or "").lower() != "auto":
         return weights
-    from fer.extract.backbones.weights import pretrained_available
+    from fer.extract.backbones.families import pretrained_available
 
     found, how_to = pretrained_available(modality, backend)
     if found:

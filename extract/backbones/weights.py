@@ -1,4 +1,6 @@
-"""Where backbone weights come from, and how they are named in a feature set's provenance.
+"""Loading backbone weights, and how they are named in a feature set's provenance. This module only loads: it
+imports no other part of fer.extract, so every family module can use it (which family fetches what, and where
+its weights are cached, is in fer.extract.backbones.families).
 
 ``--weights`` takes one of:
 
@@ -87,6 +89,24 @@ def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True, fe
 def _safe_stem(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", path.stem).strip("-") or "weights"
     return stem[:40]
+
+
+HASH_IN_NAME = re.compile(r"-([0-9a-f]{6,})(?:\.|$)")
+"""The hash torchvision puts in its weight file names (``mobilenet_v2-b0353104.pth``): the first hex digits of
+the file's sha256, which torch.hub checks when it downloads the file."""
+
+
+def name_hash(name: str) -> str | None:
+    """The sha256 prefix a torchvision-style file name carries (``b0353104``), or None."""
+    m = HASH_IN_NAME.search(name)
+    return m.group(1) if m else None
+
+
+def hashed_tag(stem: str, sha256: str) -> str:
+    """The spec token of a weights file: its stem and the first 8 hex digits of its sha256, said once when the
+    stem already ends with them (``mobilenet_v2-b0353104``, not ``mobilenet_v2-b0353104-b0353104``)."""
+    h = name_hash(stem)
+    return stem if h and stem.endswith(f"-{h}") and sha256.startswith(h) else f"{stem}-{sha256[:8]}"
 
 
 def read_state_dict(path: Path, strip: tuple[str, ...] = ("module.", "backbone.")) -> dict[str, torch.Tensor]:
@@ -195,181 +215,4 @@ def resolve_torchvision(
     load_checked(model, state, source=str(path), what=what, optional_missing=optional_missing,
                  discard=discard(model) if discard else ())
     sha = sha256_file(path)
-    return model, WeightsIdentity(str(path.resolve()), sha, f"{_safe_stem(path)}-{sha[:8]}")
-
-
-# ---------------------------------------------------------------- fetch ahead of time
-@dataclass(frozen=True)
-class WeightSource:
-    """One default weight set `fer weights fetch` knows how to download."""
-
-    name: str
-    """Short name, e.g. ``face.resnet18``."""
-    fetch: Callable[[], str]
-    """Download (or find in the cache) and return where it lives."""
-
-
-def _tv(name: str, enum_path: str, what: str) -> WeightSource:
-    def fetch() -> str:
-        import importlib
-
-        mod, cls, member = enum_path.rsplit(".", 2)
-        enum = getattr(getattr(importlib.import_module(mod), cls), member)
-        return str(fetch_torchvision(enum, what=what))
-
-    return WeightSource(name, fetch)
-
-
-def _hf(name: str, model_id: Callable[[], str]) -> WeightSource:
-    def fetch() -> str:
-        mid = model_id()
-        if offline():
-            raise FerError(f"cannot fetch {mid}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine with internet")
-        try:
-            from huggingface_hub import snapshot_download
-
-            # configs (model, image processor, feature extractor) and the weights in one format
-            folder = snapshot_download(mid, allow_patterns=["*.json", "*.safetensors", "*.txt"])
-            if not any(Path(folder).glob("*.safetensors")):
-                folder = snapshot_download(mid, allow_patterns=["*.json", "*.bin", "*.txt"])
-        except Exception as e:
-            raise FerError(f"could not download {mid} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-                           "check the network, or copy an HF cache (HF_HOME) from a machine that has it") from None
-        return f"{mid} (HF cache {folder})"
-
-    return WeightSource(name, fetch)
-
-
-def _timm(name: str) -> WeightSource:
-    def fetch() -> str:
-        if offline():
-            raise FerError(f"cannot fetch timm:{name}: HF_HUB_OFFLINE/FER_OFFLINE is set; unset it on a machine with internet")
-        import timm
-
-        try:
-            timm.create_model(name, pretrained=True, num_classes=0)
-        except Exception as e:
-            raise FerError(f"could not download timm:{name} weights ({type(e).__name__}: "
-                           f"{(str(e).splitlines() or [''])[0][:200]}); check the network and the model name") from None
-        return f"timm:{name} (HF cache / TORCH_HOME)"
-
-    return WeightSource(f"face.timm:{name}", fetch)
-
-
-def default_wav2vec2_id() -> str:
-    """The audio backend's default wav2vec2 model id (owned by fer.extract.backbones.audio)."""
-    from fer.extract.backbones.audio import DEFAULT_WAV2VEC2
-
-    return DEFAULT_WAV2VEC2
-
-
-def _torchvision_default(name: str) -> Any:
-    """The DEFAULT weights enum of a torchvision classification model (FerError for an unknown name)."""
-    from fer.extract.backbones.torchvision_models import classification_models
-
-    if name not in classification_models():
-        raise FerError(f"unknown backbone {name!r}: not a torchvision classification model, nor hf:<id> or timm:<name>")
-    from torchvision.models import get_model_weights
-
-    return get_model_weights(name).DEFAULT
-
-
-def backbone_source(backbone: str, modality: str | None = None) -> WeightSource:
-    """What `fer weights fetch --backbone NAME` downloads: ``resnet18`` or any torchvision classification
-    model, ``hf:<id>`` (config, processor and weights into the HF cache), ``timm:<name>``, ``wav2vec2``,
-    ``keypointrcnn``."""
-    from fer.extract.backbones.registry import normalize_backbone
-
-    b = normalize_backbone(backbone)
-    if b.startswith("hf:"):
-        if Path(b[3:]).expanduser().exists():
-            raise FerError(f"{b[3:]} is a local folder: nothing to fetch")
-        return _hf(f"{modality or 'model'}.{b}", lambda: b[3:])
-    if b.startswith("timm:"):
-        return _timm(b[5:])
-    if b == "wav2vec2":
-        return SOURCES["audio"][0]
-    if b == "keypointrcnn":
-        return SOURCES["pose"][0]
-    if b in ("mel", "openpifpaf"):
-        raise FerError(f"{b} has no weights to fetch")
-    enum = _torchvision_default(b)
-    return WeightSource(f"face.{b}", lambda: str(fetch_torchvision(enum, what=f"torchvision {b}",
-                                                                   fetch_cmd=f"fer weights fetch --backbone {b}")))
-
-
-def pretrained_available(modality: str, backend: str) -> tuple[bool, str]:
-    """Whether ``backend``'s default pretrained weights are in the local cache (no download), and how to get them."""
-    how = (f"Get them with `fer weights fetch --backbone {backend}` on a machine with internet and copy its TORCH_HOME "
-           "(~/.cache/torch) and HF_HOME (~/.cache/huggingface) here.")
-    if backend in ("mel", "openpifpaf"):
-        return True, ""  # mel needs no weights; openpifpaf manages its own
-    if backend.startswith("hf:") or (modality == "audio" and backend == "wav2vec2"):
-        from huggingface_hub import try_to_load_from_cache
-
-        source = backend[3:] if backend.startswith("hf:") else default_wav2vec2_id()
-        if Path(source).expanduser().is_dir():
-            return True, how
-        return isinstance(try_to_load_from_cache(source, "config.json"), str), how
-    if backend.startswith("timm:"):
-        import timm
-
-        from fer.extract.backbones.timm_models import _cached_pretrained
-
-        try:
-            cfg = timm.models.get_pretrained_cfg(backend[5:])
-        except Exception:
-            cfg = None
-        return cfg is not None and _cached_pretrained(cfg) is not None, how
-    if modality == "face":
-        enum = _torchvision_default(backend)
-    else:
-        from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights as enum_cls
-
-        enum = enum_cls.COCO_V1
-    return torchvision_file(enum).is_file(), how
-
-
-SOURCES: dict[str, list[WeightSource]] = {
-    "face": [_tv("face.resnet18", "torchvision.models.ResNet18_Weights.IMAGENET1K_V1", "ResNet-18 ImageNet")],
-    "pose": [
-        _tv(
-            "pose.keypointrcnn",
-            "torchvision.models.detection.KeypointRCNN_ResNet50_FPN_Weights.COCO_V1",
-            "Keypoint R-CNN COCO",
-        )
-    ],
-    "audio": [_hf("audio.wav2vec2", default_wav2vec2_id)],
-}
-"""Default weights per modality, in the order `fer weights fetch` gets them."""
-
-
-def fetch_all(modalities: list[str] | None = None, echo: Callable[[str], None] = print,
-              backbones: list[str] | None = None) -> dict[str, str]:
-    """Download every default weight set (or those of ``modalities``, or the named ``backbones``);
-    returns name -> where or error.
-
-    Keeps going after a failure so one unreachable host does not block the others; raises FerError at
-    the end when any failed.
-    """
-    mods = modalities or list(SOURCES)
-    unknown = [m for m in mods if m not in SOURCES]
-    if unknown:
-        raise FerError(f"unknown modality {unknown[0]!r}; choose from {', '.join(SOURCES)}")
-    if backbones:
-        todo = [backbone_source(b, modalities[0] if modalities and len(modalities) == 1 else None) for b in backbones]
-    else:
-        todo = [src for m in mods for src in SOURCES[m]]
-    results: dict[str, str] = {}
-    failed = []
-    for src in todo:
-        try:
-            results[src.name] = src.fetch()
-            echo(f"ok      {src.name}: {results[src.name]}")
-        except FerError as e:
-            results[src.name] = f"error: {e}"
-            failed.append(src.name)
-            echo(f"failed  {src.name}: {e}")
-    if failed:
-        raise FerError(f"{len(failed)} weight set(s) not fetched ({', '.join(failed)}); see the lines above")
-    return results
+    return model, WeightsIdentity(str(path.resolve()), sha, hashed_tag(_safe_stem(path), sha))

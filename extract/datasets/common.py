@@ -13,8 +13,9 @@ Rules all readers follow:
 from __future__ import annotations
 
 import csv
+import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,53 @@ def blank(row: Sequence[object]) -> bool:
 
 
 # ---------------------------------------------------------------- classes
+def class_key(name: object) -> str:
+    """How class names compare everywhere (folders, labels, vote columns, --classes): ignoring case and
+    surrounding spaces."""
+    return str(name).strip().casefold()
+
+
+def first_spellings(names: Iterable[object]) -> list[str]:
+    """One name per class, in first-seen order: the first spelling of each class (without surrounding spaces)
+    names it; later spellings that compare equal (class_key) are the same class."""
+    out: dict[str, str] = {}
+    for n in names:
+        if class_key(n):
+            out.setdefault(class_key(n), str(n).strip())
+    return list(out.values())
+
+
+def close_names(names: Sequence[str]) -> list[tuple[str, str]]:
+    """Pairs of distinct class names that look like one class spelled twice (Happy / Happiness, Angry /
+    Anger): a shared start of at least 4 letters covering 80% of the shorter name, or a similarity of 0.8."""
+    from difflib import SequenceMatcher
+
+    out = []
+    keys = [class_key(n) for n in names]
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            a, b = keys[i], keys[j]
+            shared = len(os.path.commonprefix([a, b]))
+            prefix = shared >= 4 and shared >= 0.8 * min(len(a), len(b))
+            if prefix or SequenceMatcher(None, a, b).ratio() >= 0.8:
+                out.append((names[i], names[j]))
+    return out
+
+
+def warn_close_classes(ds: Dataset) -> None:
+    """A warning per pair of class names that are suspiciously close; they stay two classes."""
+    for a, b in close_names(ds.class_names):
+        ds.warnings.append(f"classes {a!r} and {b!r} are two classes but look like one spelled twice: rename "
+                           "one (class folders, labels or vote columns) if they are the same, or fix it with "
+                           "--classes")
+
+
 def class_index(label: str, class_names: Sequence[str], where: str) -> int:
-    """Index of ``label`` (a class name, any case) in ``class_names``; FerError listing the classes otherwise."""
-    low = [c.lower() for c in class_names]
-    s = str(label).strip().lower()
-    if s in low:
-        return low.index(s)
+    """Index of ``label`` in ``class_names``, compared by class_key; else FerError listing the classes."""
+    keys = [class_key(c) for c in class_names]
+    s = class_key(label)
+    if s in keys:
+        return keys.index(s)
     raise FerError(f"{where}: label {label!r} is not one of the classes ({', '.join(class_names)})")
 
 
@@ -121,6 +163,20 @@ def disagrees(votes: np.ndarray, cls: int) -> bool:
     return bool(votes[cls] < votes.max())
 
 
+def vote_conflicts(votes: np.ndarray, official: np.ndarray) -> dict[str, int]:
+    """How often real votes and the official labels (-1: none) do not simply agree: ``disagree`` (another
+    class has more votes than the official one) and ``tie`` (the official class shares the most votes)."""
+    votes = np.asarray(votes, np.float32)
+    official = np.asarray(official, np.int64)
+    known = (official >= 0) & (votes.sum(1) > 0) if len(votes) else np.zeros(0, bool)
+    if not known.any():
+        return {"disagree": 0, "tie": 0}
+    v, o = votes[known], official[known]
+    mine, top = v[np.arange(len(v)), o], v.max(1)
+    shared = (v == top[:, None]).sum(1) > 1
+    return {"disagree": int((mine < top).sum()), "tie": int(((mine == top) & shared).sum())}
+
+
 def label_problem(votes: np.ndarray, cls: int, source: str, class_names: Sequence[str]) -> str:
     return (
         f"{source} says {class_names[cls]} but the votes' majority is "
@@ -136,32 +192,37 @@ def parse_classes(text: str | Sequence[str] | None) -> tuple[str, ...] | None:
     names = [c for c in names if c]
     if not names:
         raise FerError("--classes is empty: give the class names in order, e.g. --classes angry,happy,sad")
-    low = [c.lower() for c in names]
-    dup = sorted({c for c in low if low.count(c) > 1})
+    keys = [class_key(c) for c in names]
+    dup = sorted({c for c in keys if keys.count(c) > 1})
     if dup:
         raise FerError(f"--classes names {dup[0]} twice: each class once, in the order you want")
     return tuple(names)
 
 
 def order_classes(ds: Dataset, classes: Sequence[str] | None) -> Dataset:
-    """Reorder (or extend) a dataset's vote columns to ``classes`` (``--classes``); names match in any case.
+    """Reorder (or extend) a dataset's vote columns to ``classes`` (``--classes``), compared by class_key.
 
     Every class a clip has votes for must be listed; listed classes the data lacks get zero columns.
     """
     if classes is None:
         return ds
-    have = [c.lower() for c in ds.class_names]
+    have = [class_key(c) for c in ds.class_names]
+    want = [class_key(c) for c in classes]
     votes = ds.votes() if ds.records else np.zeros((0, len(have)), np.float32)
     used = [c for c, n in zip(ds.class_names, votes.sum(0)) if n > 0]
-    missing = [c for c in used if c.lower() not in [x.lower() for x in classes]]
+    used += [c for c in dict.fromkeys(ds.class_names[r.label] for r in ds.records if r.label is not None)
+             if c not in used]
+    missing = [c for c in used if class_key(c) not in want]
     if missing:
         raise FerError(f"{ds.root}: the data has clips of {', '.join(missing)}, which --classes "
                        f"({', '.join(classes)}) leaves out; list every class")
-    # the dataset's spelling for the classes it knows, the user's for new ones
-    names = tuple(ds.class_names[have.index(c.lower())] if c.lower() in have else c for c in classes)
-    src = [have.index(c.lower()) if c.lower() in have else -1 for c in names]
+    # --classes names the classes (the user's spelling and order)
+    names = tuple(str(c).strip() for c in classes)
+    src = [have.index(k) if k in have else -1 for k in want]
     for r in ds.records:
         r.votes = np.array([r.votes[j] if j >= 0 else 0.0 for j in src], np.float32)
+        if r.label is not None:
+            r.label = want.index(have[r.label])
     ds.class_names = names
     return ds
 
@@ -170,7 +231,7 @@ def warn_classes_never_trained(ds: Dataset) -> None:
     """A class with test clips in a fold but no training clips there cannot be learned: say so (not fatal)."""
     if not ds.records or not ds.class_names:
         return
-    top = ds.votes().argmax(1)
+    top = ds.labels()
     folds = ds.folds()
     for k, name in enumerate(ds.fold_names):
         col = folds[:, k]

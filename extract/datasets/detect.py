@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fer.cache.errors import FerError
 from fer.extract.datasets import dfew, ferv39k, folders, mafw, manifest, videos
-from fer.extract.datasets.common import order_classes, warn_classes_never_trained
+from fer.extract.datasets.common import order_classes, warn_classes_never_trained, warn_close_classes
 from fer.extract.datasets.records import Dataset
 
 # layout -> (does a root look like it, read it, what it looks like); order is the order of the hint
@@ -64,4 +64,5 @@ def load_dataset(path: Path, *, layout: str | None = None, classes: Sequence[str
         if name != "folders":
             ds = order_classes(ds, classes)
     warn_classes_never_trained(ds)
+    warn_close_classes(ds)
     return ds

@@ -2,7 +2,8 @@
 
 Without an annotation file the records are the single-labeled clips of the split files, with one-hot
 votes. With one, every annotated clip is a record (multi-labeled clips are in no fold) and the split
-labels are checked against the votes' majority.
+labels are checked against the votes' majority. A clip is scored by its split label: where the votes tie,
+the split label decides (not the class order); where they disagree, it is a per-clip problem and counted.
 """
 
 from __future__ import annotations
@@ -217,6 +218,7 @@ def read_dfew(root: Path) -> Dataset:
             video=videos.get(cid),
             votes=v,
             folds=folds.get(cid, np.full(NUM_FOLDS, FOLD_UNUSED, np.int8)),
+            label=labels.get(cid),  # the split file's label: it decides a tie in the votes
         )
         if rec.faces16 is None and rec.faces_all is None and rec.video is None:
             problems[cid] = no_media([f"{FACES16_DIR.as_posix()}/{cid}/", f"{FACES_ALL_DIR.as_posix()}/{cid}/",

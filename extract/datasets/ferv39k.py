@@ -61,7 +61,7 @@ def read_ferv39k(root: Path) -> Dataset:
         for cid, cls in split.items():
             faces = root / FACES_DIR / cid
             rec = ClipRecord(clip_id=cid, faces_all=faces if faces.is_dir() else None,
-                             votes=one_hot(cls, len(CLASSES)), folds=np.array([code], np.int8))
+                             votes=one_hot(cls, len(CLASSES)), folds=np.array([code], np.int8), label=cls)
             if rec.faces_all is None:
                 problems[cid] = no_media([f"{FACES_DIR.as_posix()}/{cid}/"])
             records.append(rec)

@@ -3,9 +3,10 @@
 This is how AFEW, CAER and most own recordings come. A clip is a video file (``<clip>.mp4``, .avi, .mkv ...)
 or a folder of face frames (``<clip>/00001.jpg ...``); a video and a frame folder of the same name are one
 clip. Split folders are named train, val or validation, test (any case). Classes are the class folders'
-names, sorted, unless ``--classes`` fixes the order. With train and val only (AFEW: test labels withheld),
-val is the evaluated split and model selection uses a split of train; with train, val and test (CAER), val
-is for selection and test is evaluated.
+names, sorted, unless ``--classes`` fixes the order; names that differ only in case or surrounding spaces
+(``train/Happy``, ``val/happy``) are one class, named by its first spelling (train before val before
+test). With train and val only (AFEW: test labels withheld), val is the evaluated split and model selection
+uses a split of train; with train, val and test (CAER), val is for selection and test is evaluated.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from fer.cache.errors import FerError
-from fer.extract.datasets.common import IMAGE_EXTS, VIDEO_EXTS, class_index, id_sort_key, one_hot
+from fer.extract.datasets.common import (
+    IMAGE_EXTS, VIDEO_EXTS, class_index, class_key, first_spellings, id_sort_key, one_hot,
+)
 from fer.extract.datasets.manifest import split_codes
 from fer.extract.datasets.records import ClipRecord, Dataset
 
@@ -67,7 +70,10 @@ def read_folders(root: Path, classes: Sequence[str] | None = None) -> Dataset:
     if not splits:
         raise FerError(f"{root} has no train, val or test folder of class folders: not a class-folder root")
     found: dict[str, dict[str, Path]] = {s: {c.name: c for c in d.iterdir() if c.is_dir()} for s, d in splits.items()}
-    names = sorted({c for per in found.values() for c in per}, key=str.lower)
+    # one class per name compared by class_key (val/happy is train/Happy, test/"Sad " is Sad); the first
+    # spelling (train, then val, then test) names it
+    seen = [c for split in ("train", "val", "test") for c in sorted(found.get(split, {}))]
+    names = sorted(first_spellings(seen), key=class_key)
     if not names:
         raise FerError(f"{root}: the split folders hold no class folders (expected {root.name}/train/<class>/<clip>)")
     class_names = tuple(classes) if classes is not None else tuple(names)
@@ -83,7 +89,8 @@ def read_folders(root: Path, classes: Sequence[str] | None = None) -> Dataset:
                 video, frames = clips[clip]
                 cid = f"{splits[split].name}/{cname}/{clip}"
                 rec = ClipRecord(clip_id=cid, video=video, faces_all=frames,
-                                 votes=one_hot(cls, len(class_names)), folds=np.array([codes[split]], np.int8))
+                                 votes=one_hot(cls, len(class_names)),
+                                 folds=np.array([codes[split]], np.int8), label=cls)
                 if frames is not None and not _has_frames(frames):
                     problems[cid] = f"{frames.relative_to(root).as_posix()}/ holds no image frames"
                 records.append(rec)

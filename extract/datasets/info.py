@@ -15,7 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from fer.cache.schema import FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, FOLD_VAL, NUM_ANNOTATORS, SINGLE_LABEL_MIN_VOTES
-from fer.extract.datasets.common import IMAGE_EXTS, scan_media
+from fer.extract.datasets.common import IMAGE_EXTS, scan_media, vote_conflicts
 from fer.extract.datasets.detect import load_dataset
 from fer.extract.datasets.dfew import FACES16_DIR, FACES_ALL_DIR, VIDEO_DIR
 from fer.extract.datasets.probe import check_image, probe_video
@@ -196,16 +196,22 @@ def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_L
     votes, folds = ds.votes(), ds.folds()
     labeled = votes.sum(1) > 0 if votes.shape[1] else np.zeros(n, bool)
     single = single_labeled(votes) & labeled if votes.shape[1] else labeled
-    top = votes.argmax(1) if votes.shape[1] else np.zeros(n, np.int64)
+    top = ds.labels() if votes.shape[1] else np.zeros(n, np.int64)
 
     lines = []
     lines.append(f"dataset          {ds.root} ({LAYOUT_TITLES.get(ds.kind, ds.kind)})")
     source = "vote counts" if ds.has_votes else ("one-hot from labels (no annotation votes)" if ds.class_names
                                                   else "none (unlabeled)")
     lines.append(f"clips            {_fmt(n)}   labels: {source}")
-    if ds.class_names:
+    if ds.class_names and ds.has_votes:
         lines.append(f"single-labeled   {_fmt(int(single.sum()))}   (one class with >= {SINGLE_LABEL_MIN_VOTES} of "
                      f"{NUM_ANNOTATORS} votes)")
+        conflicts = vote_conflicts(votes, ds.official())
+        if (ds.official() >= 0).any():
+            lines.append(f"votes vs label   {_fmt(conflicts['disagree'])} disagree, {_fmt(conflicts['tie'])} "
+                         "tie   (the official label is used for both)")
+    elif ds.class_names:
+        lines.append(f"single-labeled   {_fmt(int(single.sum()))}   (one label per clip: no votes)")
     if ds.protocol:
         lines.append(f"protocol         {ds.protocol}")
     unlabeled = _unlabeled_media(ds)
@@ -215,7 +221,8 @@ def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_L
     if ds.class_names:
         lines.append("")
         width = max(10, max(len(c) for c in ds.class_names))
-        lines.append(f"class{' ' * (width - 3)}{'all':>7} {'single-labeled':>16}   (by majority vote)")
+        how = "by official label, else majority vote" if ds.has_votes else "by label"
+        lines.append(f"class{' ' * (width - 3)}{'all':>7} {'single-labeled':>16}   ({how})")
         for c, name in enumerate(ds.class_names):
             lines.append(f"  {name:<{width}} {_fmt(int(((top == c) & labeled).sum())):>7}"
                          f" {_fmt(int(((top == c) & single).sum())):>16}")

@@ -104,7 +104,8 @@ def read_mafw(root: Path) -> Dataset:
     for cid in sorted(labels, key=id_sort_key):
         face = next((f[cid] for f in faces if cid in f), None)
         rec = ClipRecord(clip_id=cid, faces_all=face, video=videos.get(cid),
-                         votes=one_hot(labels[cid], len(CLASSES)), folds=folds[cid])
+                         votes=one_hot(labels[cid], len(CLASSES)), folds=folds[cid],
+                         label=labels[cid])
         if rec.faces_all is None and rec.video is None:
             problems[cid] = no_media([f"{CLIPS_DIR.as_posix()}/{cid}.mp4", *(f"{f.as_posix()}/{cid}/" for f in FACE_DIRS)])
         records.append(rec)

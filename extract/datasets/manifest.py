@@ -15,7 +15,9 @@ Columns (names case-insensitive):
   model selection and test is evaluated.
 
 The class order: ``--classes`` if given, else the vote columns' order, else DFEW's when the labels are
-DFEW's integers 1..7, else the label names sorted. Other columns are ignored.
+DFEW's integers 1..7, else the label names sorted. Class names compare ignoring case and surrounding spaces
+(``Happy``, ``happy`` and ``HAPPY `` are one class, named by the first spelling in the file). Other columns
+are ignored.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from fer.cache.errors import FerError
 from fer.cache.schema import DFEW_CLASSES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, FOLD_VAL
 from fer.extract.datasets import dfew
 from fer.extract.datasets.common import (
-    blank, class_index, disagrees, find_id_column, label_problem, one_hot, parse_votes, read_csv_rows,
+    blank, class_index, class_key, disagrees, find_id_column, first_spellings, label_problem, one_hot,
+    parse_votes, read_csv_rows,
 )
 from fer.extract.datasets.records import ClipRecord, Dataset
 
@@ -80,6 +83,12 @@ def _vote_columns(header: Sequence[str]) -> tuple[dict[int, int], tuple[str, ...
     named = [(h.strip()[5:].strip(), j) for j, h in enumerate(header) if h.strip().lower().startswith("vote_")]
     if named:
         names = tuple(n for n, _ in named)
+        keys = [class_key(n) for n in names]
+        twice = next((n for n, k in zip(names, keys) if keys.count(k) > 1), None)
+        if twice is not None:
+            same = [f"vote_{n}" for n, k in zip(names, keys) if k == class_key(twice)]
+            raise FerError(f"vote columns {' and '.join(same)} name one class (class names compare ignoring "
+                           "case and surrounding spaces): keep one column per class")
         return {c: j for c, (_, j) in enumerate(named)}, names
     cols = dfew.vote_columns(header)
     if cols:
@@ -135,11 +144,11 @@ def read_manifest(csv_path: Path, classes: Sequence[str] | None = None) -> Datas
         class_names = vote_names
     else:
         labels = [row[label_col].strip() for _, row in body]
-        if all(_dfew_integer(x) is not None or x.lower() in DFEW_CLASSES for x in labels if x) and any(
+        if all(_dfew_integer(x) is not None or class_key(x) in DFEW_CLASSES for x in labels if x) and any(
                 _dfew_integer(x) is not None for x in labels):
             class_names = DFEW_CLASSES
-        else:
-            class_names = tuple(sorted({x for x in labels if x}, key=str.lower))
+        else:  # Happy, happy and "HAPPY " are one class, named by its first spelling in the file
+            class_names = tuple(sorted(first_spellings(labels), key=class_key))
         if not class_names:
             raise FerError(f"{csv_path}: every label is empty; give each clip a class name")
     if vote_names is not None and classes is not None:
@@ -216,7 +225,7 @@ def read_manifest(csv_path: Path, classes: Sequence[str] | None = None) -> Datas
             problems[cid] = "; ".join(missing)
         records.append(ClipRecord(
             clip_id=cid, faces16=paths.get("faces16"), faces_all=paths.get("faces"), video=paths.get("video"),
-            audio=paths.get("audio"), votes=votes, folds=folds,
+            audio=paths.get("audio"), votes=votes, folds=folds, label=cls,
         ))
     ds = Dataset(root=csv_path, kind="manifest", records=records, has_votes=bool(vote_cols), problems=problems,
                  class_names=tuple(class_names), fold_names=fold_names, protocol=protocol)

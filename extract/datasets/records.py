@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.cache.schema import CLASS_NAMES, DFEW_FOLDS, NUM_CLASSES, NUM_FOLDS
+from fer.cache.schema import CLASS_NAMES, DFEW_FOLDS, NO_LABEL, NUM_CLASSES, NUM_FOLDS, scored_labels
 
 
 @dataclass
@@ -28,6 +28,9 @@ class ClipRecord:
     """(C,) float32 vote counts per class of the dataset; one-hot when only a label is known."""
     folds: np.ndarray = field(default_factory=lambda: np.zeros(NUM_FOLDS, np.int8))
     """(K,) int8 per fold of the protocol: 0 unused, 1 train, 2 test, 3 validation (``fer.cache.schema``)."""
+    label: int | None = None
+    """The dataset's official label (class index: split file, label column, class folder); None where it names
+    none (votes only). It decides a clip whose votes tie."""
 
 
 @dataclass
@@ -67,3 +70,11 @@ class Dataset:
     def folds(self) -> np.ndarray:
         """(N, K) int8 fold codes in record order."""
         return np.stack([r.folds for r in self.records]).astype(np.int8)
+
+    def official(self) -> np.ndarray:
+        """(N,) int16 official labels in record order (-1 where the dataset names none): clips/label."""
+        return np.array([NO_LABEL if r.label is None else r.label for r in self.records], dtype=np.int16)
+
+    def labels(self) -> np.ndarray:
+        """(N,) int64 the label each clip is trained and scored by: official, else the votes' majority."""
+        return scored_labels(self.votes(), self.official()) if self.records else np.zeros(0, np.int64)

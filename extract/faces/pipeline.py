@@ -43,7 +43,7 @@ class ClipFrames:
     """Frames in the source video."""
 
     def pin_memory(self) -> "ClipFrames":
-        """Pinned frames, so the detector's device copies them without waiting (the DataLoader calls this on CUDA)."""
+        """Pin the frames, so the device copies them without waiting (the DataLoader calls this on CUDA)."""
         self.frames = self.frames.pin_memory()
         return self
 

@@ -34,9 +34,10 @@ from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.loading import Loaded, clip_batches, usable_cores
+from fer.extract.config import FacesConfig, check_size, parse_frames
+from fer.extract.loading import Loaded, clip_batches, default_workers, usable_cores
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
-from fer.extract.shards import check_shard, owned_items
+from fer.extract.shards import check_shard, owned_items, pick_shard
 from fer.extract.summary import RunSummary, failure_lines, one_line
 from fer.extract.writes import BackgroundWrites
 
@@ -148,7 +149,7 @@ def check_free(out: Path, clip_id: str) -> None:
 # ---------------------------------------------------------------- decoding in workers
 class FaceDecoder:
     """What decoding workers run per clip: refuse a folder fer did not write (``out``; None where the writing
-    process checks it itself), then decode the video's frames."""
+    process checks it itself), then decode the frames."""
 
     def __init__(self, out: Path | None, frames: int | None):
         self.out, self.frames = out, frames
@@ -183,21 +184,22 @@ def run_faces(
     ``(k, n)``: this process owns the clips ``i`` with ``i % n == k``. ``batch``: frames per detector
     pass (default: ``default_batch``). ``threads``: torch threads on the CPU (default: ``cpu_threads``).
     ``engine`` (e.g. fer.extract.ray_engine.RayEngine) decodes and aligns elsewhere and feeds this run's
-    writing (``engine.faces``); the todo list, the writes, the index files and the summary stay this function's.
+    writing (``engine.faces``); the todo list, the writes, the index files and the summary stay here.
     Failed clips (unreadable, no face) are listed in the summary and in ``faces.json``.
     """
-    from fer.extract.backbones.registry import resolve_device
+    from fer.cache.devices import resolve_device
 
-    if not 32 <= size <= 1024:
-        raise FerError(f"--size must be between 32 and 1024 pixels, got {size}")
-    if frames is not None and frames < 1:
-        raise FerError(f"--frames must be 'all' or >= 1, got {frames}")
+    check_size(size)
+    if frames is not None:
+        parse_frames(frames)
     k, n = check_shard(shard)
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to align")
     out = Path(out)
-    if detector is None:  # with an engine, built here on the CPU and sent to the engine's workers
-        detector = MTCNN("cpu" if engine is not None else resolve_device(device) if isinstance(device, str) else device)
+    if engine is not None:  # built here on the CPU, sent to the engine's workers
+        detector = detector or MTCNN("cpu")
+    elif detector is None:
+        detector = MTCNN(resolve_device(device) if isinstance(device, str) else device)
     batch = batch or default_batch(detector.device)
     settings = _settings(size, frames)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,20 +211,32 @@ def run_faces(
                      lambda i: is_finished(out, dataset.records[i].clip_id))
     try:
         if len(todo) and engine is not None:
-            engine.faces(dataset, todo, AlignWork(out, detector, size, batch, summary), summary, frames=frames,
-                         progress=progress)
+            work = AlignWork(out, detector, size, batch, summary)
+            engine.faces(dataset, todo, work, summary, frames=frames, progress=progress)
         elif len(todo):
             cpu = detector.device.type == "cpu"
-            batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1, workers=workers,
-                                   pin=detector.device.type == "cuda", prefetch=2)
+            batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1,
+                                   workers=workers, pin=detector.device.type == "cuda", prefetch=2)
             with _torch_threads((threads or cpu_threads(workers)) if cpu else None):
-                run_clip_loop(batches, AlignWork(out, detector, size, batch, summary), summary, total=len(todo),
-                              progress=progress, workers=workers, strict_loads=False)
+                work = AlignWork(out, detector, size, batch, summary)
+                run_clip_loop(batches, work, summary, total=len(todo), progress=progress, workers=workers,
+                              strict_loads=False)
     finally:
         with _locked(out):
             write_index(dataset, out, settings, summary.failed)
         _tidy_partial(out)
     return summary
+
+
+def faces_from_config(src: str | Path, out: str | Path, cfg: FacesConfig) -> FacesSummary:
+    """`fer data faces SRC OUT` with the settings ``cfg`` (validated), for this process's shard."""
+    from fer.extract.datasets import load_dataset
+
+    dataset = load_dataset(src)
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    return run_faces(dataset, out, size=cfg.size, frames=cfg.frame_count, device=cfg.device,
+                     shard=pick_shard(cfg.shard), workers=workers, batch=cfg.batch, progress=cfg.progress,
+                     engine=cfg.ray_engine(cfg.device))
 
 
 class AlignWork(ClipWork):
@@ -241,8 +255,9 @@ class AlignWork(ClipWork):
     def process(self, batch: list[Loaded], first: bool) -> None:
         for item in batch:
             t1 = time.perf_counter()
-            result = item.reason if item.reason is not None else align_one(item.item, self.detector, self.size,
-                                                                            self.batch, first)
+            result = item.reason
+            if result is None:
+                result = align_one(item.item, self.detector, self.size, self.batch, first)
             self.summary.model_s += time.perf_counter() - t1
             self.record(item.clip_id, result)
 
@@ -278,8 +293,8 @@ class AlignWork(ClipWork):
 
 
 def align_one(clip: ClipFrames, detector: MTCNN, size: int, batch: int, first: bool) -> AlignedClip | str:
-    """``align_clip``, or the one-line reason the clip failed; an unexpected error on the run's ``first`` clip is
-    raised (a bug or a broken install, not a bad clip)."""
+    """``align_clip``, or the one-line reason the clip failed; an unexpected error on the run's ``first`` clip
+    is raised (a bug or a broken install, not a bad clip)."""
     try:
         return align_clip(clip, detector, size, batch=batch)
     except ClipError as e:
@@ -359,7 +374,8 @@ def _manifest_text(dataset: Dataset, out: Path, rows: list[tuple[ClipRecord, dic
     w.writerow(header)
     for rec, info in rows:
         votes = np.asarray(rec.votes, np.float64)
-        label = dataset.class_names[int(votes.argmax())] if votes.sum() > 0 else ""
+        cls = rec.label if rec.label is not None else int(votes.argmax())  # the official label decides a tie
+        label = dataset.class_names[cls] if votes.sum() > 0 or rec.label is not None else ""
         row = [rec.clip_id, str(Path(rec.video).resolve()) if rec.video else "",
                clip_dir(out, rec.clip_id).relative_to(out).as_posix()]
         if with_audio:

@@ -92,7 +92,7 @@ def test_zarr_rows_that_do_not_fit_fail_in_one_line_and_the_done_ones_stay(tmp_p
 HDF5_FULL = """
 import sys
 import numpy as np
-import fer.cache.backends as backends
+import fer.cache.hdf5_backend as backends
 from fer.cache import create_store, open_store
 from fer.cache.errors import FerEnvError
 path, margin = sys.argv[1], int(sys.argv[2])

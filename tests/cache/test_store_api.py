@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fer.cache import FerError, create_store, open_store
-from fer.cache.backends import open_backend
+from fer.cache.store import open_backend
 from fer.cache.schema import FORMAT_VERSION
 
 from .conftest import make_index

@@ -2,7 +2,7 @@
 
 from fer.extract.clip import all_frames_cap, clip_record
 from fer.extract.frames import list_frames
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 
 
 def test_a_video_gives_16_faces_or_every_face_up_to_an_all_frame_runs_cap(tmp_path):

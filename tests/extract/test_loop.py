@@ -10,7 +10,7 @@ import pytest
 from fer.cache.errors import FerError
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError
-from fer.extract.loading import Loaded, clip_batches
+from fer.extract.loading import clip_batches
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
 from fer.extract.shards import owned_items
 from fer.extract.summary import RunSummary

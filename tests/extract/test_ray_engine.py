@@ -15,7 +15,8 @@ from fer.cache import open_store
 from fer.cache.errors import FerEnvError, FerError
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets import load_dataset
-from fer.extract.ray_engine import RayEngine, make_engine, parse_actors
+from fer.extract.config import ExtractConfig, FacesConfig, parse_actors
+from fer.extract.ray_engine import RayEngine
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
 from fer.ray_session import check_nodes, import_ray, ray_session
@@ -98,13 +99,16 @@ def test_engine_options_and_missing_ray(monkeypatch):
     for bad in ("0,2", "3,1", "x", "1,2,3"):
         with pytest.raises(FerError, match="--actors .* is not MIN,MAX"):
             parse_actors(bad)
-    assert make_engine("process") is None and make_engine("ray", actors="1,3").actors == (1, 3)
+    assert ExtractConfig("face").validate().ray_engine("auto") is None
+    engine = ExtractConfig("face", engine="ray", actors="1,3").validate().ray_engine("cpu")
+    assert (engine.actors, engine.device) == ((1, 3), "cpu")
     for kw, msg in (({"engine": "ray", "workers": 2}, "--workers is for --engine process"),
                     ({"engine": "spark"}, "unknown --engine 'spark'; choose process or ray"),
                     ({"engine": "ray", "shard": "1/2"}, "leave out --shard and run one fer, not torchrun"),
-                    ({"engine": "process", "ray_address": "h:1"}, "--ray-address goes with --engine ray")):
+                    ({"ray_address": "h:1"}, "--ray-address goes with --engine ray"),
+                    ({"engine": "ray", "actors": "2,1"}, "--actors '2,1' is not MIN,MAX")):
         with pytest.raises(FerError, match=re.escape(msg)):
-            make_engine(**kw)
+            FacesConfig(**kw).validate()
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     with pytest.raises(FerEnvError, match=r"--engine ray needs Ray Data, which is not installed .*: "
                                           r"pip install 'fer-cache\[ray\]'"):

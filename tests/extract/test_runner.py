@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from fer.cache import open_store
@@ -14,7 +13,6 @@ from fer.extract.runner import run_extraction
 from fer.extract.shards import parse_shard, shard_from_env
 from fer.extract.synth import synthesize
 
-torch.set_num_threads(1)
 SIZE = 32  # tiny input keeps the real ResNet-18 fast on CPU
 CHUNK = 3 * 16 * 512 * 2  # 3 rows per chunk: several chunks even for a dozen clips
 
@@ -179,3 +177,21 @@ def test_parse_shard_and_env(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert shard_from_env() == (1, 4)
+
+
+def test_the_store_keeps_the_official_labels(synth_root, extractor, tmp_path):
+    """Issue 19: a clip whose votes tie is scored by its split label; the store records the labels and how
+    many clips' votes tie with or disagree with them."""
+    from fer.extract.datasets.common import vote_conflicts
+
+    ds = load_dataset(synth_root)
+    rec = next(r for r in ds.records if r.label)  # an official label after class 0
+    rec.votes = np.zeros_like(rec.votes)
+    rec.votes[[0, rec.label]] = 5  # a tie with class 0, which argmax would pick
+    run(ds, extractor, tmp_path / "s.zarr", limit=1)
+    with open_store(tmp_path / "s.zarr") as st:
+        np.testing.assert_array_equal(st.labels, ds.official())
+        row = ds.ids.index(rec.clip_id)
+        assert st.labels[row] == rec.label and st.votes[row].argmax() == 0
+        counts = st.attrs["votes_vs_label"]
+        assert counts == vote_conflicts(ds.votes(), ds.official()) and counts["tie"] >= 1

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fer.cache import open_store
+from fer.cache import devices, open_store
 from fer.cache.errors import FerEnvError, FerError
-from fer.extract.backbones import registry
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets import load_dataset
 from fer.extract.extractor import LeftInMainProcess
@@ -88,17 +87,17 @@ def fake_gpus(monkeypatch):
 
 def test_the_gpu_is_local_rank_modulo_the_visible_gpus_and_is_made_current(fake_gpus, monkeypatch):
     calls = fake_gpus(2)
-    assert registry.resolve_device("cuda") == torch.device("cuda", 0)
+    assert devices.resolve_device("cuda") == torch.device("cuda", 0)
     monkeypatch.setenv("LOCAL_RANK", "3")
-    assert registry.resolve_device("auto") == torch.device("cuda", 1)
+    assert devices.resolve_device("auto") == torch.device("cuda", 1)
     assert calls == [torch.device("cuda", 0), torch.device("cuda", 1)]
     fake_gpus(1)  # SLURM --gpus-per-task: every rank sees its own GPU as device 0
-    assert registry.resolve_device("cuda") == torch.device("cuda", 0)
+    assert devices.resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(FerError, match="GPU 5 but 1 GPU"):
-        registry.resolve_device("cuda:5")
+        devices.resolve_device("cuda:5")
     monkeypatch.setenv("LOCAL_RANK", "x")
     with pytest.raises(FerError, match="LOCAL_RANK"):
-        registry.resolve_device("cuda")
+        devices.resolve_device("cuda")
 
 
 # ------------------------------------------------------------------ item 8: workers per rank

@@ -13,15 +13,20 @@ from fer.cache.schema import CLASS_NAMES, NUM_CLASSES
 
 
 def make_run(root: Path, name: str, *, wars=(0.5, 0.6), uars=None, fusion="fc", loss="kl",
-             modalities=("face", "audio"), epochs=3, seed=0) -> Path:
-    """Write config.json, history.csv, metrics.json and predictions_fold<k>.npz for len(wars) folds."""
+             modalities=("face", "audio"), epochs=3, seed=0, val_uars=None, protocol=None) -> Path:
+    """Write config.json, history.csv, metrics.json and predictions_fold<k>.npz for len(wars) folds.
+
+    val_uars: per-fold validation UAR written into metrics.json (val WAR = val UAR + 0.05, val loss = 1 - val
+    UAR); None leaves them out (a run written before metrics.json held them: history.csv has them); protocol
+    "literature" writes no validation at all."""
     rng = np.random.default_rng(seed)
     uars = tuple(w - 0.1 for w in wars) if uars is None else uars
     run = Path(root) / name
     run.mkdir(parents=True)
     folds = list(range(1, len(wars) + 1))
     (run / "config.json").write_text(json.dumps({"modalities": list(modalities), "fusion": fusion, "loss": loss,
-                                                 "epochs": epochs, "folds": folds, "store": "x.zarr"}))
+                                                 "epochs": epochs, "folds": folds, "store": "x.zarr",
+                                                 **({"protocol": protocol} if protocol else {})}))
     with open(run / "history.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["fold", "epoch", "train_loss", "val_loss", "val_war", "val_uar", "lr", "samples_per_s", "seconds"])
@@ -42,6 +47,11 @@ def make_run(root: Path, name: str, *, wars=(0.5, 0.6), uars=None, fusion="fc", 
         np.savez(run / f"predictions_fold{k}.npz", ids=ids, probs=probs, labels=labels.astype(np.int64))
         fm[str(k)] = {"war": war, "uar": uar, "per_class_recall": [uar] * NUM_CLASSES, "confusion": cm.tolist(),
                       "n_test": n, "best_epoch": epochs, "epochs_run": epochs, "seconds": 10.0}
+        if protocol == "literature":
+            fm[str(k)].update(val_war=None, val_uar=None, val_loss=None, n_val=0)
+        elif val_uars is not None:
+            v = val_uars[k - 1]
+            fm[str(k)].update(val_war=v + 0.05, val_uar=v, val_loss=1 - v, n_val=12)
     metrics = {"folds": fm, "mean": {"war": float(np.mean(wars)), "uar": float(np.mean(uars))},
                "std": {"war": float(np.std(wars)), "uar": float(np.std(uars))}, "class_names": list(CLASS_NAMES),
                "modalities": list(modalities), "fusion": fusion, "loss": loss}

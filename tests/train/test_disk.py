@@ -1,10 +1,15 @@
 """The run folder on real small and read-only file systems: refused up front when a fold's checkpoints cannot
-fit, no .tmp left when a save fails, one line naming the place and what to do."""
+fit, no .tmp left when a save fails, one line naming the place and what to do; owned by one process."""
+
+import os
+import signal
+import socket
 
 import pytest
 import torch
 
-from fer.cache.errors import FerEnvError
+from fer.cache.errors import FerEnvError, FerError
+from fer.tests.lock_holder import holder
 from fer.tests.mounts import fill, read_only, small_disk
 from fer.tests.train.synth_store import make_store
 from fer.train import disk
@@ -79,3 +84,16 @@ def test_a_read_only_place_for_the_run_is_refused_before_loading(store, tmp_path
         with pytest.raises(FerEnvError, match=r"ro/run is on a read-only file system|permission denied"):
             train_run(TrainConfig(out=str(ro / "run"), **TINY), store, log=quiet)
     assert list(ro.iterdir()) == []
+
+
+def test_a_run_folder_held_by_another_process_is_refused_naming_it_and_free_after_a_kill(store, tmp_path):
+    out = tmp_path / "run"
+    with holder(out) as p:
+        who = rf"{out} is in use by process {p.pid} on host {socket.gethostname()}.*--out"
+        with pytest.raises(FerError, match=who):
+            train_run(TrainConfig(out=str(out), **TINY), store, log=quiet)
+        assert not (out / "config.json").exists()  # refused before anything was written
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    m = train_run(TrainConfig(out=str(out), **TINY), store, log=quiet)  # the killed holder's lock is stale
+    assert m["folds"]["1"]["epochs_run"] == 2 and (out / "metrics.json").is_file()

@@ -218,3 +218,37 @@ def test_cuda_runs_are_made_deterministic(monkeypatch):
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
             torch.backends.cudnn.benchmark) == before
     assert not torch.backends.cuda.matmul.allow_tf32  # TF32, on for the run, is given back too (torch's default)
+
+
+def test_literature_protocol_is_one_switch(store, tmp_path):
+    """Issue 19: --protocol literature trains on the whole training fold, no validation, no plateau scheduler
+    or early stopping, the last epoch kept; fer's protocol holds out validation even with --select last."""
+    lines = []
+    cfg = TrainConfig(protocol="literature", patience=1, out=str(tmp_path / "lit"), **TINY)
+    m = train_run(cfg, store, log=lines.append)
+    assert cfg.val_fraction == 0.1 and cfg.select == "best" and cfg.scheduler == "plateau"  # the caller's
+    assert "fold 1: 168 train, 0 validation, 42 test clips" in lines  # every clip of fold 1's training set
+    f = m["folds"]["1"]
+    assert f["best_epoch"] == f["epochs_run"] == 6 and f["n_val"] == 0 and f["val_uar"] is None
+    assert m["protocol"] == "literature" and "val_uar" not in m["mean"]
+    config = json.loads((tmp_path / "lit" / "config.json").read_text())
+    got = tuple(config[k] for k in ("protocol", "val_fraction", "select", "scheduler", "patience"))
+    assert got == ("literature", 0.0, "last", "none", 0)
+    history = (tmp_path / "lit" / "history.csv").read_text().splitlines()[1:]
+    assert len({r.split(",")[6] for r in history}) == 1  # a constant learning rate: no plateau scheduler
+    lines = []
+    m = train_run(TrainConfig(select="last", out=str(tmp_path / "last"), **TINY), store, log=lines.append)
+    assert "fold 1: 152 train, 16 validation, 42 test clips" in lines  # --select last still validates
+    assert m["folds"]["1"]["n_val"] == 16 and m["folds"]["1"]["val_uar"] is not None
+    assert "val_uar" in m["mean"]
+
+
+def test_train_run_leaves_its_config_alone(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig(folds=(), **{**TINY, "epochs": 1})
+    before = cfg.to_dict()
+    m = train_run(cfg, store, log=quiet)
+    assert cfg.to_dict() == before and cfg.out is None and cfg.folds == ()
+    run = tmp_path / "runs" / "face-none-kl-fall"
+    assert sorted(m["folds"]) == ["1", "2", "3", "4", "5"] and (run / "metrics.json").is_file()
+    assert json.loads((run / "config.json").read_text())["folds"] == [1, 2, 3, 4, 5]

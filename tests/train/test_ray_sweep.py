@@ -9,7 +9,7 @@ from fer.cache.errors import FerError
 from fer.tests.train.fake_runs import make_store
 from fer.train.config import TrainConfig
 from fer.train.ray_sweep import RaySweep
-from fer.train.sweep import sweep
+from fer.train.sweep import SweepConfig, sweep
 
 GRID = {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}
 
@@ -55,7 +55,12 @@ def test_sweep_on_ray_gives_the_sequential_metrics(tmp_path, ray_local):
     assert any("3 already complete, 1 to run" in str(x) for x in lines) and metrics(par[1]) == metrics(seq[1])
 
 
-def test_gpus_per_run_is_checked():
+def test_sweep_engine_settings():
+    assert SweepConfig().runner() is None
+    runner = SweepConfig(engine="ray", gpus_per_run=0.25, ray_address="head:6379").runner()
+    assert (runner.gpus, runner.address) == (0.25, "head:6379")
+    with pytest.raises(FerError, match="--gpus-per-run goes with --engine ray"):
+        SweepConfig(gpus_per_run=0.5).runner()
     with pytest.raises(FerError, match="--gpus-per-run must be >= 0"):
         RaySweep(gpus_per_run=-1)
     with pytest.raises(FerError, match="above 1 it must be a whole number"):

@@ -68,3 +68,46 @@ def test_not_a_run_is_an_error(tmp_path):
     (bad / "metrics.json").write_text("{not json")
     with pytest.raises(FerError, match="not valid JSON"):
         report([bad])
+
+
+def test_validation_beside_test_and_the_order_is_by_validation(tmp_path):
+    """Issue 19: the table shows validation scores and is sorted by them; the test columns never rank runs."""
+    test_best = make_run(tmp_path, "test-best", wars=(0.9, 0.9), uars=(0.8, 0.8), val_uars=(0.30, 0.40))
+    val_best = make_run(tmp_path, "val-best", wars=(0.5, 0.5), uars=(0.4, 0.4), val_uars=(0.60, 0.70))
+    old = make_run(tmp_path, "old", wars=(0.6, 0.6))  # no val_* in metrics.json: history.csv at best_epoch
+    s = summarize(val_best)
+    assert s.has_val and s.val_mean("uar") == pytest.approx(0.65) and s.val_std("uar") == pytest.approx(0.05)
+    assert summarize(old).val["uar"] == pytest.approx([0.40, 0.40])
+    text = report([test_best, old, val_best])
+    lines = text.splitlines()
+    assert lines[0].startswith("Sorted by validation UAR") and "never rank runs" in lines[0]
+    assert "val WAR %" in lines[1] and "val UAR %" in lines[1]
+    assert [ln.split()[0] for ln in lines[3:6]] == ["val-best", "old", "test-best"]
+    assert "65.00 ± 5.00" in lines[3] and "70.00 ± 5.00" in lines[3]  # val UAR and WAR beside the test ones
+    assert "Best by" not in text
+    best = report([test_best, val_best, old], best=True)
+    assert "Best by validation UAR: val-best (65.00 ± 5.00 %; chosen on validation, never on test)" in best
+    loss = report([test_best, val_best], best=True, metric="loss")  # val loss = 1 - val UAR: lowest first
+    assert "Best by validation loss: val-best (0.3500 ± 0.0500;" in loss
+    assert report([test_best, val_best], best=True, metric="war").count("val-best") == 2
+    md = report([test_best, val_best], markdown=True, best=True).splitlines()
+    assert md[0].startswith("| run |") and md[2].startswith("| val-best |")
+    assert md[6].startswith("Best by validation UAR: val-best")
+    with pytest.raises(FerError, match="unknown --metric acc"):
+        report([test_best], metric="acc")
+
+
+def test_runs_without_validation_are_marked_and_never_ranked_by_test(tmp_path):
+    lit = make_run(tmp_path, "lit", wars=(0.95, 0.95), uars=(0.9, 0.9), protocol="literature")
+    fer = make_run(tmp_path, "fer", wars=(0.5, 0.5), val_uars=(0.5, 0.5))
+    text = report([lit, fer], best=True)
+    assert [ln.split()[0] for ln in text.splitlines()[-2:]] == ["fer", "lit"]
+    assert "none (literature)" in text.splitlines()[-1]
+    assert "Not ranked, no validation clips (literature protocol: last epoch, whole training fold): lit." in \
+        text
+    assert "Best by validation UAR: fer" in text
+    with pytest.raises(FerError, match="--best ranks runs by validation UAR, and none of lit has validation "
+                                       "clips .* will not rank them by test"):
+        report([lit], best=True)
+    assert "No best run named: none has validation clips" in report([lit], best=True, strict=False)
+    assert "none (literature)" in report([lit])

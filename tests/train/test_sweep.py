@@ -1,12 +1,16 @@
-"""fer.train.sweep: a 2x2 grid on a tiny real store -> 4 run folders + report.md, features loaded once, resume."""
+"""fer.train.sweep: a 2x2 grid on a tiny real store -> 4 run folders + report.md, features loaded once,
+resume; a point another process holds is left to it."""
+
+import json
 
 import pytest
 import torch
 
 from fer.cache.errors import FerError
+from fer.tests.lock_holder import holder
 from fer.tests.train.fake_runs import make_store
 from fer.train.config import TrainConfig
-from fer.train.sweep import expand_grid, parse_grid, plan, sweep
+from fer.train.sweep import expand_grid, is_complete, parse_grid, plan, sweep
 
 
 def test_expand_grid_and_names(tmp_path):
@@ -87,3 +91,26 @@ def test_sweep_2x2_loads_once_and_resumes(tmp_path, monkeypatch, one_thread):
     (out / "report.md").unlink()
     sweep(store, {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}, base, out, log=lines.append)
     assert len(calls) == 2 and (out / "report.md").is_file()
+
+
+def test_a_point_another_process_holds_is_left_to_it_and_run_once_it_is_killed(tmp_path, one_thread):
+    store = make_store(tmp_path / "s.zarr")
+    base = TrainConfig(layers=1, heads=2, ff=64, hidden=32, epochs=2, batch_size=16, folds=(1,), device="cpu",
+                       plots=False)
+    out = tmp_path / "sweep"
+    grid = {"fusion": ["none"], "lr": [1e-3, 3e-4, 1e-4]}
+    held = out / "lr-0.0003"
+    lines = []
+    with holder(held) as p:
+        runs = sweep(store, grid, base, out, log=lines.append)
+        assert [r.name for r in runs] == ["lr-0.001", "lr-0.0003", "lr-0.0001"]
+        assert [is_complete(r) for r in runs] == [True, False, True]
+        assert any(f"lr-0.0003 is being run by process {p.pid} on host" in x for x in lines)
+        assert any("2 of 3 points complete; still running in other processes: lr-0.0003" in x for x in lines)
+        assert "lr-0.0003" not in (out / "report.md").read_text()  # the report: what is complete
+        p.kill()  # SIGKILL: its lock dies with it
+        p.wait()
+    lines.clear()
+    sweep(store, grid, base, out, log=lines.append)
+    assert any("2 already complete, 1 to run" in x for x in lines) and all(map(is_complete, runs))
+    assert json.loads((held / "config.json").read_text())["lr"] == 3e-4

@@ -133,8 +133,8 @@ def save_tiny(folder: Path, norm: str = "layer") -> Path:
 
 
 @pytest.mark.parametrize("norm", ["layer", "group"])
-def test_wav2vec2_from_local_folder_and_masked_batching(tmp_path, norm):
-    torch.set_num_threads(2)
+def test_wav2vec2_from_local_folder_and_masked_batching(tmp_path, norm, torch_threads):
+    torch_threads(2)
     folder = save_tiny(tmp_path / "tiny-w2v", norm)
     ext = make_audio_extractor("wav2vec2", weights=str(folder))
     assert ext.row_shape == (3, 32)

@@ -13,7 +13,6 @@ from fer.extract.backbones.torchvision_models import map_size
 from fer.extract.frames import read_face_frames, sample_indices
 from fer.extract.datasets.records import ClipRecord
 
-torch.set_num_threads(1)
 
 
 def write_frames(folder, n, size=64, seed=0):

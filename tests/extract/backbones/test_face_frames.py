@@ -24,7 +24,6 @@ from fer.train.config import TrainConfig
 from fer.train.predict import predict_probs, run_features
 from fer.train.run import train_run
 
-torch.set_num_threads(1)
 CLIPS = 8
 CAP = 28  # the synthetic clips hold 20-34 frames: some are cut to the cap, some padded
 

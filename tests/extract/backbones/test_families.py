@@ -18,6 +18,7 @@ from fer.extract.datasets import load_dataset
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
 from fer.tests.extract.backbones import tiny_models as tm
+from fer.tests.numerics import assert_close_at_scale
 from fer.train.config import TrainConfig
 from fer.train.predict import predict_probs, run_features
 from fer.train.run import train_run
@@ -137,7 +138,7 @@ def test_torchvision_model_equals_torchvision_own_forward(root, models, tmp_path
         with torch.inference_mode():
             want = ref(transforms(torch.from_numpy(frames).permute(0, 3, 1, 2)))
             got, _ = ex.embed([ex.load(ds.records[row])])
-        torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
+        assert_close_at_scale(got[0], want)  # fp32, features up to ~500: 1e-4 absolute was one CPU's rounding
         np.testing.assert_allclose(stored.data[row].astype(np.float32), want.numpy(), rtol=2e-3, atol=2e-3)
     assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in ex.provenance()["preprocessing"]
     train_then_predict(root, store, tmp_path / "run")

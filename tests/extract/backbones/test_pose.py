@@ -59,8 +59,8 @@ def test_rcnn_output_conversion():
     assert rcnn_main_person(empty, 100, 40) is None
 
 
-def test_keypointrcnn_random_weights_on_a_clip(tmp_path):
-    torch.set_num_threads(2)
+def test_keypointrcnn_random_weights_on_a_clip(tmp_path, torch_threads):
+    torch_threads(2)
     ext = make_pose_extractor("keypointrcnn", weights="none", frames=3, min_score=0.0, **TINY)
     assert ext.spec == "pose.keypointrcnn.none-s0.k3.64-96.t0.d2p8"
     assert ext.row_shape == (3, 17, 3)

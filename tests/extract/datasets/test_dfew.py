@@ -12,12 +12,10 @@ import pytest
 from fer.cache.errors import FerError
 from fer.cache.schema import CLASS_NAMES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, NUM_FOLDS
 from fer.extract.datasets import load_dataset, read_dfew, read_split_file
-from fer.tests.shared_data import SHARED_DATA
+from fer.tests.shared_data import shared
 
-# the real DFEW split files live in the shared folder next to the repository (../shared)
-REAL_SPLITS = SHARED_DATA / "dfew" / "EmoLabel_DataSplit"
-
-# ../shared/data/README.md
+# the real DFEW split files: $FER_SHARED_DATA or ../shared/data (tests/shared_data.py); the counts below
+# are from ../shared/data/README.md
 REAL_FOLDS = {1: (9356, 2341), 2: (9356, 2341), 3: (9357, 2340), 4: (9358, 2339), 5: (9361, 2336)}
 REAL_TEST_TOTALS = {"happy": 2445, "sad": 1894, "neutral": 2669, "angry": 2173, "surprise": 1469,
                     "disgust": 145, "fear": 902}
@@ -89,7 +87,7 @@ ANNOTATION = [
 def real_root(tmp_path_factory) -> Path:
     """The real split files plus an (empty-frame) 16f face folder for every one of their clips."""
     root = tmp_path_factory.mktemp("dfew") / "root"
-    shutil.copytree(REAL_SPLITS, root / "EmoLabel_DataSplit")
+    shutil.copytree(shared("dfew", "EmoLabel_DataSplit"), root / "EmoLabel_DataSplit")
     ids: set[str] = set()
     for f in (root / "EmoLabel_DataSplit").rglob("set_*.csv"):
         ids |= set(read_split_file(f))
@@ -125,7 +123,8 @@ def test_real_protocol_fold_sizes_and_class_totals(real_root: Path):
 
 def test_real_split_ids_are_written_without_zeros():
     # the shared copy writes ids as integers: the reader pads them
-    first = next(iter(read_split_file(REAL_SPLITS / "test(single-labeled)" / "set_1.csv")))
+    splits = shared("dfew", "EmoLabel_DataSplit")
+    first = next(iter(read_split_file(splits / "test(single-labeled)" / "set_1.csv")))
     assert first == "00001"
 
 
@@ -319,3 +318,25 @@ def test_error_annotation_without_id_column(tmp_path: Path):
     root = small_tree(tmp_path / "r")
     write_annotation_csv(root / "Annotation" / "annotation.csv", [r[1:] for r in ANNOTATION], DFEW_COLS[1:])
     assert "no clip id column" in _error(root)
+
+
+def test_a_vote_tie_takes_the_split_label_and_conflicts_are_counted(tmp_path: Path):
+    """Issue 19: votes sad=5, happy=5 with the split file saying sad score the clip as sad, not happy."""
+    from fer.extract.datasets.common import vote_conflicts
+
+    root = small_tree(tmp_path / "root")
+    write_annotation_csv(root / "Annotation" / "annotation.csv", [
+        [1, 8, 1, 1, 0, 0, 0, 0],   # happy (split: happy)
+        [2, 5, 5, 0, 0, 0, 0, 0],   # a tie of happy and sad (split: sad)
+        [3, 0, 0, 4, 6, 0, 0, 0],   # angry by the votes, neutral by the split file: a real disagreement
+        [4, 0, 0, 1, 0, 0, 2, 7],   # fear
+        [5, 4, 0, 0, 4, 2, 0, 0],   # a tie with no split label: the class order decides (no official label)
+    ])
+    ds = read_dfew(root)
+    assert [r.label for r in ds.records] == [0, 1, 2, 6, None]
+    np.testing.assert_array_equal(ds.votes()[1], [5, 5, 0, 0, 0, 0, 0])  # the votes stay as annotated
+    assert ds.votes().argmax(1).tolist()[:3] == [0, 0, 3]  # what the clips were scored as before
+    assert ds.labels().tolist() == [0, 1, 2, 6, 0]
+    assert ds.official().tolist() == [0, 1, 2, 6, -1]
+    assert vote_conflicts(ds.votes(), ds.official()) == {"disagree": 1, "tie": 1}
+    assert "00002" not in ds.problems and "neutral but the votes' majority is angry" in ds.problems["00003"]

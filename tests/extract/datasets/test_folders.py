@@ -86,3 +86,26 @@ def test_a_root_matching_two_layouts_or_none(tmp_path: Path):
         load_dataset(tmp_path / "empty")
     with pytest.raises(FerError, match="unknown --layout"):
         load_dataset(root, layout="afew")
+
+
+def test_class_folders_are_classes_by_name(tmp_path: Path):
+    """Issue 19: val/happy beside train/Happy, or test/"Sad " (a trailing space), are one class each, named by
+    their first spelling; Happy and Happiness stay two classes, with a warning naming both."""
+    root = _tree(tmp_path / "r", {"train": {"Happy": ["a.mp4"], "Sad": ["b.mp4"], "angry": ["c.mp4"]},
+                                  "val": {"happy": ["d.mp4"], "ANGRY": ["e.mp4"]},
+                                  "test": {"Sad ": ["f.mp4"], "HAPPY": ["g.mp4"], "Angry": ["h.mp4"]}})
+    ds = load_dataset(root)
+    assert ds.class_names == ("angry", "Happy", "Sad")
+    got = {r.clip_id: (ds.class_names[r.label], int(r.votes.argmax())) for r in ds.records}
+    assert got == {"train/angry/c": ("angry", 0), "train/Happy/a": ("Happy", 1), "train/Sad/b": ("Sad", 2),
+                   "val/ANGRY/e": ("angry", 0), "val/happy/d": ("Happy", 1), "test/Angry/h": ("angry", 0),
+                   "test/HAPPY/g": ("Happy", 1), "test/Sad /f": ("Sad", 2)}
+    assert not any("look like one" in w for w in ds.warnings)
+    assert load_dataset(root, classes=("SAD", "happy", "Angry")).class_names == ("SAD", "happy", "Angry")
+    (root / "train" / "Happiness").mkdir()
+    (root / "train" / "Happiness" / "i.mp4").touch()
+    ds = load_dataset(root)
+    assert ds.class_names == ("angry", "Happiness", "Happy", "Sad")
+    assert ds.warnings == ["classes 'Happiness' and 'Happy' are two classes but look like one spelled "
+                           "twice: rename one (class folders, labels or vote columns) if they are the same, "
+                           "or fix it with --classes"]

@@ -146,3 +146,22 @@ def test_report_on_manifest(tree: Path, tmp_path: Path):
 def test_single_labeled_rule():
     votes = np.array([[7, 3, 0, 0, 0, 0, 0], [6, 4, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0, 0], [14, 6, 0, 0, 0, 0, 0]])
     assert single_labeled(votes).tolist() == [True, False, True, True]
+
+
+def test_no_votes_no_vote_rule_and_conflicts_counted(tree: Path, tmp_path: Path):
+    """Issue 19: data without votes does not claim the 7-of-10-votes rule; data with votes counts the clips
+    whose votes tie with or disagree with the official label."""
+    report = dataset_report(tree, check_media=False)
+    assert "single-labeled   7   (one label per clip: no votes)" in report
+    assert "of 10 votes" not in report and "votes vs label" not in report
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,video,label,vote_happy,vote_sad\n"
+                 f"a,{tree}/Clip/original/00001.mp4,sad,5,5\n"
+                 f"b,{tree}/Clip/original/00002.mp4,happy,1,9\n"
+                 f"c,{tree}/Clip/original/00003.mp4,happy,8,2\n")
+    report = dataset_report(m, check_media=False)
+    assert "(one class with >= 7 of 10 votes)" in report
+    assert "votes vs label   1 disagree, 1 tie   (the official label is used for both)" in report
+    rows = {line.split()[0]: line.split()[1] for line in report.splitlines() if line.startswith("  happy")
+            or line.startswith("  sad ")}
+    assert rows == {"happy": "2", "sad": "1"}  # by label: a is sad (the tie), b is happy (the label column)

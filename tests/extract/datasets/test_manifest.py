@@ -146,3 +146,41 @@ def test_manifest_errors(tmp_path: Path, text: str, expect: str):
 def test_error_not_a_manifest(tmp_path: Path):
     (tmp_path / "x.txt").write_text("hello")
     assert "neither a folder nor a .csv" in _error(tmp_path / "x.txt")
+
+
+def test_labels_and_vote_columns_are_classes_by_name(tmp_path: Path):
+    """Issue 19: labels Happy, happy, HAPPY, Sad, "sad " are two classes, named by their first spelling."""
+    _media(tmp_path, ["a.mp4"])
+    m = tmp_path / "m.csv"
+    m.write_text("clip_id,video,label\n1,a.mp4,Happy\n2,a.mp4,happy\n3,a.mp4,HAPPY\n4,a.mp4,Sad\n"
+                 "5,a.mp4,sad \n")
+    ds = load_dataset(m)
+    assert ds.class_names == ("Happy", "Sad") and ds.labels().tolist() == [0, 0, 0, 1, 1]
+    assert ds.warnings == []
+    assert load_dataset(m, classes=(" sad", "HAPPY")).labels().tolist() == [1, 1, 1, 0, 0]
+    m.write_text("clip_id,video,label\n1,a.mp4,Happy\n2,a.mp4,Happiness\n")
+    ds = load_dataset(m)
+    assert ds.class_names == ("Happiness", "Happy") and len(ds.warnings) == 1
+    assert "'Happiness' and 'Happy' are two classes but look like one spelled twice" in ds.warnings[0]
+    m.write_text("clip_id,video,vote_Happy,vote_sad,vote_happy \n1,a.mp4,1,2,3\n")
+    msg = _error(m)
+    assert "vote columns vote_Happy and vote_happy name one class" in msg
+    m.write_text("clip_id,video,vote_Happy,vote_sad\n1,a.mp4,1,2\n")
+    assert load_dataset(m, classes=("SAD", "happy")).votes().tolist() == [[2, 1]]
+    with pytest.raises(FerError, match="--classes names happy twice"):
+        from fer.extract.datasets import parse_classes
+
+        parse_classes("Happy,sad, happy ")
+
+
+def test_no_real_class_pair_looks_alike():
+    """The similarity warning stays quiet on every real class set fer knows."""
+    from fer.extract.datasets.common import close_names
+    from fer.extract.datasets.mafw import CLASSES as MAFW
+    from fer.extract.datasets.ferv39k import CLASSES as FERV
+
+    afew = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
+    for classes in (DFEW_CLASSES, MAFW, FERV, afew):
+        assert close_names(classes) == [], classes
+    got = close_names(("Angry", "Anger", "happy", "happiness"))
+    assert got == [("Angry", "Anger"), ("happy", "happiness")]

@@ -8,7 +8,7 @@ from PIL import Image
 from fer.cache.errors import FerError
 from fer.extract.faces import detect
 from fer.extract.faces.detect import MTCNN, detector_identity
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from fer.extract.datasets import load_dataset
 from fer.extract.faces.detect import MTCNN
 from fer.extract.faces.runner import FACES_JSON, MANIFEST, run_faces
 from fer.extract.ray_engine import RayEngine
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 
 
 def tree(out: Path) -> dict[str, bytes]:

@@ -14,7 +14,7 @@ from fer.extract.faces.align import template_points
 from fer.extract.faces.detect import MTCNN
 from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL, partial_dir, run_faces
 from fer.extract.frames import list_frames
-from fer.tests.extract.faces import videos as V
+from fer.extract.synth import photo as V
 
 SIZE = 112
 

@@ -1,4 +1,5 @@
-"""Short test videos made from a real photograph (matplotlib's ``grace_hopper.jpg``), with known landmarks.
+"""Short videos made from a real photograph (matplotlib's ``grace_hopper.jpg``), with known landmarks: the
+tests of face detection, tracking and alignment and benchmarks/bench_faces.py use them.
 
 The face is cut from the photo with a soft elliptical mask and painted onto a plain background by a
 known affine map per frame (move, scale, a small roll, and a horizontal squeeze that mimics a slight

@@ -1,0 +1,204 @@
+"""Reading feature sets: a whole set (or chosen rows) in blocks of whole chunks, and row spans for readers
+that hold only part of a set at a time. Uncompressed local chunks are read straight from their files (only
+the bytes asked for); the rest goes through the format library.
+
+A chunk that cannot be read is reported through the ``damaged`` callback the store passes in (it turns a
+one-line description into the store's FerEnvError), so this module needs nothing of the store itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fer.cache import layout as L
+from fer.cache.backends import Backend, read_raw_chunks, read_raw_rows
+from fer.cache.errors import FerEnvError, FerError
+
+READ_BLOCK_BYTES = 32 << 20
+"""Whole-set reads go in blocks of whole chunks of about this size."""
+READ_THREADS = min(4, os.cpu_count() or 1)
+"""Threads decoding blocks of a zarr set in parallel (HDF5 holds a global lock, so it reads in one call);
+benchmarks/bench_store.py varies it."""
+
+Damaged = Callable[[str], FerEnvError]
+"""Turns what is wrong with a feature set (one line) into the store's error."""
+
+
+@dataclass
+class FeatureSet:
+    """A whole feature set in memory; row order is the store's clip order."""
+
+    spec: str
+    data: np.ndarray
+    """(N, *row_shape) features, float16 unless the set was written with another dtype."""
+    mask: np.ndarray
+    """(N, T) bool: token present."""
+    done: np.ndarray
+    """(N,) bool: row written completely; rows not done hold NaN."""
+    ids: np.ndarray
+    """(N,) clip ids."""
+    attrs: dict = field(default_factory=dict)
+    """The feature set's provenance attributes."""
+
+    def to_torch(self):
+        """(data, mask) as torch tensors sharing memory with the numpy arrays."""
+        import torch
+
+        return torch.from_numpy(self.data), torch.from_numpy(self.mask)
+
+
+class RowSpans:
+    """Row spans of one array: straight from the chunk files where they are uncompressed and local (only the
+    span's bytes), else through the format library."""
+
+    def __init__(self, backend: Backend, key: str, chunk_rows: int) -> None:
+        self._b = backend
+        self.arr = backend.array(key)
+        self.raw = backend.raw_chunks(key, self.arr)
+        self.chunk_rows = chunk_rows
+        self.shape = tuple(self.arr.shape)
+        self.dtype = np.dtype(self.arr.dtype)
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None:
+            out = np.empty((stop - start,) + self.shape[1:], dtype=self.dtype)
+        if self.raw is not None:
+            read_raw_rows(self.raw, self.chunk_rows, start, stop, out)
+        else:
+            self._b.read_rows(self.arr, start, stop, out)
+        return out
+
+
+class SpanReader:
+    """Contiguous row spans of one feature set, for readers that hold only part of a set at a time.
+
+    Thread-safe for disjoint ``out`` buffers on zarr stores (chunk files are read with os.preadv); HDF5
+    serialises reads behind h5py's lock. Made by ``FeatureStore.span_reader``.
+    """
+
+    def __init__(self, backend: Backend, spec: str, chunk_rows: int, ids: np.ndarray,
+                 damaged: Damaged) -> None:
+        cr = int(chunk_rows)
+        self.spec = spec
+        self.n = len(ids)
+        self._ids = ids
+        self._damaged = damaged
+        self._data = RowSpans(backend, L.data_key(spec), cr)
+        self._mask = RowSpans(backend, L.mask_key(spec), cr)
+        self.row_shape: tuple[int, ...] = self._data.shape[1:]
+        self.dtype = self._data.dtype
+        self.chunk_rows = cr
+
+    def read(self, start: int, stop: int, out: np.ndarray | None = None, *,
+             mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(data, mask) of rows [start, stop); ``out`` ((stop - start, *row_shape), C-contiguous) takes the
+        data. ``mask=False`` reads the data alone (mask None), for readers that hold the masks already."""
+        if not 0 <= start <= stop <= self.n:
+            raise FerError(f"row span {start}:{stop} is outside 0..{self.n}")
+        got = None
+        for name, span in (("data", self._data), ("mask", self._mask))[:2 if mask else 1]:
+            try:
+                got = span.read(start, stop, out if name == "data" else None)
+            except (FerError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:  # a truncated or unreadable chunk met while streaming
+                raise self._damaged(unreadable(name, span.arr, self._ids, self.chunk_rows, e,
+                                               chunk=_failed_chunk(e, start, self.chunk_rows))) from e
+            if name == "data":
+                data, got = got, None
+        return data, None if got is None else got.astype(bool, copy=False)
+
+
+def read_set(backend: Backend, spec: str, attrs: dict, ids: np.ndarray, rows: np.ndarray | None,
+             damaged: Damaged) -> FeatureSet:
+    """The whole feature set (or the given rows) in one pass, chunk by chunk, never row by row."""
+    cr = int(attrs["chunk_rows"])
+    keys = {"data": L.data_key(spec), "mask": L.mask_key(spec), "done": L.done_key(spec)}
+    arrays = {k: backend.array(key) for k, key in keys.items()}
+    if rows is None:
+        out = {k: np.empty(a.shape, dtype=a.dtype) for k, a in arrays.items()}
+        for k, a in arrays.items():
+            try:
+                read_all(backend, keys[k], a, out[k], cr)
+            except (FerError, KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as e:
+                raise damaged(unreadable(k, a, ids, cr, e)) from e
+    else:
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(ids)):
+            raise FerError(f"rows must lie in 0..{len(ids) - 1}")
+        out = {k: np.empty((len(rows),) + tuple(a.shape[1:]), dtype=a.dtype) for k, a in arrays.items()}
+        spans = {k: RowSpans(backend, key, cr) for k, key in keys.items()}
+        for c, pos in L.group_by_chunk(rows, cr):
+            lo, hi = int(rows[pos].min()), int(rows[pos].max()) + 1  # only the span the rows need
+            for k, span in spans.items():
+                try:
+                    out[k][pos] = span.read(lo, hi)[rows[pos] - lo]
+                except (FerError, KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:
+                    raise damaged(unreadable(k, arrays[k], ids, cr, e, chunk=c)) from e
+        ids = ids[rows]
+    return FeatureSet(spec=spec, data=out["data"], mask=out["mask"], done=out["done"], ids=ids, attrs=attrs)
+
+
+def read_all(backend: Backend, key: str, arr: Any, out: np.ndarray, chunk_rows: int) -> None:
+    """Every row of one array into ``out``, in blocks of whole chunks (in threads where that helps)."""
+    n = out.shape[0]
+    if n == 0:
+        return
+    raw = backend.raw_chunks(key, arr)
+    nchunks = L.n_chunks(n, chunk_rows)
+    row_bytes = max(1, out[:1].nbytes)
+    per_block = max(1, READ_BLOCK_BYTES // (row_bytes * chunk_rows))
+    blocks = [(c, min(nchunks, c + per_block)) for c in range(0, nchunks, per_block)]
+    if raw is not None:
+        def job(span):
+            a, b = span
+            read_raw_chunks(raw, chunk_rows, a, b, n, out[a * chunk_rows : min(n, b * chunk_rows)])
+    elif backend.format == "hdf5":  # h5py holds a global lock: threads would only queue
+        backend.read_rows(arr, 0, n, out)
+        return
+    else:
+        def job(span):
+            a, b = span
+            r0, r1 = a * chunk_rows, min(n, b * chunk_rows)
+            backend.read_rows(arr, r0, r1, out[r0:r1])
+    if len(blocks) == 1 or READ_THREADS == 1:
+        for span in blocks:
+            job(span)
+        return
+    with ThreadPoolExecutor(READ_THREADS) as ex:
+        list(ex.map(job, blocks))
+
+
+def unreadable(name: str, arr: Any, ids: np.ndarray, cr: int, e: Exception, chunk: int | None = None) -> str:
+    """What to tell about a chunk read that failed: finds the first bad chunk (only on this failure path)."""
+    n = len(ids)
+    if chunk is None:
+        for c in range(L.n_chunks(n, cr)):
+            a0, b0 = L.chunk_span(c, cr, n)
+            try:
+                np.asarray(arr[a0:b0])
+            except Exception as err:  # noqa: BLE001 - any failure marks the chunk
+                chunk, e = c, err
+                break
+    if chunk is None:
+        return f"its {name} cannot be read ({type(e).__name__}: {L.one_line(e, 160)})"
+    a0, b0 = L.chunk_span(chunk, cr, n)
+    return (f"chunk {chunk} of its {name} (rows {a0}-{b0 - 1}, clips {ids[a0]}..{ids[b0 - 1]}) "
+            f"cannot be read ({type(e).__name__}: {L.one_line(e, 160)})")
+
+
+def _failed_chunk(e: Exception, start: int, chunk_rows: int) -> int:
+    """The chunk a raw read names in its error ("chunk 3 in ..."), else the span's first chunk."""
+    m = re.match(r"chunk (\d+) in ", str(e))
+    return int(m.group(1)) if m else start // chunk_rows
