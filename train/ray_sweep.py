@@ -10,9 +10,11 @@ the units run differs:
   point run alone in a process with that many threads.
 - The feature sets are loaded once, here, and put into Ray's object store as numpy arrays: every node fetches
   them once, and every task on a node maps the same memory read-only (no copy per task).
-- The tasks write their own run folders, so the sweep folder (and the store, when the features are
-  streamed) must be reachable from every node at the same path; fer checks that before starting any task.
-  A task whose worker dies is run again (RETRIES times) and resumes from the point's last checkpoint.
+- The tasks write their own run folders, each holding its folder's lock meanwhile (``run_unit``, as a
+  sequential sweep does: a point another process runs is left to it), so the sweep folder (and the store,
+  when the features are streamed) must be reachable from every node at the same path; fer checks that before
+  starting any task. A task whose worker dies is run again (RETRIES times) and resumes from the point's last
+  checkpoint (the lock dies with its process).
 - One progress bar here (points done, rate, failures); each point's log lines are printed when it finishes.
   A point that fails ends the sweep in one line (the other points keep what they finished; rerun to resume).
 """
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fer.cache.errors import FerEnvError, FerError
+from fer.cache.locks import Holder
 from fer.ray_session import check_nodes, import_ray, ray_session
 from fer.train.config import TrainConfig
 from fer.train.features import LoadedFeatures, ModalityData
@@ -54,23 +57,31 @@ def unshared(features: LoadedFeatures) -> LoadedFeatures:
     return replace(features, sets=sets)
 
 
-Outcome = tuple[list[str], "str | None", int]
-"""A task's log lines, its fatal one-line error (None when it trained), and that error's exit status."""
+@dataclass
+class Outcome:
+    """What a task hands back: its log lines, who held the point's folder when another process did, or the
+    fatal one-line error (and its exit status) that ends the sweep."""
+
+    lines: list[str] = field(default_factory=list)
+    holder: Holder | None = None
+    fatal: str | None = None
+    code: int = 0
 
 
-def train_remote(cfg: TrainConfig, store_path: str, features: LoadedFeatures, threads: int) -> Outcome:
+def train_remote(cfg: TrainConfig, store_path: str, features: LoadedFeatures, threads: int,
+                 tag: str) -> Outcome:
     """One unit in a Ray task, with ``threads`` torch threads."""
     import torch
 
     torch.set_num_threads(max(1, threads))
-    lines: list[str] = []
+    out = Outcome()
     try:
-        run_unit(cfg, store_path, unshared(features), lines.append)
+        out.holder = run_unit(cfg, store_path, lambda _: unshared(features), out.lines.append, tag)
     except FerError as e:
-        return lines, str(e), e.exit_code
+        out.fatal, out.code = str(e), e.exit_code
     except Exception as e:  # noqa: BLE001 - one line, not a Ray traceback
-        return lines, f"{type(e).__name__}: {e} (a bug, not your settings)", FerError.exit_code
-    return lines, None, 0
+        out.fatal, out.code = f"{type(e).__name__}: {e} (a bug, not your settings)", FerError.exit_code
+    return out
 
 
 class RaySweep:
@@ -87,8 +98,9 @@ class RaySweep:
         self.gpus, self.cpus = float(gpus_per_run), int(cpus_per_run)
 
     def run(self, units: Sequence[TrainConfig], store_path: str, features_for: Callable[[TrainConfig], Any],
-            out_dir: Path, *, log: Log = print) -> None:
-        """Train every unit (features from ``features_for``, into the object store once per distinct set)."""
+            out_dir: Path, *, log: Log = print) -> dict[str, Holder]:
+        """Train every unit (features from ``features_for``, into the object store once per distinct set);
+        returns the points another process holds (left to it), by name."""
         ray = import_ray()
         with ray_session(self.address) as session:
             if self.gpus and session.gpus < self.gpus:
@@ -104,36 +116,41 @@ class RaySweep:
             task = ray.remote(train_remote).options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                     max_retries=RETRIES)
             running = {}
-            for cfg in units:
+            for i, cfg in enumerate(units, 1):
                 feats = features_for(cfg)
                 if id(feats) not in refs:
                     refs[id(feats)] = ray.put(shared(feats))
-                running[task.remote(cfg, store_path, refs[id(feats)], self.cpus)] = cfg
-            self._collect(ray, session, running, log)
+                tag = f"[{i}/{len(units)}]"
+                running[task.remote(cfg, store_path, refs[id(feats)], self.cpus, tag)] = cfg
+            return self._collect(ray, session, running, log)
 
-    def _collect(self, ray: Any, session: Any, running: dict[Any, TrainConfig], log: Log) -> None:
-        """Wait for the tasks, printing each point's lines as it ends; the first failure ends the sweep."""
+    def _collect(self, ray: Any, session: Any, running: dict[Any, TrainConfig],
+                 log: Log) -> dict[str, Holder]:
+        """Wait for the tasks, printing each point's lines as it ends; the first failure ends the sweep.
+        Returns the points another process held."""
         from tqdm import tqdm
 
         bar = tqdm(total=len(running), unit="run", desc="sweep", file=sys.stderr, disable=not self.progress)
-        done = 0
+        others: dict[str, Holder] = {}
         try:
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
                 cfg = running.pop(ready[0])
+                name = Path(cfg.out).name
                 try:
-                    lines, fatal, code = ray.get(ready[0])
+                    out: Outcome = ray.get(ready[0])
                 except Exception as e:  # noqa: BLE001 - a task Ray gave up on, a lost node: one line
-                    raise session.error(e, f"training {Path(cfg.out).name}") from None
-                done += 1
-                for line in lines:
+                    raise session.error(e, f"training {name}") from None
+                for line in out.lines:
                     log(line)
-                if fatal is not None:
-                    raise (FerEnvError if code == FerEnvError.exit_code else FerError)(
-                        f"sweep point {Path(cfg.out).name}: {fatal}")
-                log(f"sweep: [{done}/{done + len(running)}] {Path(cfg.out).name} finished")
+                if out.fatal is not None:
+                    raise (FerEnvError if out.code == FerEnvError.exit_code else FerError)(
+                        f"sweep point {name}: {out.fatal}")
+                if out.holder is not None:
+                    others[name] = out.holder
                 bar.update(1)
         finally:
             for ref in running:  # the sweep stops: the others keep their finished folds for a rerun
                 ray.cancel(ref, force=True)
             bar.close()
+        return others
