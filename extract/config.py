@@ -122,21 +122,13 @@ def check_run_settings(batch_size: int = 1, workers: int | None = None, limit: i
 
 # ---------------------------------------------------------------- fer extract
 # ---------------------------------------------------------------- where a run's clips run (both commands)
-@dataclass(kw_only=True)
-class EngineFields:
-    """Where `fer extract` and `fer data faces` decode and run their model: this process, or Ray."""
+class EngineChoice:
+    """What `fer extract` and `fer data faces` do with their ``engine``, ``actors`` and ``ray_address``
+    fields (each command's own, with its own help): run the clips in this process, or on Ray."""
 
-    engine: str = "process"
-    """process | ray: process = this process and its decoding workers (one process per rank under torchrun or
-    --shard); ray = Ray Data: decoding in CPU tasks, the model in a pool of actors (one GPU each where there
-    are GPUs), on a local instance or a cluster (--ray-address, RAY_ADDRESS); this process writes. Needs the
-    ray extra."""
-    actors: str | None = None
-    """With --engine ray: MIN,MAX model actors (or N), the pool growing and shrinking between them. Default:
-    1 to one per GPU, or to half the CPUs."""
-    ray_address: str | None = None
-    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
-    instance started and stopped by this command."""
+    engine: str
+    actors: str | None
+    ray_address: str | None
 
     def uses_ray(self, shard: str | None, workers: int | None) -> bool:
         """True for ``--engine ray``; FerError for options that do not go with the engine chosen."""
@@ -163,9 +155,6 @@ class EngineFields:
         return RayEngine(self.ray_address, parse_actors(self.actors), device)
 
 
-ENGINE_FIELDS = ("engine", "actors", "ray_address")
-
-
 def parse_actors(text: str | None) -> tuple[int, int] | None:
     """``"MIN,MAX"`` or ``"N"`` -> (min, max) model actors; None for the default; FerError when malformed."""
     if text is None or not str(text).strip():
@@ -181,18 +170,13 @@ def parse_actors(text: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def engine_last(options: tuple[ConfigOption, ...]) -> tuple[ConfigOption, ...]:
-    """The engine's options after the command's own (a base class's fields come first)."""
-    return tuple(sorted(options, key=lambda o: o.name in ENGINE_FIELDS))
-
-
 BUILD_FIELDS = ("modality", "backbone", "weights", "layer", "size", "frames", "max_frames", "flip", "seed",
                 "precision", "transforms")
 """The fields that build the extractor (make_extractor's arguments, recorded in the feature set)."""
 
 
 @dataclass
-class ExtractConfig(EngineFields):
+class ExtractConfig(EngineChoice):
     """Settings of one `fer extract` run (one backbone over every clip into one feature set)."""
 
     modality: str
@@ -255,6 +239,17 @@ class ExtractConfig(EngineFields):
     """Chunk size in MB when the feature set is created."""
     progress: bool = True
     """Show a progress bar."""
+    engine: str = "process"
+    """process | ray: process = this process and its decoding workers (one process per rank under torchrun or
+    --shard); ray = Ray Data: decoding in CPU tasks, the backbone in a pool of actors that load it once (one
+    GPU each where there are GPUs), on a local instance or a cluster; this process writes the store. Needs
+    the ray extra."""
+    actors: str | None = None
+    """With --engine ray: MIN,MAX backbone actors (or N), the pool growing and shrinking between them.
+    Default: 1 to one per GPU, or to half the CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    instance started and stopped by this command."""
 
     def __post_init__(self) -> None:
         if self.frames is not None:
@@ -303,8 +298,8 @@ FRAMES: Parser = (parse_frames, "N, or all")
 
 @lru_cache(maxsize=2)
 def extract_options(cls: type = ExtractConfig) -> tuple[ConfigOption, ...]:
-    """Every field of ExtractConfig as an option of `fer extract`, in field order (the engine's last)."""
-    return engine_last(options_of(cls, short=EXTRACT_SHORT, parsed={"frames": FRAMES}))
+    """Every field of ExtractConfig as an option of `fer extract`, in field order."""
+    return options_of(cls, short=EXTRACT_SHORT, parsed={"frames": FRAMES})
 
 
 def extract_config(values: dict[str, Any]) -> ExtractConfig:
@@ -314,7 +309,7 @@ def extract_config(values: dict[str, Any]) -> ExtractConfig:
 
 # ---------------------------------------------------------------- fer data faces
 @dataclass
-class FacesConfig(EngineFields):
+class FacesConfig(EngineChoice):
     """Settings of one `fer data faces` run (the main face of every video, aligned into frame folders)."""
 
     size: int = 224
@@ -331,6 +326,16 @@ class FacesConfig(EngineFields):
     """Frames per detector pass. [default: 8 on CPU, 32 on GPU]"""
     progress: bool = True
     """Show a progress bar."""
+    engine: str = "process"
+    """process | ray: process = this process and its decoding workers (one process per shard); ray = Ray
+    Data: decoding in CPU tasks, face detection and alignment in a pool of actors (one GPU each where there
+    are GPUs), on a local instance or a cluster; this process writes OUT. Needs the ray extra."""
+    actors: str | None = None
+    """With --engine ray: MIN,MAX detector actors (or N), the pool growing and shrinking between them.
+    Default: 1 to one per GPU, or to half the CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    Ray instance that this command starts and stops."""
 
     def __post_init__(self) -> None:
         self.frames = parse_frames(self.frames)
@@ -356,8 +361,8 @@ class FacesConfig(EngineFields):
 
 @lru_cache(maxsize=2)
 def faces_options(cls: type = FacesConfig) -> tuple[ConfigOption, ...]:
-    """Every field of FacesConfig as an option of `fer data faces`, in field order (the engine's last)."""
-    return engine_last(options_of(cls, parsed={"frames": FRAMES}))
+    """Every field of FacesConfig as an option of `fer data faces`, in field order."""
+    return options_of(cls, parsed={"frames": FRAMES})
 
 
 def faces_config(values: dict[str, Any]) -> FacesConfig:
