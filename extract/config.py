@@ -204,14 +204,17 @@ class ExtractConfig(EngineChoice):
     the entry whose hash the file's sha256 starts with, else the default entry, said in a note]"""
     layer: str | None = None
     """face: pool (default: the pooled/CLS embedding) | proj (CLIP's projected image embedding) | layer3 |
-    layer2 (resnet18 feature maps)."""
+    layer2 (resnet18 feature maps, for --finetune layer4) | block:K (a ViT's tokens entering block K, negative
+    from the end, e.g. block:-2; block:K:proj for a CLIP top with its projection; for `fer train --finetune
+    top`) | all (a ViT's pooled feature after every block, for --face-layer)."""
     size: int | None = None
     """face: input size in pixels [the model's own, 224 for resnet18]; pose: the detector's short side [512]
     (long side x1.67)."""
     precision: str | None = None
     """fp32 | bf16 | fp16 | auto: bf16 autocast on GPUs with native bf16 (else fp16), and on CPUs with native
-    bf16 for the backbones measured faster and faithful in it; else fp32. Any autocast adds .bf16/.fp16 to the
-    spec. [default: $FER_PRECISION, else auto]"""
+    bf16 for the backbones measured faster and faithful in it; else fp32. auto then checks its choice on the
+    first batch: fp32 when the features drift (cosine < 0.999) or it is slower. Any autocast adds .bf16/.fp16
+    to the spec. [default: $FER_PRECISION, else auto]"""
     frames: int | str | None = None
     """Frames per clip (face: 16, pose: 3). face: all = every face frame (up to --max-frames), padded with a
     mask, for `fer train --augment jitter`."""

@@ -109,6 +109,10 @@ def run_extraction(
                              workers=workers)
     try:
         todo = plan_todo(summary, writer.owned_rows(), writer.done(), limit)
+        if len(todo) and getattr(extractor, "is_maps", False):  # per-frame arrays: tens of GB for a dataset
+            from fer.extract.store_size import check_room
+
+            check_room(store_path, spec, row_shape, len(todo))
         if len(todo) and engine is not None:
             engine.extract(extractor, dataset, todo, EmbedWork(extractor, writer, todo, summary), summary,
                            batch_size=batch_size, progress=progress)

@@ -14,7 +14,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("plateau", "cosine", "none")
 SELECTS = ("best", "last")
 MONITORS = ("uar", "loss")
-FINETUNES = (None, "layer4")
+FINETUNES = (None, "layer4", "top")
 AUGMENTS = ("jitter", "flip")
 PROTOCOLS = ("fer", "literature")
 TEST_FLIPS = ("auto", "on", "off")
@@ -97,7 +97,19 @@ class TrainConfig:
     allow_incomplete: bool = False
     """Train on the rows done in every chosen feature set instead of refusing incomplete sets."""
     finetune: str | None = None
-    """layer4: train ResNet-18's layer4 on cached layer3 face maps together with the rest."""
+    """top: train the backbone's top on a face set cut inside it, with the rest: a ViT's blocks K..L-1 and
+    final norm on the tokens of `fer extract --layer block:K`, ResNet-18's layer4 on layer3 maps
+    (fer.train.tops); layer4: the ResNet-18 case by its name."""
+    lora: int = 0
+    """With --finetune top on a ViT: train LoRA adapters of this rank on the top blocks' attention and MLP
+    projections instead of all their weights (needs peft); 0: all their weights."""
+    backbone_lr: float = 0.0
+    """Learning rate of the backbone's top (--finetune), apart from the head's --lr (e.g. 1e-5 against 1e-3);
+    0: --lr."""
+    face_layer: int | str | None = None
+    """Face block to use from a set extracted with --layer all (0 = the embeddings, L = the last block: the
+    pooled feature); None: the last; ``weighted``: a learned softmax-weighted sum of every block
+    (fer.train.layer_mix)."""
     resume: bool = False
     """Continue an interrupted run in `out` from the last checkpoint of its unfinished fold."""
     plots: bool = True
@@ -145,7 +157,17 @@ class TrainConfig:
         _choice("protocol", self.protocol, PROTOCOLS)
         _choice("test-flip", self.test_flip, TEST_FLIPS)
         if self.finetune not in FINETUNES:
-            raise FerError(f"unknown --finetune {self.finetune}: the only choice is layer4")
+            raise FerError(f"unknown --finetune {self.finetune}: choose top (or layer4, its ResNet-18 name)")
+        if self.finetune and "face" not in self.modalities:
+            raise FerError(f"--finetune {self.finetune} trains the face backbone: add face to --modalities")
+        if self.lora < 0 or (self.lora and self.finetune is None):
+            raise FerError(f"--lora {self.lora} adapts the top that --finetune top trains: give a rank >= 1 "
+                           "with --finetune top, or leave --lora out")
+        if self.backbone_lr < 0 or (self.backbone_lr and self.finetune is None):
+            raise FerError(f"--backbone-lr {self.backbone_lr} is the learning rate of --finetune's top: a "
+                           "positive number, with --finetune top")
+        if isinstance(self.face_layer, str) and self.face_layer != WEIGHTED:
+            raise FerError(f"--face-layer {self.face_layer!r}: give a block index, last, or weighted")
         if len(self.modalities) > 1 and self.fusion == "none":
             raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is one modality)")
         if any(int(f) < 1 for f in self.folds):
@@ -176,7 +198,8 @@ class TrainConfig:
         """runs/<modalities>-<fusion>-<loss>[-ft4][-jitter][-flip][-balance]-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
         every = not self.folds or (num_folds is not None and sorted(self.folds) == list(range(1, num_folds + 1)))
         folds = "all" if every else "_".join(map(str, self.folds))
-        ft = "-ft4" if self.finetune else ""
+        ft = {"layer4": "-ft4", "top": "-top"}.get(self.finetune or "", "")
+        ft += f"-lora{self.lora}" if self.lora else ""
         aug = "".join(f"-{a}" for a in self.augment) + ("-balance" if self.balance else "")
         lit = "-literature" if self.protocol == "literature" else ""
         return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}{aug}{lit}-f{folds}"
@@ -251,7 +274,8 @@ WEIGHTED = "weighted"
 """``--audio-layer weighted``: a learned softmax-weighted sum of every stored layer (fer.train.layer_mix)."""
 
 
-def parse_audio_layer(text: str | int | None) -> int | str | None:
+def parse_audio_layer(text: str | int | None, flag: str = "--audio-layer",
+                      first: str = "input embedding") -> int | str | None:
     """``--audio-layer``: None/``last`` -> None (the last layer), an integer index, or ``weighted``."""
     if text is None or isinstance(text, int):
         return text
@@ -263,7 +287,12 @@ def parse_audio_layer(text: str | int | None) -> int | str | None:
     try:
         return int(t)
     except ValueError:
-        raise FerError(f"--audio-layer {text!r}: give a layer index (0 = input embedding), last, or weighted") from None
+        raise FerError(f"{flag} {text!r}: give a layer index (0 = {first}), last, or weighted") from None
+
+
+def parse_face_layer(text: str | int | None) -> int | str | None:
+    """``--face-layer``: like ``--audio-layer``, over the blocks of a set extracted with --layer all."""
+    return parse_audio_layer(text, "--face-layer", "the embeddings")
 
 
 def parse_modalities(text: str) -> tuple[str, ...]:

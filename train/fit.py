@@ -53,8 +53,16 @@ def fold_seed(seed: int, fold: int) -> int:
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer over what trains: the head at --lr, a backbone top (--finetune) at --backbone-lr (or
+    --lr)."""
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    top = getattr(model, "top", None)
+    mine = {id(p) for p in top.parameters()} if top is not None else set()
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in mine]}]
+    if top is not None:
+        trained = [p for p in top.parameters() if p.requires_grad]
+        groups.append({"params": trained, "lr": cfg.backbone_lr or cfg.lr})
+    return cls(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> Any:
@@ -196,21 +204,22 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource, sp
 
     `source` gives the batches (fer.train.batches.MemorySource or fer.train.stream.StreamSource, on `device`):
     it serves the epoch order drawn here, so how the features are held never changes a number; `backbone`
-    (with --finetune layer4) is the ResNet-18 whose layer4 is trained on the layer3 maps; `checkpoint` is
-    rewritten every CHECKPOINT_EVERY_S; with `resume` an unfinished checkpoint there is continued (same
-    numbers as an uninterrupted run).
+    (with --finetune) is the top trained on the face set cut inside its backbone (fer.train.tops: ResNet-18's
+    layer4 on layer3 maps, a ViT's last blocks on its tokens); `checkpoint` is rewritten every
+    CHECKPOINT_EVERY_S; with `resume` an unfinished checkpoint there is continued (same numbers as an
+    uninterrupted run).
     """
     t_start = time.perf_counter()
     fold, num_classes = split.fold, features.num_classes
     seed = fold_seed(cfg.seed, fold)
     torch.manual_seed(seed)
-    model = FerModel(cfg, source.model_sets, num_classes=num_classes,
-                     layer4=backbone.layer4 if backbone is not None else None).to(device)
+    model = FerModel(cfg, source.model_sets, num_classes=num_classes, top=backbone).to(device)
     if cfg.normalize:
         model.fit_input_norm(lambda m: source.norm_chunks(m, split.train))
     opt = make_optimizer(cfg, model)
     sched = make_scheduler(cfg, opt)
-    check_checkpoint_space(checkpoint, model, backbone)  # before training, not when the first save fails
+    # before training, not when the first save fails
+    check_checkpoint_space(checkpoint, model, backbone.exported[0] if backbone is not None else None)
     gen = torch.Generator().manual_seed(seed)  # batch order (on the host: a streamed epoch is planned there)
     draw = torch.Generator(device=device).manual_seed(seed + DRAW_SEED)  # frames and views, on the device
     labels_np = features.labels
@@ -302,9 +311,9 @@ def fit_fold(cfg: TrainConfig, features: LoadedFeatures, source: BatchSource, sp
     final = {"fold": fold, "epoch": int(best_epoch), "epochs_run": int(epochs_run), "complete": True,
              "model": _cpu(model.state_dict()), "config": cfg.to_dict(), "history": p.history}
     if backbone is not None:
-        # the whole ResNet-18 with the fine-tuned layer4 (shared with the model), for `fer extract --weights`;
+        # the fine-tuned backbone (ResNet-18 whole, or a ViT's adapted top), for `fer extract --weights`;
         # it has seen this fold's training clips, so features made with it are only valid for this fold
-        final["backbone"] = _cpu(backbone.state_dict())
+        final.update(backbone.export())
         final["finetuned_on_fold"] = fold
     _save(final, checkpoint)
     return FoldResult(fold=fold, metrics=metrics, ids=features.ids[split.test], probs=probs.astype(np.float32),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -20,6 +20,12 @@ from fer.cache.errors import FerError
 
 STATE_KEY = "audio_norm.logits"
 """Where a FerModel checkpoint keeps the mix's logits (the mix takes the place of the audio InputNorm)."""
+STATE_KEYS = {"audio": STATE_KEY, "face": "face_mix.logits"}
+"""The mix's logits per modality (``--face-layer weighted`` mixes the blocks of a face set of
+``--layer all``)."""
+PREFIX = {"audio": "", "face": "face_"}
+"""File-name prefix of each modality's ``layer_weights_fold<k>.json`` (the audio's has none, as it always
+had)."""
 
 
 class LayerMix(nn.Module):
@@ -54,6 +60,16 @@ def audio_rows(data: torch.Tensor, mask: torch.Tensor, idx: torch.Tensor) -> tup
     return data[idx].float(), mask[idx].any(dim=1)
 
 
+def frame_rows(chunks: Iterable[tuple[torch.Tensor, torch.Tensor]]
+               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """A face set's stored chunks ``(x (n, T, [V,] *row[:-1], D), mask (n, T, [V,] *row[:-1]))`` (masks
+    widened to the data, as a batch source's norm_chunks gives them) as frames: ``(x (F, *row), mask
+    (F,))``."""
+    for x, mask in chunks:
+        row = x.shape[-2:]
+        yield x.reshape(-1, *row), mask.reshape(-1, row[0])[:, 0]
+
+
 def check_weighted(spec: str, data: torch.Tensor, is_sequence: bool) -> None:
     """A weighted mix needs per-layer rows ``(N, L, D)`` with several layers."""
     if is_sequence or data.dim() != 3 or data.shape[1] < 2:
@@ -61,24 +77,29 @@ def check_weighted(spec: str, data: torch.Tensor, is_sequence: bool) -> None:
                        f"{tuple(data.shape[1:])} (not several layers)")
 
 
-def layer_weights_from_checkpoint(path: Path) -> list[float] | None:
-    """The learned layer weights in a fold checkpoint, or None when the run did not learn any."""
+def layer_weights_from_checkpoint(path: Path, modality: str = "audio") -> list[float] | None:
+    """The learned layer weights of ``modality`` in a fold checkpoint, or None when the run did not learn
+    any."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    logits = (ck.get("model") or {}).get(STATE_KEY)
+    logits = (ck.get("model") or {}).get(STATE_KEYS[modality])
     return None if logits is None else torch.softmax(logits.float(), 0).tolist()
 
 
-def write_layer_weights(run_dir: Path, fold: int, spec: str | None = None) -> Path | None:
-    """Write ``layer_weights_fold<fold>.json`` from the fold's final checkpoint (None when not a weighted run)."""
+def write_layer_weights(run_dir: Path, fold: int, spec: str | None = None,
+                        modality: str = "audio") -> Path | None:
+    """Write ``[face_]layer_weights_fold<fold>.json`` from the fold's final checkpoint (None when not a
+    weighted run)."""
     ck = Path(run_dir) / f"checkpoint_fold{fold}.pt"
     if not ck.is_file():
         return None
-    w = layer_weights_from_checkpoint(ck)
+    w = layer_weights_from_checkpoint(ck, modality)
     if w is None:
         return None
-    out = Path(run_dir) / f"layer_weights_fold{fold}.json"
-    doc: dict[str, Any] = {"fold": fold, "audio": spec, "weights": w, "best_layer": int(max(range(len(w)), key=w.__getitem__)),
-                           "note": "softmax weights over the stored layers: index 0 = the input embedding, i = layer i"}
+    out = Path(run_dir) / f"{PREFIX[modality]}layer_weights_fold{fold}.json"
+    first = "the input embedding" if modality == "audio" else "the embeddings"
+    best = int(max(range(len(w)), key=w.__getitem__))
+    doc: dict[str, Any] = {"fold": fold, modality: spec, "weights": w, "best_layer": best,
+                           "note": f"softmax weights over the stored layers: index 0 = {first}, i = layer i"}
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(out)

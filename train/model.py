@@ -1,14 +1,15 @@
 """The model: tokens -> Transformer encoder -> flatten -> 2 FC layers -> C logits, over any subset of modalities.
 
 Inputs come as a dict of batch tensors made by `make_batch` from in-memory feature tensors:
-face (B, T, D) or layer3 maps (B, T, C, H, W) with --finetune layer4; pose (B, K, 17, 2);
+face (B, T, D), or cut inside its backbone with --finetune: layer3 maps (B, T, C, H, W), a ViT's tokens
+(B, T, tokens, D) (the top, fer.train.tops, makes each frame's vector), or every block's pooled vector
+(B, T, L + 1, D) of `--layer all` (--face-layer picks one or mixes them); pose (B, K, 17, 2);
 audio (B, 1024) (one wav2vec2 layer) or (B, T, 64) (a mel sequence); each with its mask.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -16,11 +17,15 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.train.config import WEIGHTED, TrainConfig
 from fer.train.features import ModalityData
-from fer.train.layer_mix import LayerMix, audio_rows, check_weighted
+from fer.train.layer_mix import LayerMix, audio_rows, check_weighted, frame_rows
+from fer.train.tops import ResNetTop, face_cut
 
 AUDIO_DIM = 128
 NO_FACE_DIM = 256
 """Token width when the face is not among the modalities (pose/audio tokens are projected to it)."""
+TOP_NORM_FRAMES = 4096
+"""Frames of the training split whose top outputs set the standardisation of a ViT top (a sample is
+enough)."""
 
 
 def audio_is_sequence(md: ModalityData) -> bool:
@@ -143,7 +148,9 @@ class FerModel(nn.Module):
     """
 
     def __init__(self, cfg: TrainConfig, sets: Mapping[str, ModalityData], *, num_classes: int,
-                 layer4: nn.Module | None = None):
+                 top: nn.Module | None = None, layer4: nn.Module | None = None):
+        """``top`` (fer.train.tops) turns each frame of a face set cut inside its backbone into a vector and
+        trains with the rest; ``layer4`` is ResNet-18's layer4 as such a top."""
         super().__init__()
         self.fusion = cfg.fusion
         self.use_face = "face" in cfg.modalities
@@ -152,25 +159,16 @@ class FerModel(nn.Module):
         self.as_tokens = cfg.fusion in ("none", "transformer")
         fused = self.use_face and len(cfg.modalities) > 1
         self.modality_dropout = cfg.modality_dropout if fused else 0.0
-        self.maps = False
-        self.layer4, self.face_norm = None, None
+        top = ResNetTop(layer4) if layer4 is not None else top
+        self.top, self.face_norm, self.face_mix, self.face_k = None, None, None, None
         d, n_tokens, extra = NO_FACE_DIM, 0, 0
         if self.use_face:
             face = sets["face"]
-            self.maps = face_is_maps(face)
-            if self.maps:
-                if layer4 is None:
-                    raise FerError(f"{face.spec} holds layer3 maps {tuple(face.data.shape[1:])}: train it with --finetune layer4")
-                self.layer4 = layer4
-                d = 512
-            else:
-                if layer4 is not None:
-                    raise FerError(f"--finetune layer4 needs a face feature set of layer3 maps; {face.spec} holds pooled vectors")
-                d = int(face.data.shape[-1])
-                self.face_norm = InputNorm(d)
+            d = self._face_input(cfg, face, top)
             n_tokens += int(face.data.shape[1])
-        elif layer4 is not None:
-            raise FerError("--finetune layer4 trains the face backbone: add face to --modalities")
+        elif top is not None:
+            raise FerError(f"--finetune {cfg.finetune or 'layer4'} trains the face backbone: add face to "
+                           "--modalities")
         if self.use_pose:
             k, j = int(sets["pose"].data.shape[1]), int(sets["pose"].data.shape[2])
             self.pose_proj = nn.Linear(j * 2, d)
@@ -206,16 +204,76 @@ class FerModel(nn.Module):
             nn.Linear(cfg.hidden, num_classes),
         )
 
+    def _face_input(self, cfg: TrainConfig, face: ModalityData, top: nn.Module | None) -> int:
+        """Set up what turns the stored face rows into tokens; return the token width."""
+        cut = face_cut(face.provenance) or {}
+        shape = tuple(face.data.shape[2:])
+        if face_is_maps(face) or cut.get("kind") == "block":
+            if top is None:
+                if face_is_maps(face):
+                    what, how = f"layer3 maps {tuple(face.data.shape[1:])}", "--finetune layer4"
+                else:
+                    what, how = f"a ViT's tokens entering block {cut.get('block')}", "--finetune top"
+                raise FerError(f"{face.spec} holds {what}: train it with {how}")
+            self.top = top
+            self.face_norm = InputNorm(top.width) if top.standardize else None
+            return int(top.width)
+        if top is not None:
+            raise FerError(f"--finetune {cfg.finetune or 'layer4'} needs a face feature set cut inside its "
+                           f"backbone (layer3 maps, or block:K tokens); {face.spec} holds pooled vectors")
+        if cut.get("kind") != "all":
+            if cfg.face_layer is not None:
+                raise FerError(f"--face-layer picks a block of a set extracted with --layer all; {face.spec} "
+                               "holds one pooled vector per frame")
+            self.face_norm = InputNorm(int(shape[-1]))
+            return int(shape[-1])
+        n, width = int(shape[-2]), int(shape[-1])
+        if cfg.face_layer == WEIGHTED:
+            self.face_mix = LayerMix(n, width, InputNorm(n * width))
+        else:
+            k = n - 1 if cfg.face_layer is None else int(cfg.face_layer)
+            if not -n <= k < n:
+                raise FerError(f"--face-layer {k} is out of range: {face.spec} holds blocks 0..{n - 1}")
+            self.face_k = k % n
+            self.face_norm = InputNorm(width)
+        return width
+
     def fit_input_norm(self, chunks: Callable[[str], Iterable[tuple[torch.Tensor, torch.Tensor]]]) -> None:
         """Set the face/audio standardisation from the training split: ``chunks(modality)`` yields its stored
         tokens with their masks a chunk at a time (a batch source's norm_chunks), so one chunk is in memory at once.
 
-        Only what is normalised is asked for: layer3 maps (no face_norm) are never read here.
+        Only what is normalised is asked for: layer3 maps (no face_norm) are never read here. A ViT top's
+        outputs are standardised with the statistics of its untrained outputs on TOP_NORM_FRAMES training
+        frames.
         """
-        if self.face_norm is not None:
+        if self.face_mix is not None:
+            self.face_mix.fit(frame_rows(chunks("face")))
+        elif self.face_norm is not None and self.top is not None:
+            self.face_norm.fit(self._top_outputs(frame_rows(chunks("face"))))
+        elif self.face_norm is not None and self.face_k is not None:
+            self.face_norm.fit((x[:, self.face_k], m) for x, m in frame_rows(chunks("face")))
+        elif self.face_norm is not None:
             self.face_norm.fit(chunks("face"))
         if self.use_audio:
             self.audio_norm.fit(chunks("audio"))
+
+    def _top_outputs(self, frames: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                     ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """(top output (n, D), mask (n,)) of the valid frames of ``frames`` chunks, up to TOP_NORM_FRAMES."""
+        was, seen = self.top.training, 0
+        self.top.eval()
+        try:
+            for x, m in frames:
+                x = x[m][: TOP_NORM_FRAMES - seen]
+                if len(x):
+                    with torch.no_grad():
+                        y = self.top(x.float())
+                    seen += len(y)
+                    yield y, torch.ones(len(y), dtype=torch.bool, device=y.device)
+                if seen >= TOP_NORM_FRAMES:
+                    break
+        finally:
+            self.top.train(was)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Return (B, C) logits (log-softmax is applied in the loss)."""
@@ -224,11 +282,14 @@ class FerModel(nn.Module):
         extras: list[torch.Tensor] = []
         if self.use_face:
             face, fmask = batch["face"], batch["face_mask"]
-            if self.maps:
-                b, t = face.shape[:2]
-                # a mean over the map, not AdaptiveAvgPool2d: its CUDA backward is nondeterministic
-                face = self.layer4(face.flatten(0, 1)).mean(dim=(2, 3)).view(b, t, -1)
-            else:
+            b, t = face.shape[:2]
+            if self.top is not None:
+                face = self.top(face.flatten(0, 1)).view(b, t, -1)
+            elif self.face_mix is not None:
+                face = self.face_mix(face.flatten(0, 1)).view(b, t, -1)
+            elif self.face_k is not None:
+                face = face[:, :, self.face_k]
+            if self.face_norm is not None:
                 face = self.face_norm(face)
             keep = fmask.unsqueeze(-1).to(face.dtype)
             if self.training and self.modality_dropout > 0:
@@ -271,69 +332,3 @@ class FerModel(nn.Module):
             h = h.masked_fill(pad.unsqueeze(-1), 0.0)
             parts = [h.flatten(1), *extras]
         return self.head(torch.cat(parts, dim=1))
-
-
-def _strip_prefix(key: str) -> str:
-    for prefix in ("module.", "backbone."):
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return key
-
-
-def _weights_info(provenance: Mapping[str, Any]) -> tuple[str, str | None]:
-    w = provenance.get("weights", "none")
-    if isinstance(w, Mapping):
-        return str(w.get("id") or "none"), w.get("sha256")
-    return str(w or "none"), provenance.get("weights_sha256")
-
-
-def build_backbone(provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> nn.Module:
-    """The ResNet-18 the layer3 cache was made with (its layer4 is then fine-tuned).
-
-    The provenance's weights id names them, as fer.extract records it: ``random, seed S`` (random init:
-    torch.manual_seed(S) then resnet18()), ``torchvision:ResNet18_Weights.NAME`` (the torch hub cache,
-    offline), or a local file path (state dict, or a checkpoint with a ``backbone``/``model``/``state_dict``
-    entry), checked against the recorded sha256.
-    """
-    import re
-
-    from torchvision.models import ResNet18_Weights, resnet18
-
-    wid, sha = _weights_info(provenance)
-    if wid.lower() in ("none", "random", "") or wid.lower().startswith("random"):
-        m = re.search(r"seed\s*(-?\d+)", wid)
-        seed = int(m.group(1)) if m else int(provenance.get("seed", 0) or 0)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = resnet18(weights=None)
-        log(f"layer4: random init (seed {seed}), as the cache's backbone was")
-        return net
-    path = Path(wid).expanduser()
-    if path.is_file():
-        if sha:
-            from fer.cache.provenance import sha256_file
-
-            if sha256_file(path) != sha:
-                raise FerError(f"{path} changed since the cache was made (sha256 differs): "
-                               "restore the original weights file or re-extract the layer3 features")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        for key in ("backbone", "state_dict", "model"):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-        state = {_strip_prefix(k): v for k, v in state.items()}
-        net = resnet18(weights=None)
-        missing, _ = net.load_state_dict(state, strict=False)
-        if any(k.startswith("layer4.") for k in missing):
-            raise FerError(f"{path} holds no ResNet-18 layer4 weights: the cache's provenance names the wrong file")
-        log(f"layer4: initialised from {path}")
-        return net
-    name = wid.split(".")[-1] if wid.startswith("torchvision:") else wid
-    name = "IMAGENET1K_V1" if name.lower() in ("imagenet", "default") else name
-    try:
-        net = resnet18(weights=ResNet18_Weights[name])
-    except Exception as e:  # offline without the cached file, or an unknown id
-        raise FerError(f"cannot load the ResNet-18 weights {wid} the cache was made with ({type(e).__name__}): "
-                       "run `fer weights fetch` on a machine with internet and copy TORCH_HOME here") from None
-    log(f"layer4: initialised from torchvision {name}")
-    return net

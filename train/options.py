@@ -15,7 +15,8 @@ from typing import Any
 
 from fer.cache.errors import FerError
 from fer.options import ConfigOption, Parser, config_from, options_of
-from fer.train.config import TrainConfig, parse_audio_layer, parse_augment, parse_folds, parse_modalities
+from fer.train.config import (TrainConfig, parse_audio_layer, parse_augment, parse_face_layer, parse_folds,
+                              parse_modalities)
 from fer.train.sweep import SweepConfig
 
 FLAGS = {"folds": "--fold"}
@@ -28,6 +29,7 @@ TUPLES: dict[str, Parser] = {
 """Tuple fields: the parser of their text, and the text's form."""
 PARSED: dict[str, Parser] = {
     "audio_layer": (parse_audio_layer, "a layer index, last, or weighted"),
+    "face_layer": (parse_face_layer, "a block index, last, or weighted"),
 }
 """Other fields whose text has its own parser (their type is a union the annotation cannot say how to read)."""
 SINGLE_IN_SWEEP = {"out", "resume", "device", "plots", "face", "pose", "audio", "allow_incomplete", "finetune", "stream"}

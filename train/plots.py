@@ -244,10 +244,12 @@ def write_plots(run_dir: Path) -> list[Path]:
         history = read_history(history_path)
         if history:
             written.append(plot_curves(history, f"{name}: training curves", plots / "curves.png"))
-    layer_weights = {}
-    for p in sorted(run_dir.glob("layer_weights_fold*.json")):
-        doc = json.loads(p.read_text())
-        layer_weights[int(doc["fold"])] = [float(x) for x in doc["weights"]]
-    if layer_weights:
-        written.append(plot_layer_weights(layer_weights, f"{name}: learned audio layer weights", plots / "layer_weights.png"))
+    for modality, prefix in (("audio", ""), ("face", "face_")):
+        layer_weights = {}
+        for p in sorted(run_dir.glob(f"{prefix}layer_weights_fold*.json")):
+            doc = json.loads(p.read_text())
+            layer_weights[int(doc["fold"])] = [float(x) for x in doc["weights"]]
+        if layer_weights:
+            written.append(plot_layer_weights(layer_weights, f"{name}: learned {modality} layer weights",
+                                              plots / f"{prefix}layer_weights.png"))
     return written

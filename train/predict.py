@@ -15,6 +15,7 @@ from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
 from fer.train.fit import predict
 from fer.train.model import FerModel
+from fer.train.tops import build_top
 
 
 def run_features(run_dir: str | Path) -> dict[str, dict[str, Any]]:
@@ -70,18 +71,20 @@ def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, 
     # the run's frame plan (segment centres of an all-frame set, its evaluated views averaged), on the CPU
     source = MemorySource(sets, cfg, frame_plans(sets, cfg), torch.device("cpu"))
     probs = []
+    # the frozen bottom made the inputs (clip_features, from the face set's provenance); a fine-tuned top is
+    # rebuilt from the same weights once, and each fold's adapted weights are loaded into it
+    top = None
+    if cfg.finetune:
+        top = build_top(cfg.finetune, sets["face"].provenance, lora=cfg.lora, log=lambda _: None)
     for path in _checkpoints(run_dir, fold):
         ck = torch.load(path, map_location="cpu", weights_only=True)
         if not ck.get("complete"):
             continue  # an interrupted fold: its last epoch is not a selected model
-        layer4 = None
-        if cfg.finetune == "layer4":
-            from torchvision.models import resnet18
-
-            layer4 = resnet18(weights=None).layer4
-        model = FerModel(cfg, source.model_sets, num_classes=len(classes), layer4=layer4)
+        model = FerModel(cfg, source.model_sets, num_classes=len(classes), top=top)
+        # runs from before tops kept ResNet-18's layer4 under "layer4."
+        state = {("top." + k if k.startswith("layer4.") else k): v for k, v in ck["model"].items()}
         try:
-            model.load_state_dict(ck["model"])
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise FerError(f"{path} does not fit the run's config ({len(classes)} classes, its feature widths): "
                            f"the run folder was changed after training ({str(e).splitlines()[0][:120]})") from None

@@ -189,12 +189,15 @@ def make_source(features: LoadedFeatures, cfg: TrainConfig, plans: dict, device:
     return MemorySource(features.sets, cfg, plans, device, on_device=on_device)
 
 
-def _backbone(cfg: TrainConfig, features: LoadedFeatures, log: Log) -> torch.nn.Module | None:
-    if cfg.finetune != "layer4":
+def _backbone(cfg: TrainConfig, features: LoadedFeatures, fold: int, log: Log) -> torch.nn.Module | None:
+    """The fold's fresh trainable top (--finetune), from the weights the face set was made with."""
+    if cfg.finetune is None:
         return None
-    from fer.train.model import build_backbone
+    from fer.train.fit import fold_seed
+    from fer.train.tops import build_top
 
-    return build_backbone(features.sets["face"].provenance, log)
+    return build_top(cfg.finetune, features.sets["face"].provenance, lora=cfg.lora,
+                     seed=fold_seed(cfg.seed, fold), log=log)
 
 
 def train_run(cfg: TrainConfig, store_path: str | os.PathLike, *, features: LoadedFeatures | None = None,
@@ -287,16 +290,19 @@ def _train_in(out: Path, cfg: TrainConfig, store_path: str | os.PathLike, class_
                 _write_history(out / "history.csv", done_rows + rows)
 
             res: FoldResult = fit_fold(cfg, features, source, split, device, checkpoint=out / f"checkpoint_fold{fold}.pt",
-                                       backbone=_backbone(cfg, features, log), resume=cfg.resume, on_epoch=on_epoch, log=log)
+                                       backbone=_backbone(cfg, features, fold, log), resume=cfg.resume,
+                                       on_epoch=on_epoch, log=log)
             history = done_rows + res.history
             _write_history(out / "history.csv", history)
             np.savez(out / f"predictions_fold{fold}.npz", ids=np.asarray(res.ids, dtype=str), probs=res.probs,
                      labels=res.labels)
             fold_metrics[str(fold)] = res.metrics
-            if cfg.audio_layer == "weighted":
+            if "weighted" in (cfg.audio_layer, cfg.face_layer):
                 from fer.train.layer_mix import write_layer_weights
 
-                write_layer_weights(out, fold, features.sets["audio"].spec if "audio" in features.sets else None)
+                for m in ("audio", "face"):
+                    if getattr(cfg, f"{m}_layer") == "weighted" and m in cfg.modalities:
+                        write_layer_weights(out, fold, features.sets[m].spec, m)
             _write_json(out / "resources.json", {**resources, "peak_rss_bytes": peak_rss()})
             _write_json(partial, metrics_summary(fold_metrics, cfg, features.class_names, features.fold_names))
             log(f"fold {fold}: test WAR {100 * res.metrics['war']:.2f}  UAR {100 * res.metrics['uar']:.2f} "

@@ -51,8 +51,11 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
                         size: int | None = None, seed: int = 0,
                         transforms: str | None = None) -> ImageEncoder:
     """The image encoder ``backbone`` names, built by its face family (fer.extract.backbones.families):
-    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``transforms`` names
-    whose preprocessing to use, for the families that take it."""
+    ``resnet18``, a torchvision model name, ``hf:<id|folder>``, ``timm:<name>`` ...; ``layer``
+    ``block:K``/``all`` cuts a vision transformer (fer.extract.backbones.vit_cut); ``weights`` may be a
+    `fer train` checkpoint whose backbone (or ViT top) was fine-tuned on one fold (recorded as such);
+    ``transforms`` names whose preprocessing to use, for the families that take it."""
+    from fer.extract.backbones import vit_cut
     from fer.extract.backbones.families import FAMILIES, family_of, normalize_backbone
 
     if size is not None and not 32 <= size <= 1024:
@@ -60,14 +63,25 @@ def build_image_encoder(backbone: str = "resnet18", weights: str | None = None, 
     backbone = normalize_backbone(backbone)
     family = family_of("face", backbone)
     check_family(family, backbone, layer=layer)
-    if transforms is None:
-        return family.build(family.model_name(backbone), weights, layer, size, seed)
-    if family.transforms is None:
+    if transforms is not None and family.transforms is None:
         takes = "; ".join(f"{f.name}: {f.transforms}" for f in FAMILIES
                           if f.transforms and "face" in f.modalities)
         raise FerError(f"--transforms does not apply to {backbone}, whose preprocessing is fixed; it applies "
                        f"to {takes}")
-    return family.build(family.model_name(backbone), weights, layer, size, seed, transforms=transforms)
+    more = {} if transforms is None else {"transforms": transforms}
+    cut = vit_cut.is_cut(layer)
+    own = vit_cut.base_layer(str(layer)) if cut else layer
+    name = family.model_name(backbone)
+    ck = vit_cut.trained_checkpoint(weights)
+    base = vit_cut.adapted_base(ck, backbone, str(weights)) if ck is not None else None
+    if base is not None:  # a ViT top adapted by `fer train --finetune top`: its base first, then the top
+        enc = family.build(name, base.get("weights"), own, size, int(base.get("seed") or 0), **more)
+        enc = vit_cut.adapt(enc, ck, str(weights))
+    else:
+        enc = family.build(name, weights, own, size, seed, **more)
+        if ck is not None:
+            enc.extra["finetuned_on_fold"] = int(ck["finetuned_on_fold"])
+    return vit_cut.cut_encoder(enc, str(layer)) if cut else enc
 
 
 class FaceExtractor(Extractor):
@@ -109,9 +123,11 @@ class FaceExtractor(Extractor):
         self.flip, self.frame_batch = bool(flip), frame_batch
         if self.all_frames and self.is_maps:
             mb = math.prod(self.row_shape) * 2 / 2**20
-            raise FerError(f"--frames all stores pooled vectors only: {self.layer} maps of up to {self.tokens} frames"
+            kind = "tokens" if len(self.encoder.out_shape) == 2 else "maps"
+            raise FerError(f"--frames all stores pooled vectors only: {self.layer} {kind} of up to "
+                           f"{self.tokens} frames"
                            f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
-                           "--frames 16 (for --finetune layer4), or every frame with --layer pool")
+                           "--frames 16 (for --finetune layer4|top), or every frame with --layer pool")
         self.requested_precision = precision
         self.precision_check: dict[str, Any] | None = None
         self.device = torch.device("cpu")
@@ -142,8 +158,9 @@ class FaceExtractor(Extractor):
 
     @property
     def is_maps(self) -> bool:
-        """True when rows hold intermediate maps (C, H, W) per frame rather than vectors."""
-        return len(self.encoder.out_shape) == 3
+        """True when rows hold an array per frame (layer3 maps (C, H, W), a ViT's tokens (tokens, D)) rather
+        than one vector; ``--layer all``'s per-block vectors (L + 1, D) are small and count as vectors."""
+        return len(self.encoder.out_shape) == 3 or (len(self.encoder.out_shape) == 2 and self.layer != "all")
 
     def provenance(self) -> dict[str, Any]:
         e = self.encoder

@@ -9,6 +9,7 @@ other part of fer, so any family module can import it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -16,11 +17,12 @@ WILDCARD = "*"
 
 
 def cut_matches(name: str, layer: str) -> bool:
-    """True when ``--layer layer`` is the cut ``name``; a name ending in ``:K`` stands for every non-negative
-    integer K (``block:3`` is the cut ``block:K``)."""
+    """True when ``--layer layer`` is the cut ``name``; a name ending in ``:K`` stands for every integer K,
+    negative from the end, optionally followed by ``:<variant>`` (``block:3``, ``block:-2`` and
+    ``block:11:proj`` are the cut ``block:K``)."""
     if name.endswith(":K"):
         head, _, k = layer.partition(":")
-        return head == name[:-2] and k.isdigit()
+        return head == name[:-2] and re.fullmatch(r"-?\d+(:[a-z]+)?", k) is not None
     return layer == name
 
 
@@ -30,7 +32,8 @@ class Cut:
 
     name: str
     """The ``--layer`` value and spec token: ``pool``, ``layer3`` ...; a name ending in ``:K`` (``block:K``)
-    stands for every non-negative integer K (``block:0``, ``block:11``)."""
+    stands for every integer K, negative from the end, optionally followed by ``:<variant>`` (``block:0``,
+    ``block:-2``, ``block:11:proj``)."""
     output: str
     """What one frame's row holds when the model is cut here, e.g. ``pooled 512-d vector``."""
     above: str = ""

@@ -23,6 +23,7 @@ from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
 from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import ImageEncoder, check_layer, slug, with_transforms
+from fer.extract.backbones.vit_cut import VIT_CUTS
 from fer.extract.backbones.weights import offline, random_init
 
 
@@ -267,7 +268,7 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     cfg = load_config(source, backbone_arg)
     mtype = str(cfg.model_type)
     is_clip = mtype in CLIP_TYPES
-    cuts = [c.name for c in HF_VISION.cuts]
+    cuts = [c.name for c in HF_VISION.cuts[:2]]  # the model's own outputs; block:K and all: vit_cut cuts it
     layer = check_layer(layer, cuts if is_clip else cuts[:1], f"{backbone_arg} ({mtype})")
     cls = (CLIPVisionModelWithProjection if layer == "proj" else CLIPVisionModel) if is_clip else AutoModel
     w = (weights or "").strip().lower()
@@ -326,7 +327,7 @@ HF_VISION = Family(
     build=hf_vision_encoder, spec="face.hf-<model type>.<hub name | folder-sha8>.<layer>.<size>.<frames>f",
     fetch=fetch_hub, cached=hub_cached, folders=True,
     cuts=(Cut("pool", "pooled embedding (CLS token, or the model's normalised pooler output)"),
-          Cut("proj", "CLIP models only: the projected image embedding (image_embeds)")),
+          Cut("proj", "CLIP models only: the projected image embedding (image_embeds)"), *VIT_CUTS),
     top="the model's own output; its image processor's preprocessing",
     transforms="a model (hub id or folder) whose image processor to use",
 )

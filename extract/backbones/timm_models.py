@@ -29,6 +29,7 @@ from fer.extract.backbones.image import (
 from fer.extract.backbones.weights import (
     hashed_tag, hub_checkpoint_dir, load_checked, offline, random_init, read_state_dict,
 )
+from fer.extract.backbones.vit_cut import VIT_CUTS
 
 LEFTOVER = ("head.", "decoder", "mask_token")
 """Checkpoint keys fer does not need: the classifier, and MAE's pre-training decoder."""
@@ -100,7 +101,7 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch.split('_')[0]}*")[:5]
         raise FerError(f"unknown timm model {name!r}" + (f" (e.g. {', '.join(close)})" if close else ""))
-    check_layer(layer, [c.name for c in TIMM.cuts], f"timm:{name}")
+    check_layer(layer, [c.name for c in TIMM.cuts[:1]], f"timm:{name}")  # block:K and all: vit_cut
     kw: dict[str, Any] = {"num_classes": 0}
     if size:
         kw["img_size"] = size
@@ -231,7 +232,7 @@ TIMM = Family(
     name="timm", modalities=("face",), pattern="timm:*", help="timm:<model name>", build=timm_encoder,
     spec="face.timm-<model>.<weights>.pool.<size>.<frames>f", fetch=fetch_pretrained,
     cached=pretrained_cached,
-    cuts=(Cut("pool", "pooled pre-logits feature"),),
+    cuts=(Cut("pool", "pooled pre-logits feature"), *VIT_CUTS),
     top="the classifier head (num_classes=0), removed; the pretrained config's preprocessing",
     transforms="a pretrained tag of the architecture whose config preprocesses, e.g. mae",
 )

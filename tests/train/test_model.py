@@ -6,7 +6,8 @@ import torch
 from fer.cache.errors import FerError
 from fer.train.config import TrainConfig
 from fer.train.features import ModalityData
-from fer.train.model import FerModel, build_backbone, make_batch
+from fer.train.model import FerModel, make_batch
+from fer.train.tops import build_backbone
 
 
 def _sets(n=6, d=32, audio="w2v", maps=False):

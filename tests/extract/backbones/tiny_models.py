@@ -39,6 +39,19 @@ def dinov2(folder: Path) -> Path:
     return folder
 
 
+def vit(folder: Path, layers: int = 3) -> Path:
+    """A ViT (32 px, patch 8, width 32, ``layers`` blocks) with its ViTImageProcessor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
+                    image_size=32, patch_size=8)
+    torch.manual_seed(0)
+    ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    processor = ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    processor.save_pretrained(folder)
+    return folder
+
+
 def torchvision_state_dict(path: Path, name: str = "mobilenet_v3_small") -> Path:
     """A torchvision model's full state dict (classifier included), as `torch.save(model.state_dict())` writes it.
 
