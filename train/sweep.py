@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -102,17 +102,16 @@ def is_complete(run_dir: Path) -> bool:
 
 
 def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
-          log: Log = print) -> list[Path]:
+          log: Log = print, engine: Any = None) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete, and points another process
     is running), then prints the comparison table of the complete points, which names the best point by
-    validation UAR, and writes it to out_dir/report.md.
+    validation UAR, and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
+    points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay here.
     """
-    from fer.train.disk import try_run_folder
     from fer.train.features import load_features
     from fer.train.report import report
-    from fer.train.run import train_run
 
     out_dir = Path(out_dir)
     configs = plan(grid, base, out_dir, log=log)
@@ -124,35 +123,22 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
         loaded: dict[tuple[str, ...], Any] = {}
-        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
         def features_for(cfg: TrainConfig) -> Any:
-            # Without --allow-incomplete every chosen set has all fold rows done, so the union of
-            # modalities can be loaded once and shared. With it, the rows kept depend on the
-            # modalities loaded, so each distinct modality set is loaded (once) on its own.
-            key = union if not base.allow_incomplete else tuple(cfg.modalities)
+            key = features_key(cfg, base, todo)
             if key not in loaded:
                 log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
                 loaded[key] = load_features(str(store_path), key, specs=specs, allow_incomplete=base.allow_incomplete,
                                             stream=base.stream, log=log)
             return loaded[key]
 
-        for i, cfg in enumerate(todo, 1):
-            run = Path(cfg.out)
-            lock = try_run_folder(run)
-            if isinstance(lock, Holder):
-                log(f"sweep: [{i}/{len(todo)}] {run.name} is being run by {lock}: left to it")
-                others[run.name] = lock
-                continue
-            with lock:  # held through train_run, which takes it again
-                if is_complete(run):  # another sweep finished it after this one looked
-                    log(f"sweep: [{i}/{len(todo)}] {run.name} was completed by another process")
-                    continue
-                started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-                log(f"sweep: [{i}/{len(todo)}] {run.name}" + (" (resuming)" if started else ""))
-                # a point killed mid-run continues from its finished folds and last checkpoint
-                cfg = replace(cfg, resume=started)
-                train_run(cfg, str(store_path), features=features_for(cfg), log=log)
+        if engine is not None:
+            others = engine.run(todo, str(store_path), features_for, out_dir, log=log)
+        else:
+            for i, cfg in enumerate(todo, 1):
+                holder = run_unit(cfg, str(store_path), features_for, log, f"[{i}/{len(todo)}]")
+                if holder is not None:
+                    others[Path(cfg.out).name] = holder
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
     running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
@@ -167,3 +153,63 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         os.replace(tmp, out_dir / "report.md")
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs
+
+
+def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig]) -> tuple[str, ...]:
+    """The modalities loaded for ``cfg``. Without --allow-incomplete every chosen set has all fold rows done,
+    so the union of the points' modalities is loaded once and shared. With it, the rows kept depend on the
+    modalities loaded, so each distinct modality set is loaded (once) on its own."""
+    if base.allow_incomplete:
+        return tuple(cfg.modalities)
+    return tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
+
+
+def run_unit(cfg: TrainConfig, store_path: str, features_for: Callable[[TrainConfig], Any], log: Log = print,
+             tag: str = "") -> Holder | None:
+    """Train one unit of the sweep (a grid point) in this process, which owns its run folder meanwhile;
+    returns who holds the folder when another process does (the point is left to it). A point killed mid-run
+    continues from its finished folds and last checkpoint; one another process completed is passed over."""
+    from fer.train.disk import try_run_folder
+    from fer.train.run import train_run
+
+    run = Path(cfg.out)
+    lock = try_run_folder(run)
+    if isinstance(lock, Holder):
+        log(f"sweep: {tag} {run.name} is being run by {lock}: left to it")
+        return lock
+    with lock:  # held through train_run, which takes it again
+        if is_complete(run):  # another sweep finished it after this one looked
+            log(f"sweep: {tag} {run.name} was completed by another process")
+            return None
+        started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
+        log(f"sweep: {tag} {run.name}" + (" (resuming)" if started else ""))
+        train_run(replace(cfg, resume=started), store_path, features=features_for(cfg), log=log)
+    return None
+
+
+@dataclass
+class SweepConfig:
+    """Settings of `fer sweep` itself, beside each point's TrainConfig: where the points run."""
+
+    engine: str = "process"
+    """process | ray: the grid points one after another in this process, or side by side as Ray tasks on a
+    local Ray instance or a cluster (the features loaded once and shared through Ray's object store; the sweep
+    folder on a shared filesystem). Needs the ray extra."""
+    gpus_per_run: float = 0.0
+    """With --engine ray: GPUs each grid point holds; a fraction (0.25) lets several small runs share one GPU,
+    0 trains on CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    instance started and stopped by this command."""
+
+    def runner(self) -> Any:
+        """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError
+        for options that do not go with the engine chosen."""
+        from fer.ray_session import wants_ray
+
+        ray_only = {"--gpus-per-run": self.gpus_per_run, "--ray-address": self.ray_address}
+        if not wants_ray(self.engine, ray_only):
+            return None
+        from fer.train.ray_sweep import RaySweep
+
+        return RaySweep(self.ray_address, self.gpus_per_run)
