@@ -9,7 +9,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/pip install -q torch torchvision
-	$(BIN)/pip install -q -e ".[test,lora]"
+	$(BIN)/pip install -q -e ".[test,lora,ray]"  # lora, ray: the --lora and --engine ray tests run in CI too
 	$(BIN)/pip install -q --no-deps "facenet-pytorch==2.6.0"  # MTCNN weights for `fer data faces`; --no-deps: it pins torch<2.3
 	touch $(STAMP)
 

@@ -103,6 +103,13 @@ def _train_options():
     return config_options()
 
 
+def _sweep_options():
+    """TrainConfig's options (grid axes) and the sweep's own (SweepConfig: where the points run)."""
+    from fer.train.options import config_options, sweep_options
+
+    return config_options() + sweep_options()
+
+
 def _argument(name: str, tp: Any, help_: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
                              default=typer.Argument(..., help=help_))
@@ -276,16 +283,18 @@ _SWEEP_OUT = inspect.Parameter(
                          "the same --out to resume a killed sweep."))
 
 
-@_options_command(app, "sweep", _train_options, args=[_STORE, _SWEEP_OUT], sweep=True, skip=("resume",))
+@_options_command(app, "sweep", _sweep_options, args=[_STORE, _SWEEP_OUT], sweep=True, skip=("resume",))
 def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
-    from fer.train.options import config_from_options, option, parse_grid
+    from fer.train.options import config_from_options, option, parse_grid, sweep_config, sweep_options
     from fer.train.sweep import sweep
 
+    own = sweep_config({o.name: options.pop(o.name) for o in sweep_options()})
     texts = {k: v for k, v in options.items() if option(k).sweepable}
     grid, single = parse_grid(texts)
     base = config_from_options({**{k: v for k, v in options.items() if k not in texts}, **single})
-    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")))
+    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")),
+          engine=None if own.dry_run else own.runner(), dry_run=own.dry_run)
 
 
 # ---------------------------------------------------------------- cache

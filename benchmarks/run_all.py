@@ -6,7 +6,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SCRIPTS = ["bench_store.py", "bench_extract.py", "bench_extract_media.py", "bench_train.py", "bench_stream.py",
-           "bench_precision.py", "bench_backbones.py", "bench_faces.py", "bench_augment.py",
+           "bench_precision.py", "bench_backbones.py", "bench_faces.py", "bench_augment.py", "bench_ray.py",
            "bench_vit_top.py"]
 
 if __name__ == "__main__":

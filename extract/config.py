@@ -121,13 +121,62 @@ def check_run_settings(batch_size: int = 1, workers: int | None = None, limit: i
 
 
 # ---------------------------------------------------------------- fer extract
+# ---------------------------------------------------------------- where a run's clips run (both commands)
+class EngineChoice:
+    """What `fer extract` and `fer data faces` do with their ``engine``, ``actors`` and ``ray_address``
+    fields (each command's own, with its own help): run the clips in this process, or on Ray."""
+
+    engine: str
+    actors: str | None
+    ray_address: str | None
+
+    def uses_ray(self, shard: str | None, workers: int | None) -> bool:
+        """True for ``--engine ray``; FerError for options that do not go with the engine chosen."""
+        import os
+
+        from fer.ray_session import wants_ray
+
+        if not wants_ray(self.engine, {"--actors": self.actors, "--ray-address": self.ray_address}):
+            return False
+        if shard or os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+            raise FerError("--engine ray schedules every clip itself: leave out --shard and run one fer, not "
+                           "torchrun")
+        if workers is not None:
+            raise FerError("--workers is for --engine process; on Ray, decoding runs in Ray's own tasks")
+        parse_actors(self.actors)
+        return True
+
+    def ray_engine(self, device: str) -> Any:
+        """The RayEngine these settings ask for (actors on ``device``), or None for ``--engine process``."""
+        if (self.engine or "process").strip().lower() != "ray":
+            return None
+        from fer.extract.ray_engine import RayEngine
+
+        return RayEngine(self.ray_address, parse_actors(self.actors), device)
+
+
+def parse_actors(text: str | None) -> tuple[int, int] | None:
+    """``"MIN,MAX"`` or ``"N"`` -> (min, max) model actors; None for the default; FerError when malformed."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        parts = [int(p) for p in str(text).split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or parts[0] < 1 or parts[1] < parts[0]:
+        raise FerError(f"--actors {text!r} is not MIN,MAX (e.g. 1,4) or N with 1 <= MIN <= MAX")
+    return parts[0], parts[1]
+
+
 BUILD_FIELDS = ("modality", "backbone", "weights", "layer", "size", "frames", "max_frames", "flip", "seed",
                 "precision", "transforms")
 """The fields that build the extractor (make_extractor's arguments, recorded in the feature set)."""
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(EngineChoice):
     """Settings of one `fer extract` run (one backbone over every clip into one feature set)."""
 
     modality: str
@@ -193,6 +242,17 @@ class ExtractConfig:
     """Chunk size in MB when the feature set is created."""
     progress: bool = True
     """Show a progress bar."""
+    engine: str = "process"
+    """process | ray: process = this process and its decoding workers (one process per rank under torchrun or
+    --shard); ray = Ray Data: decoding in CPU tasks, the backbone in a pool of actors that load it once (one
+    GPU each where there are GPUs), on a local instance or a cluster; this process writes the store. Needs
+    the ray extra."""
+    actors: str | None = None
+    """With --engine ray: MIN,MAX backbone actors (or N), the pool growing and shrinking between them.
+    Default: 1 to one per GPU, or to half the CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    instance started and stopped by this command."""
 
     def __post_init__(self) -> None:
         if self.frames is not None:
@@ -206,6 +266,7 @@ class ExtractConfig:
         if self.modality not in MODALITIES:
             raise FerError(f"unknown modality {self.modality!r}; choose from {', '.join(MODALITIES)}")
         check_run_settings(self.batch_size, self.workers, self.limit)
+        self.uses_ray(self.shard, self.workers)
         if self.chunk_mb is not None and self.chunk_mb <= 0:
             raise FerError(f"--chunk-mb must be > 0, got {self.chunk_mb}")
         if self.shard:
@@ -251,7 +312,7 @@ def extract_config(values: dict[str, Any]) -> ExtractConfig:
 
 # ---------------------------------------------------------------- fer data faces
 @dataclass
-class FacesConfig:
+class FacesConfig(EngineChoice):
     """Settings of one `fer data faces` run (the main face of every video, aligned into frame folders)."""
 
     size: int = 224
@@ -268,6 +329,16 @@ class FacesConfig:
     """Frames per detector pass. [default: 8 on CPU, 32 on GPU]"""
     progress: bool = True
     """Show a progress bar."""
+    engine: str = "process"
+    """process | ray: process = this process and its decoding workers (one process per shard); ray = Ray
+    Data: decoding in CPU tasks, face detection and alignment in a pool of actors (one GPU each where there
+    are GPUs), on a local instance or a cluster; this process writes OUT. Needs the ray extra."""
+    actors: str | None = None
+    """With --engine ray: MIN,MAX detector actors (or N), the pool growing and shrinking between them.
+    Default: 1 to one per GPU, or to half the CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    Ray instance that this command starts and stops."""
 
     def __post_init__(self) -> None:
         self.frames = parse_frames(self.frames)
@@ -278,6 +349,7 @@ class FacesConfig:
 
         check_size(self.size)
         check_run_settings(workers=self.workers)
+        self.uses_ray(self.shard, self.workers)
         if self.batch is not None and self.batch < 1:
             raise FerError(f"--batch must be >= 1, got {self.batch}")
         if self.shard:

@@ -43,7 +43,9 @@ def extract_dataset(root: str | Path, cfg: ExtractConfig) -> ExtractSummary:
     store_path = cfg.store or str(default_store_path(root, cfg.format))
     check_store_format(store_path, cfg.format)
     dataset = load_dataset(root, layout=cfg.layout, classes=parse_classes(cfg.classes))
-    extractor = make_extractor(device=cfg.device, **cfg.build_args())
+    engine = cfg.ray_engine(cfg.device)
+    # on Ray the model is built here on the CPU and sent to the actors, which move it to their own device
+    extractor = make_extractor(device="cpu" if engine else cfg.device, **cfg.build_args())
     # `--precision auto` checks its guess on the first batch of clips before the spec (which names it) is used
     extractor.settle_precision(dataset.records, clips=cfg.batch_size, started=store_specs(store_path))
     return run_extraction(
@@ -54,6 +56,7 @@ def extract_dataset(root: str | Path, cfg: ExtractConfig) -> ExtractSummary:
         limit=cfg.limit,
         progress=cfg.progress,
         chunk_bytes=cfg.chunk_bytes(),
+        engine=engine,
     )
 
 
@@ -70,6 +73,7 @@ def run_extraction(
     command: str | None = None,
     chunk_bytes: int | None = None,
     start_method: str | None = None,
+    engine: Any = None,
 ) -> ExtractSummary:
     """Extract every row this shard owns that is not done yet; returns what happened.
 
@@ -77,8 +81,11 @@ def run_extraction(
     ``limit`` caps the rows tried in this call. ``command`` (the command line) goes into provenance.
     ``chunk_bytes`` sets the chunk size when the feature set is created (store default otherwise).
     ``start_method`` starts the decoding workers (default: worker_start_method for the extractor's device).
-    A store inside the dataset folder is refused. When every row this shard owns is already done, the store is
-    only read (no lock file, no write), so a finished set on a read-only store is a no-op.
+    ``engine`` (e.g. fer.extract.ray_engine.RayEngine) decodes and runs the model elsewhere and feeds this
+    run's writing (``engine.extract``); everything else (todo list, skip-finished, failure records,
+    provenance, summary) stays here. A store inside the dataset folder is refused. When every row this shard
+    owns is already done, the store is only read (no lock file, no write), so a finished set on a read-only
+    store is a no-op.
     Failed clips are recorded in the store with their reasons and left not-done. Ctrl-C / SIGTERM
     flush every finished row and return with ``interrupted=True``.
     """
@@ -106,7 +113,10 @@ def run_extraction(
             from fer.extract.store_size import check_room
 
             check_room(store_path, spec, row_shape, len(todo))
-        if len(todo):
+        if len(todo) and engine is not None:
+            engine.extract(extractor, dataset, todo, EmbedWork(extractor, writer, todo, summary), summary,
+                           batch_size=batch_size, progress=progress)
+        elif len(todo):
             batches = clip_batches(
                 # workers get a model-free loader: never the CUDA model (it is pickled under spawn/forkserver)
                 extractor.loader() if workers > 0 else extractor, dataset.records, todo,
@@ -115,8 +125,8 @@ def run_extraction(
             )
             work = EmbedWork(extractor, writer, todo, summary)
             run_clip_loop(batches, work, summary, total=len(todo), progress=progress, workers=workers)
-            if summary.row_info:
-                merge_row_info(store, writer, summary.row_info)
+        if summary.row_info:
+            merge_row_info(store, writer, summary.row_info)
     finally:
         writer.close()
         store.close()
@@ -137,10 +147,16 @@ class EmbedWork(ClipWork):
         t1 = time.perf_counter()
         results = embed_safe(self.extractor, [b for b in batch if b.ok], strict=first)
         self.summary.model_s += time.perf_counter() - t1
+        self.record(batch, results, row_notes(self.extractor, batch))
+
+    def record(self, batch: list[Loaded], results: dict[int, Any], notes: dict[int, str]) -> None:
+        """Each clip of the batch into the summary and its chunk's buffer: ``results`` (row -> (data, mask),
+        or a failure reason) for the clips that loaded, ``notes`` (row -> how the clip was read) where there
+        is one."""
         for b in batch:
             res = results.get(b.row) if b.ok else None
             if isinstance(res, tuple):
-                note = self.extractor.row_info(b.item)
+                note = notes.get(b.row)
                 if note:
                     self.summary.row_info[b.clip_id] = note
                 self.summary.done += 1
@@ -156,3 +172,9 @@ class EmbedWork(ClipWork):
         finally:
             self.writes.close()
             self.summary.write_s = self.writes.seconds
+
+
+def row_notes(extractor: Extractor, batch: list[Loaded]) -> dict[int, str]:
+    """row -> the extractor's note on how the clip was read, for the loaded clips that have one."""
+    notes = {b.row: extractor.row_info(b.item) for b in batch if b.ok}
+    return {row: note for row, note in notes.items() if note}

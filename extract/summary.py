@@ -43,6 +43,8 @@ class RunSummary:
     """Time in the model (for faces: detection, tracking and alignment)."""
     interrupted: bool = False
     """Stopped by Ctrl-C / SIGTERM; finished rows were flushed."""
+    engine: str = ""
+    """Where the clips were decoded and run when not in this process (``--engine ray``): one summary line."""
 
     @property
     def clips_per_s(self) -> float:
@@ -85,9 +87,12 @@ class ExtractSummary(RunSummary):
             lines.append(
                 f"time: model {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s, "
                 f"decoding {self.load_s:.1f} s "
-                + (f"in {self.workers} worker(s)" if self.workers else "in the main process")
+                + ("in Ray tasks" if self.engine else f"in {self.workers} worker(s)" if self.workers
+                   else "in the main process")
                 + f", writing {self.write_s:.1f} s in background"
             )
+        if self.engine:
+            lines.append(self.engine)
         if self.row_info:  # e.g. frames sampled to the cap, or read from the video: said, not only stored
             cid, note = next(iter(self.row_info.items()))
             clips = f"{len(self.row_info)} clip{'s were' if len(self.row_info) > 1 else ' was'}"

@@ -80,3 +80,23 @@ def global_state_unchanged(request):
         what = ", ".join(f"environment ({', '.join(env)})" if k == "environment"
                          else f"{k} ({before[k]} -> {after[k]})" for k in changed)
         pytest.fail(f"{request.node.nodeid} left global settings changed: {what}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray instance for the whole test session (starting one takes 10-20 s on 2 loaded cores): 2
+    CPUs, a small object store, no dashboard, workers' output kept in Ray's logs. Yields its address, which a
+    `fer` subprocess joins through RAY_ADDRESS; fer's own sessions in this process use it and leave it be."""
+    import logging
+
+    import ray
+
+    env = dict(os.environ)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=160 * 2**20,
+             logging_level=logging.ERROR)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        os.environ.clear()  # ray.init sets a few variables of its own (RAY_AUTH_MODE, ...)
+        os.environ.update(env)

@@ -9,6 +9,7 @@ into its options; nothing here imports it.
 
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import lru_cache
 from typing import Any
 
@@ -16,6 +17,7 @@ from fer.cache.errors import FerError
 from fer.options import ConfigOption, Parser, config_from, options_of
 from fer.train.config import (TrainConfig, parse_audio_layer, parse_augment, parse_face_layer, parse_folds,
                               parse_modalities)
+from fer.train.sweep import SweepConfig
 
 FLAGS = {"folds": "--fold"}
 SHORT = {"modalities": "-m", "out": "-o"}
@@ -40,6 +42,17 @@ def config_options(cls: type = TrainConfig) -> tuple[ConfigOption, ...]:
     """Every field of TrainConfig (or a subclass) as an option, in field order."""
     return options_of(cls, flags=FLAGS, short=SHORT, tuples=TUPLES, parsed=PARSED, empty={"folds": "all"},
                       single=SINGLE_IN_SWEEP)
+
+
+@lru_cache(maxsize=1)
+def sweep_options() -> tuple[ConfigOption, ...]:
+    """`fer sweep`'s own options (SweepConfig: where the points run), taken once, never a grid axis."""
+    return options_of(SweepConfig, single={f.name for f in fields(SweepConfig)})
+
+
+def sweep_config(values: dict[str, Any]) -> SweepConfig:
+    """A SweepConfig from option values."""
+    return config_from(SweepConfig, sweep_options(), values)
 
 
 def option(name: str) -> ConfigOption:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -125,32 +125,16 @@ def describe_units(groups: Sequence[Sequence[TrainConfig]]) -> list[str]:
     return lines
 
 
-def started(cfg: TrainConfig) -> bool:
-    """A point killed mid-run left its config or a checkpoint: it continues from there."""
-    from fer.train.run_folder import started as holds_run
-
-    return holds_run(Path(str(cfg.out)))
-
-
-def run_unit(unit: TrainConfig | Sequence[TrainConfig], store_path: str, features: Any, log: Log = print) -> None:
-    """Train one unit of the sweep (one grid point, or points that train together) on features already loaded;
-    a point killed mid-run continues from its finished folds and last checkpoint."""
-    from fer.train.run import train_runs
-
-    points = [unit] if isinstance(unit, TrainConfig) else list(unit)
-    train_runs([replace(c, resume=started(c)) for c in points], store_path, features=features, log=log)
-
-
 def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
-          log: Log = print, dry_run: bool = False) -> list[Path]:
+          log: Log = print, engine: Any = None, dry_run: bool = False) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete, and points another process
-    is running), unit by unit (see ``units``), then prints the comparison table of the complete points, which
-    names the best point by validation UAR, and writes it to out_dir/report.md. ``dry_run``: only say which
-    units would train.
+    is running), unit by unit (``units``: points that train together), then prints the comparison table of the
+    complete points, which names the best point by validation UAR, and writes it to out_dir/report.md.
+    ``engine`` (fer.train.ray_sweep.RaySweep) runs the units elsewhere, each through ``run_unit`` as here; the
+    plan, skip-finished and report stay here. ``dry_run``: only say which units would train.
     """
-    from fer.train.disk import try_run_folder
     from fer.train.features import load_features
     from fer.train.report import report
 
@@ -170,39 +154,22 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         out_dir.mkdir(parents=True, exist_ok=True)
         specs = {m: getattr(base, m) for m in ("face", "pose", "audio")}
         loaded: dict[tuple[str, ...], Any] = {}
-        union = tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
         def features_for(cfg: TrainConfig) -> Any:
-            # Without --allow-incomplete every chosen set has all fold rows done, so the union of
-            # modalities can be loaded once and shared. With it, the rows kept depend on the
-            # modalities loaded, so each distinct modality set is loaded (once) on its own.
-            key = union if not base.allow_incomplete else tuple(cfg.modalities)
+            key = features_key(cfg, base, todo)
             if key not in loaded:
                 log(f"sweep: loading features {'+'.join(key)} from {store_path} (once)")
                 loaded[key] = load_features(str(store_path), key, specs=specs, allow_incomplete=base.allow_incomplete,
                                             stream=base.stream, log=log)
             return loaded[key]
 
-        for i, group in enumerate(groups, 1):
-            with contextlib.ExitStack() as held:
-                mine = []
-                for cfg in group:
-                    run = Path(cfg.out)
-                    lock = try_run_folder(run)
-                    if isinstance(lock, Holder):
-                        log(f"sweep: [{i}/{len(groups)}] {run.name} is being run by {lock}: left to it")
-                        others[run.name] = lock
-                        continue
-                    held.enter_context(lock)  # held through the training, which takes it again
-                    if is_complete(run):  # another sweep finished it after this one looked
-                        log(f"sweep: [{i}/{len(groups)}] {run.name} was completed by another process")
-                        continue
-                    mine.append(cfg)
-                if not mine:
-                    continue
-                names = ", ".join(Path(c.out).name + (" (resuming)" if started(c) else "") for c in mine)
-                log(f"sweep: [{i}/{len(groups)}] {names}")
-                run_unit(mine, str(store_path), features_for(mine[0]), log)
+        if engine is not None:
+            others = engine.run(groups, str(store_path), features_for, out_dir, log=log)
+        else:
+            at = 0
+            for group in groups:
+                others.update(run_unit(group, str(store_path), features_for, log, (at, len(todo))))
+                at += len(group)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
     running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
@@ -217,3 +184,86 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
         os.replace(tmp, out_dir / "report.md")
         log(f"sweep: table written to {out_dir / 'report.md'}")
     return runs
+
+
+def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig]) -> tuple[str, ...]:
+    """The modalities loaded for ``cfg``. Without --allow-incomplete every chosen set has all fold rows done,
+    so the union of the points' modalities is loaded once and shared. With it, the rows kept depend on the
+    modalities loaded, so each distinct modality set is loaded (once) on its own."""
+    if base.allow_incomplete:
+        return tuple(cfg.modalities)
+    return tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
+
+
+def started(run: Path) -> bool:
+    """A point killed mid-run left its config or a checkpoint: it continues from there."""
+    from fer.train.run_folder import started as holds_run
+
+    return holds_run(run)
+
+
+def run_unit(unit: TrainConfig | Sequence[TrainConfig], store_path: str,
+             features_for: Callable[[TrainConfig], Any], log: Log = print,
+             tag: tuple[int, int] = (0, 0)) -> dict[str, Holder]:
+    """Train one unit of the sweep (a grid point, or points that train together: ``units``) in this process,
+    which owns the points' run folders meanwhile; returns, by name, who holds the folders other processes hold
+    (those points are left to them). A point killed mid-run continues from its finished folds and last
+    checkpoint; one another process completed is passed over. ``tag``: (points before this unit, points in
+    the sweep), for the log's ``[i/n]``."""
+    from fer.train.disk import try_run_folder
+    from fer.train.run import train_runs
+
+    points = [unit] if isinstance(unit, TrainConfig) else list(unit)
+    others: dict[str, Holder] = {}
+    with contextlib.ExitStack() as held:
+        mine = []
+        for i, cfg in enumerate(points, tag[0] + 1):
+            run, at = Path(cfg.out), f"sweep: [{i}/{tag[1] or len(points)}]"
+            lock = try_run_folder(run)
+            if isinstance(lock, Holder):
+                log(f"{at} {run.name} is being run by {lock}: left to it")
+                others[run.name] = lock
+                continue
+            held.enter_context(lock)  # held through the training, which takes it again
+            if is_complete(run):  # another sweep finished it after this one looked
+                log(f"{at} {run.name} was completed by another process")
+                continue
+            log(f"{at} {run.name}" + (" (resuming)" if started(run) else ""))
+            # a point killed mid-run continues from its finished folds and last checkpoint
+            mine.append(replace(cfg, resume=started(run)))
+        if len(mine) > 1:
+            log(f"sweep: {len(mine)} points trained together")
+        if mine:
+            train_runs(mine, store_path, features=features_for(mine[0]), log=log)
+    return others
+
+
+@dataclass
+class SweepConfig:
+    """Settings of `fer sweep` itself, beside each point's TrainConfig: where the points run."""
+
+    engine: str = "process"
+    """process | ray: the grid points one after another in this process, or side by side as Ray tasks on a
+    local Ray instance or a cluster (the features loaded once and shared through Ray's object store; the sweep
+    folder on a shared filesystem). Needs the ray extra."""
+    gpus_per_run: float = 0.0
+    """With --engine ray: GPUs each grid point holds; a fraction (0.25) lets several small runs share one GPU,
+    0 trains on CPUs."""
+    ray_address: str | None = None
+    """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
+    instance started and stopped by this command."""
+    dry_run: bool = False
+    """Only list the grid's units of training (the points that train together as one batched model, and the
+    points already complete) and train nothing."""
+
+    def runner(self) -> Any:
+        """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError
+        for options that do not go with the engine chosen."""
+        from fer.ray_session import wants_ray
+
+        ray_only = {"--gpus-per-run": self.gpus_per_run, "--ray-address": self.ray_address}
+        if not wants_ray(self.engine, ray_only):
+            return None
+        from fer.train.ray_sweep import RaySweep
+
+        return RaySweep(self.ray_address, self.gpus_per_run)

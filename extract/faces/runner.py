@@ -100,6 +100,8 @@ class FacesSummary(RunSummary):
                          "(face missed there)")
         if self.todo and self.seconds > 0:
             lines.append(f"time: detect+align {self.model_s:.1f} s, waiting for decode {self.wait_s:.1f} s")
+        if self.engine:
+            lines.append(self.engine)
         lines += failure_lines(self.failed, f"in {self.out / FACES_JSON}")
         lines.append(f"manifest: {self.out / MANIFEST}")
         return "\n".join(lines)
@@ -137,7 +139,8 @@ def partial_dir(out: Path, clip_id: str) -> Path:
     return out / PARTIAL / quote(clip_id, safe="")
 
 
-def _check_free(out: Path, clip_id: str) -> None:
+def check_free(out: Path, clip_id: str) -> None:
+    """ClipError when OUT already holds a folder for this clip that fer data faces did not write."""
     d = clip_dir(out, clip_id)
     if d.exists() and not (d / MARKER).is_file():
         raise ClipError(f"{d} exists and was not written by fer data faces; move it away or choose another OUT")
@@ -145,13 +148,15 @@ def _check_free(out: Path, clip_id: str) -> None:
 
 # ---------------------------------------------------------------- decoding in workers
 class FaceDecoder:
-    """What decoding workers run per clip: refuse a folder fer did not write, then decode the frames."""
+    """What decoding workers run per clip: refuse a folder fer did not write (``out``; None where the writing
+    process checks it itself), then decode the frames."""
 
-    def __init__(self, out: Path, frames: int | None):
+    def __init__(self, out: Path | None, frames: int | None):
         self.out, self.frames = out, frames
 
     def load(self, rec: ClipRecord) -> ClipFrames:
-        _check_free(self.out, rec.clip_id)
+        if self.out is not None:
+            check_free(self.out, rec.clip_id)
         if rec.video is None:
             raise ClipError("no video to find the face in (the record has no video file)")
         return decode_clip(rec.video, self.frames)
@@ -171,12 +176,15 @@ def run_faces(
     progress: bool = True,
     detector: MTCNN | None = None,
     threads: int | None = None,
+    engine: Any = None,
 ) -> FacesSummary:
     """Detect, follow and align the main face of every clip this shard owns that is not finished yet.
 
     ``frames``: frames per clip sampled uniformly, or None for every frame. ``shard`` is 0-based
     ``(k, n)``: this process owns the clips ``i`` with ``i % n == k``. ``batch``: frames per detector
     pass (default: ``default_batch``). ``threads``: torch threads on the CPU (default: ``cpu_threads``).
+    ``engine`` (e.g. fer.extract.ray_engine.RayEngine) decodes and aligns elsewhere and feeds this run's
+    writing (``engine.faces``); the todo list, the writes, the index files and the summary stay here.
     Failed clips (unreadable, no face) are listed in the summary and in ``faces.json``.
     """
     from fer.cache.devices import resolve_device
@@ -188,7 +196,9 @@ def run_faces(
     if not dataset.records:
         raise FerError(f"{dataset.root} lists no clips; nothing to align")
     out = Path(out)
-    if detector is None:
+    if engine is not None:  # built here on the CPU, sent to the engine's workers
+        detector = detector or MTCNN("cpu")
+    elif detector is None:
         detector = MTCNN(resolve_device(device) if isinstance(device, str) else device)
     batch = batch or default_batch(detector.device)
     settings = _settings(size, frames)
@@ -200,7 +210,10 @@ def run_faces(
     todo = plan_todo(summary, owned_items(len(dataset.records), (k, n)),
                      lambda i: is_finished(out, dataset.records[i].clip_id))
     try:
-        if len(todo):
+        if len(todo) and engine is not None:
+            work = AlignWork(out, detector, size, batch, summary)
+            engine.faces(dataset, todo, work, summary, frames=frames, progress=progress)
+        elif len(todo):
             cpu = detector.device.type == "cpu"
             batches = clip_batches(FaceDecoder(out, frames), dataset.records, todo, batch_size=1,
                                    workers=workers, pin=detector.device.type == "cuda", prefetch=2)
@@ -222,7 +235,8 @@ def faces_from_config(src: str | Path, out: str | Path, cfg: FacesConfig) -> Fac
     dataset = load_dataset(src)
     workers = default_workers() if cfg.workers is None else cfg.workers
     return run_faces(dataset, out, size=cfg.size, frames=cfg.frame_count, device=cfg.device,
-                     shard=pick_shard(cfg.shard), workers=workers, batch=cfg.batch, progress=cfg.progress)
+                     shard=pick_shard(cfg.shard), workers=workers, batch=cfg.batch, progress=cfg.progress,
+                     engine=cfg.ray_engine(cfg.device))
 
 
 class AlignWork(ClipWork):
@@ -240,24 +254,20 @@ class AlignWork(ClipWork):
 
     def process(self, batch: list[Loaded], first: bool) -> None:
         for item in batch:
-            reason = item.reason
-            if reason is None:
-                t1 = time.perf_counter()
-                try:
-                    aligned = align_clip(item.item, self.detector, self.size, batch=self.batch)
-                except ClipError as e:
-                    reason = one_line(e)
-                except Exception as e:
-                    if first:  # the very first clip breaking the model is a bug or a broken install
-                        raise
-                    reason = one_line(f"face alignment failed: {type(e).__name__}: {e}")
-                self.summary.model_s += time.perf_counter() - t1
-            if reason is None:
-                self._write(item.clip_id, aligned)
-            else:
-                self.summary.failed[item.clip_id] = reason
-                # a killed run's leftovers
-                shutil.rmtree(partial_dir(self.out, item.clip_id), ignore_errors=True)
+            t1 = time.perf_counter()
+            result = item.reason
+            if result is None:
+                result = align_one(item.item, self.detector, self.size, self.batch, first)
+            self.summary.model_s += time.perf_counter() - t1
+            self.record(item.clip_id, result)
+
+    def record(self, cid: str, result: AlignedClip | str) -> None:
+        """One clip's outcome: its aligned crops, written in the background, or the reason it failed."""
+        if isinstance(result, str):
+            self.summary.failed[cid] = result
+            shutil.rmtree(partial_dir(self.out, cid), ignore_errors=True)  # a killed run's leftovers
+        else:
+            self._write(cid, result)
 
     def _write(self, cid: str, aligned: AlignedClip) -> None:
         def written() -> None:
@@ -280,6 +290,19 @@ class AlignWork(ClipWork):
 
     def finish(self) -> None:
         self.writes.close()
+
+
+def align_one(clip: ClipFrames, detector: MTCNN, size: int, batch: int, first: bool) -> AlignedClip | str:
+    """``align_clip``, or the one-line reason the clip failed; an unexpected error on the run's ``first`` clip
+    is raised (a bug or a broken install, not a bad clip)."""
+    try:
+        return align_clip(clip, detector, size, batch=batch)
+    except ClipError as e:
+        return one_line(e)
+    except Exception as e:
+        if first:
+            raise
+        return one_line(f"face alignment failed: {type(e).__name__}: {e}")
 
 
 # ---------------------------------------------------------------- settings, manifest, faces.json
