@@ -116,7 +116,7 @@ class StackTrainee:
         if self._layout is None:
             self._layout = self._meta()
         sd = make_optimizer(self.cfgs[member], self._layout).state_dict()  # the format alone: no state
-        sd["param_groups"][0]["lr"] = self.opt.lr[j]
+        sd["param_groups"][0]["lr"] = float(self.holders[member].param_groups[0]["lr"])  # after its schedule
         if self.opt.steps[j]:
             sd["state"] = {i: {"step": torch.tensor(float(self.opt.steps[j])),
                                "exp_avg": m[j].detach().cpu().clone(), "exp_avg_sq": v[j].detach().cpu().clone()}
