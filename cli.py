@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from typer.core import TyperCommand
@@ -54,12 +54,12 @@ def _options_command(typer_app: typer.Typer, name: str, options, *, args: list[i
         if sweep and o.sweepable:
             help_ = (f"{_escape(o.help)} One value or a comma list (';' for {o.flag[2:]}): a grid axis. "
                      f"[default: {o.default}]")
-            return Optional[str], typer.Option(None, *o.flags, help=help_, show_default=False)
+            return str | None, typer.Option(None, *o.flags, help=help_, show_default=False)
         if o.kind == "bool":
             flags = (f"{o.flag}/--no-{o.flag[2:]}",) if o.default else o.flags
             return bool, typer.Option(o.default, *flags, help=_escape(o.help))
-        tp = {"int": int, "float": float, "str": str, "int?": Optional[int], "float?": Optional[float],
-              "str?": Optional[str], "tuple": str, "parsed": Optional[str]}[o.kind]
+        tp = {"int": int, "float": float, "str": str, "int?": int | None, "float?": float | None,
+              "str?": str | None, "tuple": str, "parsed": str | None}[o.kind]
         return tp, typer.Option(... if o.required else o.default, *o.flags, help=_escape(o.help))
 
     def register(body):
@@ -163,8 +163,8 @@ def _extract_help(name: str) -> str:
 def data_info(
     root: Path = typer.Argument(..., help=ROOT_HELP),
     check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
-    layout: Optional[str] = typer.Option(None, "--layout", help=_extract_help("layout")),
-    classes: Optional[str] = typer.Option(None, "--classes", help=_extract_help("classes")),
+    layout: str | None = typer.Option(None, "--layout", help=_extract_help("layout")),
+    classes: str | None = typer.Option(None, "--classes", help=_extract_help("classes")),
 ) -> None:
     """Print what a dataset holds: its layout, clips, classes, folds, media, problems."""
     from fer.extract.datasets import parse_classes
@@ -224,10 +224,10 @@ def _finish(summary, saved: str) -> None:
 # ---------------------------------------------------------------- weights
 @weights_app.command("fetch", cls=FamiliesInHelp)
 def weights_fetch(
-    modality: Optional[str] = typer.Option(
+    modality: str | None = typer.Option(
         None, "--modality", "-m", help="Only these modalities (face,pose,audio). Default: all."
     ),
-    backbone: Optional[list[str]] = typer.Option(
+    backbone: list[str] | None = typer.Option(
         None, "--backbone", "-b",
         help="Fetch this backbone instead of the defaults (repeatable): {fetchable families}",
     ),
@@ -261,7 +261,7 @@ def train_cmd(store: Path, **options: Any) -> None:
 def report_cmd(
     runs: list[Path] = typer.Argument(..., help="Run folders (or folders holding runs, e.g. a sweep's --out)."),
     markdown: bool = typer.Option(False, "--markdown", "-m", help="Print a markdown table instead of a plain one."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the table to this file."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Also write the table to this file."),
 ) -> None:
     """Compare runs side by side: WAR and UAR mean ± std over folds (the paper's Table 1, from runs)."""
     from fer.train.report import report
@@ -325,7 +325,7 @@ def cache_info(
 @cache_app.command("verify")
 def cache_verify(
     store: str = typer.Argument(..., help="Feature store."),
-    spec: Optional[str] = typer.Argument(None, help="Check only this feature set (default: all)."),
+    spec: str | None = typer.Argument(None, help="Check only this feature set (default: all)."),
     clean: bool = typer.Option(False, "--clean", help="Also delete temp files a killed zarr writer left behind."),
 ) -> None:
     """Check shapes, chunking, the clip index, and that every done row is written and finite."""
@@ -349,10 +349,9 @@ def cache_rm(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete one feature set from a store."""
+    from fer.cache.errors import FerEnvError
     from fer.cache.report import human_bytes
     from fer.cache.store import open_store
-
-    from fer.cache.errors import FerEnvError
 
     with open_store(store, "r+") as s:
         if not yes:
@@ -371,9 +370,9 @@ def predict_cmd(
     clip: str = typer.Argument(..., help="A video file (its main face is found and aligned, or give --faces), a folder "
                                "of face frames, or a clip id of the dataset given with --root."),
     run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
-    root: Optional[Path] = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
-    faces: Optional[Path] = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
-    fold: Optional[int] = typer.Option(None, "--fold", min=1, help="Use this fold's model only [default: average all]."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
+    faces: Path | None = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
+    fold: int | None = typer.Option(None, "--fold", min=1, help="Use this fold's model only [default: average all]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON."),
 ) -> None:

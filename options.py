@@ -18,8 +18,9 @@ import ast
 import inspect
 import textwrap
 import typing
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 from fer.cache.errors import FerError
 

@@ -25,9 +25,10 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from fer.cache.errors import FerEnvError, FerError
 

@@ -8,9 +8,10 @@ which weights were used, since pretrained weights can hold larger activations th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass
@@ -91,8 +92,8 @@ def pick(names: str | None) -> list[Family]:
 
 def build(family: Family, tmp: Path, precision: str, **kw: Any) -> Any:
     """The family's extractor on the CPU: pretrained when cached, else random init (seed 0)."""
-    from fer.extract.backbones.registry import make_extractor
     from fer.extract.backbones.families import pretrained_available
+    from fer.extract.backbones.registry import make_extractor
 
     backbone, weights = family.backbone, None
     if not pretrained_available(family.modality, backbone)[0]:

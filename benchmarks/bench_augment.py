@@ -20,9 +20,9 @@ usage: python benchmarks/bench_augment.py [--clips 200] [--dir bench_augment] [-
 from __future__ import annotations
 
 import argparse
-import tempfile
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 TRAIN = ["--fold", "all", "--batch-size", "16", "--lr", "3e-4", "--layers", "2", "--ff", "512", "--monitor", "loss",
@@ -72,8 +72,8 @@ def main() -> None:
     try:
         fer("extract", data, "-m", "face", "--weights", args.weights, "--frames", "all", "--max-frames", args.max_frames,
             "--flip", "--store", store, "--no-progress")
-    except subprocess.CalledProcessError:
-        raise SystemExit("the all-frame extraction failed: this needs `fer extract --frames all --flip` (issue 12, phase 2)")
+    except subprocess.CalledProcessError as e:
+        raise SystemExit("the all-frame extraction failed: this needs `fer extract --frames all --flip` (issue 12, phase 2)") from e
     specs = face_specs(store)
     if set(specs) != {"16f", "all"}:
         raise SystemExit(f"expected one 16-frame and one all-frame face set in {store}, found {specs}")

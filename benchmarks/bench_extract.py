@@ -25,8 +25,8 @@ RESULTS = Path(__file__).parent / "results" / "extract_face.md"
 
 def bench_face(data: Path, clips: int, batch_size: int, workers: int, threads: int, size: int = 224) -> dict:
     """Time the bare backbone, the decode alone, and the full runner on the same clips."""
-    from fer.extract.datasets import load_dataset
     from fer.extract.backbones.face import FaceExtractor
+    from fer.extract.datasets import load_dataset
     from fer.extract.runner import run_extraction
 
     torch.set_num_threads(threads)

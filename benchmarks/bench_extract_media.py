@@ -56,8 +56,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from fer.extract.backbones.audio import make_audio_extractor
-    from fer.extract.datasets import load_dataset
     from fer.extract.backbones.pose import make_pose_extractor
+    from fer.extract.datasets import load_dataset
     from fer.extract.synth import synthesize
 
     tmp = None

@@ -136,12 +136,11 @@ def main() -> None:
     import ray
     import torch
 
-    from fer.ray_session import ray_session
-
     from fer.extract.backbones.audio import make_audio_extractor
     from fer.extract.backbones.face import FaceExtractor
     from fer.extract.datasets import load_dataset
     from fer.extract.synth import synthesize
+    from fer.ray_session import ray_session
 
     with tempfile.TemporaryDirectory(prefix="fer-bench-ray-") as tmp_s:
         tmp = Path(tmp_s)

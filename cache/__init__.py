@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from fer.cache.errors import FerError
 
 if TYPE_CHECKING:
-    from fer.cache.provenance import sha256_file
     from fer.cache.create import create_store
+    from fer.cache.provenance import sha256_file
     from fer.cache.reading import FeatureSet
     from fer.cache.store import FeatureStore, open_store
     from fer.cache.writer import FeatureWriter

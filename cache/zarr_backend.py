@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fer.cache.backends import (ZARR_COMPRESSORS, Backend, RawChunks, bytes_under, local_path, native_order,
-                                no_store)
+from fer.cache.backends import ZARR_COMPRESSORS, Backend, RawChunks, bytes_under, local_path, native_order, no_store
 from fer.cache.errors import FerEnvError, FerError, env_faults
 
 

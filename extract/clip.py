@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
 from fer.cache.errors import FerError
-from fer.extract.extractor import ClipError
 from fer.extract.datasets.records import ClipRecord
+from fer.extract.extractor import ClipError
 
 FACE_SIZE = 224
 FACE_FRAMES = 16

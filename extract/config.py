@@ -258,7 +258,7 @@ class ExtractConfig(EngineChoice):
         if self.frames is not None:
             self.frames = parse_frames(self.frames)
 
-    def validate(self) -> "ExtractConfig":
+    def validate(self) -> ExtractConfig:
         """Raise FerError on any setting that cannot work (one line naming the option); return self."""
         from fer.extract.shards import parse_shard
         from fer.extract.stores import STORE_SUFFIX, check_store_format
@@ -343,7 +343,7 @@ class FacesConfig(EngineChoice):
     def __post_init__(self) -> None:
         self.frames = parse_frames(self.frames)
 
-    def validate(self) -> "FacesConfig":
+    def validate(self) -> FacesConfig:
         """Raise FerError on any setting that cannot work (one line naming the option); return self."""
         from fer.extract.shards import parse_shard
 

@@ -71,7 +71,7 @@ class Extractor(ABC):
         ``row_info`` ({clip id: note}); override it when a modality has something to say."""
         return None
 
-    def loader(self) -> "Extractor":
+    def loader(self) -> Extractor:
         """What DataLoader workers receive to run ``load``: by default a shallow copy of this extractor whose
         attributes that hold a model (an ``nn.Module``, or anything containing one) or a tensor on an accelerator
         are left out, so no worker unpickles a model or opens a CUDA context under the spawn/forkserver start
@@ -83,7 +83,7 @@ class Extractor(ABC):
                 setattr(clone, name, LeftInMainProcess(type(self).__name__, name))
         return clone
 
-    def to(self, device: torch.device) -> "Extractor":
+    def to(self, device: torch.device) -> Extractor:
         """Move the model to ``device`` (the runner calls this once before the first batch)."""
         self.device = torch.device(device)
         for m in vars(self).values():

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError
 from fer.extract.media import uniform_indices as sample_indices  # DFEW-style: segment centres, repeats when short
-from fer.extract.datasets.records import ClipRecord
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 

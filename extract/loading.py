@@ -14,8 +14,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -93,7 +94,7 @@ class Loaded:
     def ok(self) -> bool:
         return self.reason is None
 
-    def pin_memory(self) -> "Loaded":
+    def pin_memory(self) -> Loaded:
         """Called by the DataLoader's pin thread on CUDA: pin the tensors inside the loaded item so the model
         can copy them with ``non_blocking=True`` (an item with its own ``pin_memory`` is asked to)."""
         if self.item is not None:

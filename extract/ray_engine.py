@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,14 @@ from fer.extract.datasets.records import ClipRecord, Dataset
 from fer.extract.loading import Loaded
 from fer.extract.loop import ClipWork, run_clip_loop
 from fer.extract.ray_tasks import (
-    MEDIA, AlignActor, EmbedActor, RecordAligned, RecordEmbeds, RemoteBatch, absolute, decode_batch,
+    MEDIA,
+    AlignActor,
+    EmbedActor,
+    RecordAligned,
+    RecordEmbeds,
+    RemoteBatch,
+    absolute,
+    decode_batch,
 )
 from fer.extract.summary import RunSummary
 from fer.ray_session import RaySession, check_nodes, import_ray, ray_session

@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from fer.cache.errors import FerEnvError, FerError
 from fer.extract.datasets.records import ClipRecord

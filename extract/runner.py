@@ -24,8 +24,14 @@ from fer.extract.loading import Loaded, clip_batches, default_workers, worker_st
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
 from fer.extract.shards import check_shard, pick_shard
 from fer.extract.stores import (
-    check_store_format, check_store_outside, default_store_path, finished_summary, merge_row_info,
-    open_feature_set, set_attrs, store_specs,
+    check_store_format,
+    check_store_outside,
+    default_store_path,
+    finished_summary,
+    merge_row_info,
+    open_feature_set,
+    set_attrs,
+    store_specs,
 )
 from fer.extract.summary import ExtractSummary, describe
 from fer.extract.writes import BackgroundWrites, ChunkRows

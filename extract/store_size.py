@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from fer.cache.errors import FerEnvError
 from fer.cache.report import human_bytes

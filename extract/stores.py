@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from fer.cache import layout as L
 from fer.cache.backends import local_path

@@ -17,8 +17,9 @@ LayerNorm of the class token), and timm's VisionTransformer (MAE-Face among its 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn

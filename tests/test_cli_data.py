@@ -9,6 +9,7 @@ import av
 import numpy as np
 import pytest
 from PIL import Image
+
 from fer.tests.cli import fer
 
 

@@ -17,7 +17,6 @@ from fer.extract.synth import photo as V
 from fer.tests.cli import ENV, fer
 
 
-
 @pytest.fixture(scope="module")
 def src(tmp_path_factory):
     """Six clips of a moving real face and one with no face, in a manifest CSV."""

@@ -9,13 +9,13 @@ import subprocess
 
 import pytest
 
-from fer.extract.backbones.face import FaceExtractor
 from fer.extract.backbones.audio import MelAudio
+from fer.extract.backbones.face import FaceExtractor
 from fer.extract.datasets import load_dataset
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
-from fer.tests.mounts import can_mount, full, read_only, small_disk
 from fer.tests.cli import fer
+from fer.tests.mounts import can_mount, full, read_only, small_disk
 
 MEL = "audio.mel.64.25ms10ms.16k.3s"
 FACE = "face.resnet18.none-s0.pool.32.16f"

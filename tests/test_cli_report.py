@@ -1,8 +1,8 @@
 """`fer report` and `fer sweep` end to end, as a user runs them (subprocess)."""
 
 
-from fer.tests.train.fake_runs import make_run
 from fer.tests.cli import fer
+from fer.tests.train.fake_runs import make_run
 
 
 def test_report_terminal_markdown_and_out(tmp_path):

@@ -9,7 +9,6 @@ from fer.cache.schema import CLASS_NAMES
 from fer.tests.cli import fer_ok as fer
 
 
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")

@@ -7,6 +7,7 @@ validation split; an audio-only run is a standard row of DFER tables.
 import json
 
 import pytest
+
 from fer.tests.cli import fer_ok as fer
 
 TRAIN = ["--epochs", 3, "--layers", 1, "--heads", 2, "--ff", 32, "--hidden", 32, "--batch-size", 8, "--no-plots"]

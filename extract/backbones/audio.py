@@ -25,12 +25,12 @@ from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.family import Family
 from fer.extract.backbones.hf import SPEECH_HINT, fetch_hub, hub_cached
-from fer.extract.config import check_family
 from fer.extract.backbones.image import slug
 from fer.extract.backbones.precision_check import settle
+from fer.extract.config import check_family
+from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_audio
-from fer.extract.datasets.records import ClipRecord
 
 SAMPLE_RATE = 16000
 SILENCE_PEAK = 1e-4
@@ -152,7 +152,7 @@ class SpeechAudio(_AudioBase):
                          started: Collection[str] = ()) -> None:
         settle(self, records, clips, started)
 
-    def to(self, device: torch.device | str) -> "SpeechAudio":
+    def to(self, device: torch.device | str) -> SpeechAudio:
         self.device = torch.device(device)
         family = "hf-whisper" if self.whisper else "hf-speech"  # measured apart (benchmarks/results/precision.md)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, family)
@@ -314,7 +314,7 @@ class MelAudio(_AudioBase):
         self.device = torch.device("cpu")
         self.to(device)
 
-    def to(self, device: torch.device | str) -> "MelAudio":
+    def to(self, device: torch.device | str) -> MelAudio:
         self.device = torch.device(device)
         self.fb, self.window = self.fb.to(self.device), self.window.to(self.device)
         return self

@@ -201,7 +201,7 @@ class FaceExtractor(Extractor):
                          started: Collection[str] = ()) -> None:
         settle(self, records, clips, started)
 
-    def to(self, device: torch.device | str) -> "FaceExtractor":
+    def to(self, device: torch.device | str) -> FaceExtractor:
         self.device = torch.device(device)
         self.precision = prec.resolve_precision(self.requested_precision, self.device, self.encoder.family)
         prec.prepare_device(self.device, self.precision)

@@ -8,8 +8,8 @@ plugin or a test, one ``register(...)`` call).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fer.cache.errors import FerError
 from fer.extract.backbones.audio import HF_SPEECH, MEL, WAV2VEC2

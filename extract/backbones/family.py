@@ -10,8 +10,9 @@ other part of fer, so any family module can import it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 WILDCARD = "*"
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import contextlib
 import inspect
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -123,7 +124,7 @@ def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple
         with quiet_transformers():
             model, info = cls.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline(),
                                               trust_remote_code=False, output_loading_info=True)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except (OSError, ValueError) as e:
         raise missing_model(source, e, backbone) from None
     missing = sorted(info.get("missing_keys") or [])
     bad = [k for k in missing if not k.startswith(allowed_missing)]

@@ -13,20 +13,24 @@ Main person per frame: highest detection score, ties broken by the larger box ar
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from fer.cache.errors import FerError
+from fer.extract.backbones.family import Family
+from fer.extract.backbones.weights import (
+    WeightsIdentity,
+    fetch_torchvision,
+    resolve_torchvision,
+    torchvision_file,
+)
+from fer.extract.config import check_family
+from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError, Extractor
 from fer.extract.media import read_video_frames
-from fer.extract.datasets.records import ClipRecord
-from fer.extract.backbones.family import Family
-from fer.extract.config import check_family
-from fer.extract.backbones.weights import (
-    WeightsIdentity, fetch_torchvision, resolve_torchvision, torchvision_file,
-)
 
 NUM_KEYPOINTS = 17
 BACKENDS = ("keypointrcnn", "openpifpaf")

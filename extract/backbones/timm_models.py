@@ -23,13 +23,24 @@ from fer.cache.errors import FerError
 from fer.cache.provenance import sha256_file
 from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
-    ImageEncoder, check_layer, describe_classification, notice, probe_width, scaled_classification, slug,
+    ImageEncoder,
+    check_layer,
+    describe_classification,
+    notice,
+    probe_width,
+    scaled_classification,
+    slug,
     with_transforms,
 )
-from fer.extract.backbones.weights import (
-    hashed_tag, hub_checkpoint_dir, load_checked, offline, random_init, read_state_dict,
-)
 from fer.extract.backbones.vit_cut import VIT_CUTS
+from fer.extract.backbones.weights import (
+    hashed_tag,
+    hub_checkpoint_dir,
+    load_checked,
+    offline,
+    random_init,
+    read_state_dict,
+)
 
 LEFTOVER = ("head.", "decoder", "mask_token")
 """Checkpoint keys fer does not need: the classifier, and MAE's pre-training decoder."""

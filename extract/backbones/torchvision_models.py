@@ -18,11 +18,21 @@ from torch import nn
 from fer.cache.errors import FerError
 from fer.extract.backbones.family import Cut, Family
 from fer.extract.backbones.image import (
-    ImageEncoder, Uint8Normalize, check_layer, describe_classification, notice, probe_width,
-    scaled_classification, with_transforms,
+    ImageEncoder,
+    Uint8Normalize,
+    check_layer,
+    describe_classification,
+    notice,
+    probe_width,
+    scaled_classification,
+    with_transforms,
 )
 from fer.extract.backbones.weights import (
-    WeightsIdentity, fetch_torchvision, name_hash, resolve_torchvision, torchvision_file,
+    WeightsIdentity,
+    fetch_torchvision,
+    name_hash,
+    resolve_torchvision,
+    torchvision_file,
 )
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -16,8 +16,18 @@ import numpy as np
 from fer.cache.errors import FerError
 from fer.cache.schema import DFEW_CLASSES, DFEW_FOLDS, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED
 from fer.extract.datasets.common import (
-    blank, disagrees, find_id_column, id_sort_key, label_problem, no_media, norm_col, normalize_dfew_id,
-    one_hot, parse_votes, read_csv_rows, scan_media,
+    blank,
+    disagrees,
+    find_id_column,
+    id_sort_key,
+    label_problem,
+    no_media,
+    norm_col,
+    normalize_dfew_id,
+    one_hot,
+    parse_votes,
+    read_csv_rows,
+    scan_media,
 )
 from fer.extract.datasets.records import ClipRecord, Dataset
 

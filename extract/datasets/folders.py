@@ -18,7 +18,13 @@ import numpy as np
 
 from fer.cache.errors import FerError
 from fer.extract.datasets.common import (
-    IMAGE_EXTS, VIDEO_EXTS, class_index, class_key, first_spellings, id_sort_key, one_hot,
+    IMAGE_EXTS,
+    VIDEO_EXTS,
+    class_index,
+    class_key,
+    first_spellings,
+    id_sort_key,
+    one_hot,
 )
 from fer.extract.datasets.manifest import split_codes
 from fer.extract.datasets.records import ClipRecord, Dataset

@@ -19,7 +19,13 @@ import numpy as np
 from fer.cache.errors import FerError
 from fer.cache.schema import FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED
 from fer.extract.datasets.common import (
-    class_index, id_sort_key, no_media, normalize_dfew_id, one_hot, read_text_lines, scan_media,
+    class_index,
+    id_sort_key,
+    no_media,
+    normalize_dfew_id,
+    one_hot,
+    read_text_lines,
+    scan_media,
 )
 from fer.extract.datasets.records import ClipRecord, Dataset
 

@@ -33,8 +33,16 @@ from fer.cache.errors import FerError
 from fer.cache.schema import DFEW_CLASSES, FOLD_TEST, FOLD_TRAIN, FOLD_UNUSED, FOLD_VAL
 from fer.extract.datasets import dfew
 from fer.extract.datasets.common import (
-    blank, class_index, class_key, disagrees, find_id_column, first_spellings, label_problem, one_hot,
-    parse_votes, read_csv_rows,
+    blank,
+    class_index,
+    class_key,
+    disagrees,
+    find_id_column,
+    first_spellings,
+    label_problem,
+    one_hot,
+    parse_votes,
+    read_csv_rows,
 )
 from fer.extract.datasets.records import ClipRecord, Dataset
 
@@ -198,7 +206,7 @@ def read_manifest(csv_path: Path, classes: Sequence[str] | None = None) -> Datas
             votes = one_hot(cls, len(class_names))
 
         folds = np.full(len(fold_names), FOLD_UNUSED, np.int8)
-        for k, (name, j) in enumerate(fold_cols):
+        for k, (_name, j) in enumerate(fold_cols):
             raw = row[j].strip().lower()
             if raw not in _FOLD_VALUES:
                 raise FerError(f"{where}: {header[j]} is {row[j]!r}; use train, test, val or empty (or 1, 2, 3, 0)")

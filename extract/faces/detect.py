@@ -213,7 +213,7 @@ class MTCNN(nn.Module):
         self.device = torch.device(device)
         self.to(self.device)
 
-    def to(self, device: torch.device | str) -> "MTCNN":  # type: ignore[override]
+    def to(self, device: torch.device | str) -> MTCNN:  # type: ignore[override]
         self.device = torch.device(device)
         return super().to(self.device)
 

@@ -42,7 +42,7 @@ class ClipFrames:
     source_frames: int
     """Frames in the source video."""
 
-    def pin_memory(self) -> "ClipFrames":
+    def pin_memory(self) -> ClipFrames:
         """Pin the frames, so the device copies them without waiting (the DataLoader calls this on CUDA)."""
         self.frames = self.frames.pin_memory()
         return self

@@ -18,9 +18,10 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -29,12 +30,12 @@ import torch
 from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.schema import FOLD_CODE_NAMES, FOLD_UNUSED
+from fer.extract.config import FacesConfig, check_size, parse_frames
 from fer.extract.datasets.records import ClipRecord, Dataset
 from fer.extract.extractor import ClipError
 from fer.extract.faces.align import TEMPLATE, template_points
 from fer.extract.faces.detect import MTCNN, detector_identity
 from fer.extract.faces.pipeline import AlignedClip, ClipFrames, align_clip, decode_clip, save_frames
-from fer.extract.config import FacesConfig, check_size, parse_frames
 from fer.extract.loading import Loaded, clip_batches, default_workers, usable_cores
 from fer.extract.loop import ClipWork, plan_todo, run_clip_loop
 from fer.extract.shards import check_shard, owned_items, pick_shard

@@ -56,8 +56,8 @@ class SynthLayout:
     """One official split (name -> share); None: 5 folds."""
     video: bool = True
     """Each clip has an mp4 (video + audio); FERV39k's face-crop release has none."""
-    paths: Callable[[Path, ClipPlan, "SynthLayout"], ClipPaths] | None = field(default=None, compare=False)
-    tables: Callable[[Path, list[ClipPlan], "SynthLayout"], None] | None = field(default=None, compare=False)
+    paths: Callable[[Path, ClipPlan, SynthLayout], ClipPaths] | None = field(default=None, compare=False)
+    tables: Callable[[Path, list[ClipPlan], SynthLayout], None] | None = field(default=None, compare=False)
     top: tuple[str, ...] = ()
     """Top-level entries the layout writes (cleared when the folder is synthesised again)."""
 

@@ -66,7 +66,7 @@ def clean_zarr(tmp_path_factory):
 def test_sigkill_mid_write_then_resume(tmp_path, clean_zarr, fmt):
     path = tmp_path / ("s.zarr" if fmt == "zarr" else "s.h5")
     rng = random.Random(0)
-    for attempt in range(3):  # kill it three times at random moments, then let it finish
+    for _ in range(3):  # kill it three times at random moments, then let it finish
         p = _start("write", path, batch=1, pause=0.002)
         _wait_line(p, "wrote")
         time.sleep(rng.uniform(0.0, 0.1))

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from fer.cache import FerError, create_store, open_store
-from fer.cache.store import open_backend
 from fer.cache.schema import FORMAT_VERSION
+from fer.cache.store import open_backend
 
 from .conftest import make_index
 

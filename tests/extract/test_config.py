@@ -8,8 +8,16 @@ import pytest
 from fer.cache.errors import FerError
 from fer.extract.backbones.registry import extractor_from_provenance, make_extractor
 from fer.extract.config import (
-    APPLIES_TO, BUILD_FIELDS, MODALITIES, ExtractConfig, FacesConfig, extract_config, extract_options,
-    faces_config, faces_options, parse_frames,
+    APPLIES_TO,
+    BUILD_FIELDS,
+    MODALITIES,
+    ExtractConfig,
+    FacesConfig,
+    extract_config,
+    extract_options,
+    faces_config,
+    faces_options,
+    parse_frames,
 )
 from fer.options import field_docs
 
@@ -82,7 +90,7 @@ def test_one_frame_parser():
     assert parse_frames("all") == parse_frames(" ALL ") == "all"
     assert parse_frames("16") == parse_frames(16) == 16
     for bad in ("some", "0", -2, "1.5"):
-        one_line_error(lambda: parse_frames(bad), "--frames", "neither 'all' nor a")
+        one_line_error(lambda bad=bad: parse_frames(bad), "--frames", "neither 'all' nor a")
     assert extract_config({"modality": "face", "frames": "all"}).frames == "all"
     assert faces_config({}).frame_count is None and faces_config({"frames": "12"}).frame_count == 12
 
@@ -90,7 +98,7 @@ def test_one_frame_parser():
 def test_faces_settings():
     for values, says in [({"size": 8}, "--size"), ({"frames": "x"}, "--frames"), ({"batch": 0}, "--batch"),
                          ({"workers": -1}, "--workers"), ({"shard": "1-2"}, "--shard")]:
-        one_line_error(lambda: faces_config(values), says)
+        one_line_error(lambda values=values: faces_config(values), says)
 
 
 def test_the_feature_set_records_the_config_s_build_arguments():

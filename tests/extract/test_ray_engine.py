@@ -14,8 +14,8 @@ import torch
 from fer.cache import open_store
 from fer.cache.errors import FerEnvError, FerError
 from fer.extract.backbones.face import FaceExtractor
-from fer.extract.datasets import load_dataset
 from fer.extract.config import ExtractConfig, FacesConfig, parse_actors
+from fer.extract.datasets import load_dataset
 from fer.extract.ray_engine import RayEngine
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize

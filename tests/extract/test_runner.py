@@ -6,8 +6,8 @@ from PIL import Image
 
 from fer.cache import open_store
 from fer.cache.errors import FerError
-from fer.extract.datasets import load_dataset
 from fer.extract.backbones.face import FaceExtractor
+from fer.extract.datasets import load_dataset
 from fer.extract.datasets.records import ClipRecord, Dataset
 from fer.extract.runner import run_extraction
 from fer.extract.shards import parse_shard, shard_from_env

@@ -12,8 +12,8 @@ import torch
 
 from fer.cache.errors import FerError
 from fer.extract.backbones.audio import MelAudio, make_audio_extractor, mel_filterbank
-from fer.extract.extractor import ClipError
 from fer.extract.datasets.records import ClipRecord
+from fer.extract.extractor import ClipError
 
 SR = 16000
 

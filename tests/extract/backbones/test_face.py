@@ -7,12 +7,11 @@ from PIL import Image
 from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
-from fer.extract.extractor import ClipError
 from fer.extract.backbones.face import FaceExtractor
 from fer.extract.backbones.torchvision_models import map_size
-from fer.extract.frames import read_face_frames, sample_indices
 from fer.extract.datasets.records import ClipRecord
-
+from fer.extract.extractor import ClipError
+from fer.extract.frames import read_face_frames, sample_indices
 
 
 def write_frames(folder, n, size=64, seed=0):

@@ -12,10 +12,15 @@ import pytest
 import torch
 
 from fer.cache.errors import FerError
-from fer.extract.extractor import ClipError
-from fer.extract.backbones.pose import (PIFPAF_MISSING, main_person, make_pose_extractor, pifpaf_main_person,
-                              rcnn_main_person)
+from fer.extract.backbones.pose import (
+    PIFPAF_MISSING,
+    main_person,
+    make_pose_extractor,
+    pifpaf_main_person,
+    rcnn_main_person,
+)
 from fer.extract.datasets.records import ClipRecord
+from fer.extract.extractor import ClipError
 
 TINY = dict(min_size=64, max_size=96, detections=2, proposals=8)
 

@@ -5,8 +5,8 @@ import torch
 from torchvision.models import resnet18
 
 from fer.cache.errors import FerError
-from fer.extract.backbones.torchvision_models import build_resnet18
 from fer.extract.backbones.families import fetch_all
+from fer.extract.backbones.torchvision_models import build_resnet18
 from fer.extract.backbones.weights import read_state_dict, sha256_file
 
 

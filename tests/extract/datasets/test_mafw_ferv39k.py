@@ -7,8 +7,7 @@ import pytest
 
 from fer.cache.errors import FerError
 from fer.cache.schema import FOLD_TEST, FOLD_TRAIN
-from fer.extract.datasets import detect_layout, load_dataset
-from fer.extract.datasets import ferv39k, mafw
+from fer.extract.datasets import detect_layout, ferv39k, load_dataset, mafw
 from fer.tests.shared_data import shared
 
 # ../shared/data/README.md

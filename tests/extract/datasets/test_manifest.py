@@ -176,8 +176,8 @@ def test_labels_and_vote_columns_are_classes_by_name(tmp_path: Path):
 def test_no_real_class_pair_looks_alike():
     """The similarity warning stays quiet on every real class set fer knows."""
     from fer.extract.datasets.common import close_names
-    from fer.extract.datasets.mafw import CLASSES as MAFW
     from fer.extract.datasets.ferv39k import CLASSES as FERV
+    from fer.extract.datasets.mafw import CLASSES as MAFW
 
     afew = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
     for classes in (DFEW_CLASSES, MAFW, FERV, afew):
