@@ -25,8 +25,9 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -107,12 +108,12 @@ def measure(device: str, clips: int, epochs: int, dim: int, work: Path) -> dict[
               features=feats, log=quiet)
     for name, k in (("folds_alone", 1), ("folds_together", 0)):
         cfg = TrainConfig(out=str(work / name), folds=(), folds_together=k, **model)
-        out[name] = timed(lambda: train_run(cfg, str(store), features=feats, log=quiet), dev)
+        out[name] = timed(lambda cfg=cfg: train_run(cfg, str(store), features=feats, log=quiet), dev)
         print(f"(a) {name}: {out[name][0]:.1f} s, peak {out[name][1] / 2**20:.0f} MiB", flush=True)
     out["folds_same"] = same(work / "folds_alone", work / "folds_together")
     for name, k in (("sweep_alone", 1), ("sweep_together", 0)):
         base = TrainConfig(folds=(1,), folds_together=k, **model)
-        out[name] = timed(lambda: sweep(str(store), GRID, base, work / name, log=quiet), dev)
+        out[name] = timed(lambda base=base, name=name: sweep(str(store), GRID, base, work / name, log=quiet), dev)
         print(f"(b) {name}: {out[name][0]:.1f} s, peak {out[name][1] / 2**20:.0f} MiB", flush=True)
     points = sorted(p.name for p in (work / "sweep_alone").iterdir() if p.is_dir())
     out["points"] = len(points)

@@ -4,11 +4,11 @@ carries: tensors and primitives only, so `torch.load(..., weights_only=True)` re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
-
 
 
 def cpu_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -57,7 +57,7 @@ class Progress:
         return out
 
     @classmethod
-    def from_checkpoint(cls, ck: Mapping[str, Any], device: torch.device) -> "Progress":
+    def from_checkpoint(cls, ck: Mapping[str, Any], device: torch.device) -> Progress:
         best = ck.get("best_model")
         return cls(epoch=int(ck["epoch"]), best_epoch=int(ck["best_epoch"]), best_score=float(ck["best_score"]),
                    best_tie=float(ck["best_tie"]), bad=int(ck["bad_epochs"]),

@@ -134,7 +134,8 @@ class RaySweep:
         Returns the points another process held."""
         from tqdm import tqdm
 
-        bar = tqdm(total=sum(len(u) for u in running.values()), unit="run", desc="sweep", file=sys.stderr, disable=not self.progress)
+        bar = tqdm(total=sum(len(u) for u in running.values()), unit="run", desc="sweep", file=sys.stderr,
+                   disable=not self.progress)
         others: dict[str, Holder] = {}
         try:
             while running:

@@ -13,7 +13,6 @@ import torch
 
 from fer import __version__
 from fer.cache.devices import resolve_device
-from fer.cache.errors import FerError
 from fer.cache.provenance import now_iso
 from fer.cache.report import human_bytes
 from fer.train.config import TrainConfig

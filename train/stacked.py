@@ -14,8 +14,8 @@ data only, never on which models it is stacked with (up to floating-point reasso
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +46,7 @@ class Arch:
     heads: int
 
     @classmethod
-    def of(cls, model: FerModel) -> "Arch":
+    def of(cls, model: FerModel) -> Arch:
         face = None
         if model.use_face:
             face = "mix" if model.face_mix is not None else "k" if model.face_k is not None else "norm"
@@ -120,7 +120,7 @@ class StackedModel:
         self.rates = {key: [r[i] for i in which] for key, r in self.rates.items()}
         self.generators = [self.generators[i] for i in which]
 
-    def copy(self, k: int) -> "StackedModel":
+    def copy(self, k: int) -> StackedModel:
         """A one-model stack of a copy of model k (no gradients)."""
         one = object.__new__(StackedModel)
         one.__dict__.update(self.__dict__)

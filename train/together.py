@@ -9,7 +9,8 @@ and one step's activations, against the free memory); a model with a fine-tuned 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch

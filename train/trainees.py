@@ -10,7 +10,8 @@ batched, with dropout from the global generator as before.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -151,7 +152,7 @@ class StackTrainee:
             self.model.keep(keep)
             self.opt.keep(keep, self.model.parameters())
 
-    def solo(self, member: int, state: Mapping[str, torch.Tensor]) -> "StackTrainee":
+    def solo(self, member: int, state: Mapping[str, torch.Tensor]) -> StackTrainee:
         """A one-model stack of ``state`` for evaluation (the test pass: the same code alone or in a group)."""
         one = object.__new__(StackTrainee)
         one.model = self.model.copy(self._at(member))
@@ -219,7 +220,7 @@ class ModuleTrainee:
     def remove(self, member: int) -> None:
         self.ids = []
 
-    def solo(self, member: int, state: Mapping[str, torch.Tensor]) -> "ModuleTrainee":
+    def solo(self, member: int, state: Mapping[str, torch.Tensor]) -> ModuleTrainee:
         self.model.load_state_dict(state)
         self.ids = [member]
         return self
