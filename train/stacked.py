@@ -138,10 +138,13 @@ class StackedModel:
     def _uniform(self, shape: tuple[int, ...], like: torch.Tensor, rates: Sequence[float]) -> torch.Tensor:
         """(K, B, *shape) uniforms: for each model with a rate above 0, its rows [0, n_k) from its own generator
         (what it would draw alone); 1 elsewhere (kept)."""
-        u = torch.ones((self.k, like.shape[1], *shape), device=like.device, dtype=like.dtype)
+        u = torch.empty((self.k, like.shape[1], *shape), device=like.device, dtype=like.dtype)
         for k, (g, n, rate) in enumerate(zip(self.generators, self._n, rates)):
-            if n and rate > 0:
+            drawn = n if rate > 0 else 0
+            if drawn:
                 torch.rand((n, *shape), generator=g, out=u[k, :n])
+            if drawn < u.shape[1]:
+                u[k, drawn:] = 1.0
         return u
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
