@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -237,6 +238,14 @@ def _train_round(trainee: Any, source: BatchSource, folds: Sequence[_Fold], orde
             if it is not None:
                 it.close()
     return [(float(t) / max(s, 1), s) for t, s in zip(total, seen)]  # one sync per epoch
+
+
+def train_epoch(trainee: Any, source: BatchSource, order: torch.Tensor, loss_fn: LossFn, dist: torch.Tensor,
+                labels: torch.Tensor, *, draw: torch.Generator | None = None) -> tuple[float, int]:
+    """One epoch of a one-model trainee (fer.train.trainees) over ``order``, as the fit loop trains it:
+    (mean training loss, clips seen)."""
+    lone = SimpleNamespace(draw=draw, loss_fn=loss_fn)
+    return _train_round(trainee, source, [lone], [order], dist, labels)[0]
 
 
 def fit_group(members: Sequence[Member], features: LoadedFeatures, source: BatchSource, device: torch.device, *,
