@@ -191,6 +191,15 @@ def _train_in(cfgs: Sequence[TrainConfig], store_path: str | os.PathLike, class_
     except BaseException:
         restore()
         raise
+    try:
+        if features.streamed:  # a streamed run trains one fold at a time, holding its validation clips
+            for (_, fold), split in splits.items():  # refused before anything is written
+                check_held(features.sets, plans, len(split.val), budget=memory_budget(),
+                           stream_bytes=source.buffer_bytes, what=f"cannot stream {store_path} for fold {fold}")
+    except BaseException:
+        restore()
+        source.close()
+        raise
 
     try:
         for f, c in zip(folders, cfgs):
@@ -212,7 +221,7 @@ def _train_in(cfgs: Sequence[TrainConfig], store_path: str | os.PathLike, class_
         for f in folders:
             f.resources = resources
         for group in groups:
-            _fit(group, cfgs, folders, splits, features, source, plans, device, str(store_path), log)
+            _fit(group, cfgs, folders, splits, features, source, device, log)
     except KeyboardInterrupt:
         log(f"interrupted: {where} holds the finished folds and the last epoch's checkpoint; continue with "
             "--resume")
@@ -224,13 +233,9 @@ def _train_in(cfgs: Sequence[TrainConfig], store_path: str | os.PathLike, class_
 
 
 def _fit(group: Sequence[tuple[int, int]], cfgs: Sequence[TrainConfig], folders: Sequence[RunFolder],
-         splits: dict[tuple[int, int], FoldSplit], features: LoadedFeatures, source: Any, plans: dict,
-         device: torch.device, store: str, log: Log) -> None:
+         splits: dict[tuple[int, int], FoldSplit], features: LoadedFeatures, source: Any, device: torch.device,
+         log: Log) -> None:
     """Train one group of (run, fold) together and write each fold's outputs as it finishes."""
-    if features.streamed:  # the validation clips of the group are held in memory while the rest streams
-        check_held(features.sets, plans, sum(len(splits[t].val) for t in group), budget=memory_budget(),
-                   stream_bytes=source.buffer_bytes,
-                   what=f"cannot stream {store} for " + ", ".join(f"fold {fold}" for _, fold in group))
     members = []
     for i, fold in group:
         split, f = splits[i, fold], folders[i]
