@@ -37,7 +37,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     pass
 
@@ -162,7 +163,8 @@ def _extract_help(name: str) -> str:
 @data_app.command("info")
 def data_info(
     root: Path = typer.Argument(..., help=ROOT_HELP),
-    check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
+    check_media: bool = typer.Option(True, "--check-media/--no-check-media",
+                                     help="Open every file to find unreadable ones."),
     layout: str | None = typer.Option(None, "--layout", help=_extract_help("layout")),
     classes: str | None = typer.Option(None, "--classes", help=_extract_help("classes")),
 ) -> None:
@@ -215,7 +217,8 @@ def _finish(summary, saved: str) -> None:
     """Print a run's summary; exit 130 when it was interrupted, 1 when a clip failed."""
     typer.echo(str(summary))
     if summary.interrupted:
-        typer.secho(f"interrupted: finished {saved} are saved; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted: finished {saved} are saved; rerun the same command to resume",
+                    fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
@@ -369,7 +372,8 @@ def predict_cmd(
     clip: str = typer.Argument(..., help="A video file (its main face is found and aligned, or give --faces), a folder "
                                "of face frames, or a clip id of the dataset given with --root."),
     run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
-    root: Path | None = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) "
+                                     "that holds CLIP as an id."),
     faces: Path | None = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
     fold: int | None = typer.Option(None, "--fold", min=1, help="Use this fold's model only [default: average all]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),

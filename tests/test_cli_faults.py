@@ -49,7 +49,8 @@ def copy(src, dst):
 
 
 def mel(root, store, *extra):
-    return ["extract", root, "-m", "audio", "--backbone", "mel", "--store", store, "--workers", 0, "--no-progress", *extra]
+    return ["extract", root, "-m", "audio", "--backbone", "mel", "--store", store, "--workers", 0, "--no-progress",
+            *extra]
 
 
 # ------------------------------------------------------------------ 1, 2: a full disk

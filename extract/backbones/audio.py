@@ -126,8 +126,8 @@ class SpeechAudio(_AudioBase):
             enc = hf_speech_encoder(HF_SPEECH.model_name(backbone), weights, seed)
             self.family = slug(enc.model_type)
         else:
-            raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
-                           f"(e.g. {SPEECH_HINT})")
+            raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} "
+                           f"or hf:<speech model> (e.g. {SPEECH_HINT})")
         self.backbone, self.encoder = backbone, enc
         self.model, self.fe, self.weights, self.slug = enc.model, enc.feature_extractor, enc.weights, enc.tag
         self.layers, self.width = enc.layers, enc.width
@@ -235,7 +235,8 @@ class SpeechAudio(_AudioBase):
                 by_len.setdefault(len(items[i][0]), []).append(i)
             groups = list(by_len.values())
         for g in groups:
-            data[g] = self._whisper([items[i][0] for i in g]) if self.whisper else self._pooled([items[i][0] for i in g])
+            data[g] = (self._whisper([items[i][0] for i in g]) if self.whisper
+                       else self._pooled([items[i][0] for i in g]))
             mask[g] = True
         return data, mask
 
@@ -300,7 +301,8 @@ class MelAudio(_AudioBase):
         if not 8 <= n_mels <= 256:
             raise FerError(f"mel bands must be in [8, 256], got {n_mels}")
         if not (0 < hop_ms <= win_ms <= 100) or not 0.1 <= seconds <= 600:
-            raise FerError(f"mel needs 0 < hop <= window <= 100 ms and 0.1 <= seconds <= 600, got {hop_ms}/{win_ms}/{seconds}")
+            raise FerError(f"mel needs 0 < hop <= window <= 100 ms and 0.1 <= seconds <= 600, "
+                           f"got {hop_ms}/{win_ms}/{seconds}")
         self.n_mels, self.win_ms, self.hop_ms, self.seconds = n_mels, float(win_ms), float(hop_ms), float(seconds)
         self.fmin, self.fmax, self.log_eps = fmin, fmax if fmax is not None else SAMPLE_RATE / 2, log_eps
         self.win = int(round(SAMPLE_RATE * win_ms / 1000))

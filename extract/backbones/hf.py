@@ -115,7 +115,8 @@ def load_config(source: str, backbone: str) -> Any:
         raise missing_model(source, e, backbone) from None
 
 
-def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+def from_pretrained(cls: Any, source: str, backbone: str,
+                    allowed_missing: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
     """``cls.from_pretrained(source)`` with a strict check: a key the checkpoint lacks (beyond the
     ``allowed_missing`` prefixes, parts fer does not use) or a mismatched shape is a FerError, since
     transformers would fill it with random numbers. Returns the model and the keys it lacked."""
@@ -297,8 +298,8 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     size = size or crop
     overrides: dict[str, Any] = {}
     if size != crop:  # the model's own recipe at another input side: same resize-to-crop ratio
-        overrides = {"size": {"shortest_edge": int(round(size * resize / crop))}, "crop_size": {"height": size, "width": size},
-                     "do_center_crop": True}
+        overrides = {"size": {"shortest_edge": int(round(size * resize / crop))},
+                     "crop_size": {"height": size, "width": size}, "do_center_crop": True}
     take = "proj" if layer == "proj" else ("pooler" if mtype in POOLER_TYPES else "cls")
     interpolate = size != int(getattr(getattr(model, "config", cfg), "image_size", size)) and \
         "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
@@ -314,7 +315,8 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     if missing:
         extra["unused_missing_keys"] = missing[:20]
     return ImageEncoder(
-        backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped, preprocess=HFImageProcess(processor, overrides),
+        backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped,
+        preprocess=HFImageProcess(processor, overrides),
         weights=ident, tag=with_transforms(tag, processor_source, _canonical(source)), size=size,
         out_shape=(width,), layer=layer, preprocessing=_describe_processor(processor, overrides),
         output=output, extra=extra, transforms=processor_source,
@@ -392,7 +394,8 @@ def _feature_extractor(source: str, cfg: Any, kind: str) -> Any:
     folder = local_folder(source)
     try:
         with quiet_transformers():
-            return AutoFeatureExtractor.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline())
+            return AutoFeatureExtractor.from_pretrained(str(folder or source),
+                                                        local_files_only=bool(folder) or offline())
     except (OSError, ValueError):  # some checkpoints ship no preprocessor config: derive it from the model config
         return _derived_feature_extractor(cfg, kind)
 
