@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from typer.core import TyperCommand
 
 from fer import __version__
 from fer.cache.errors import FerError
+from fer.typer_options import FamiliesInHelp, argument, escape, options_command
 
 app = typer.Typer(
     help="fer: multimodal dynamic facial expression recognition.\n\n"
@@ -37,53 +37,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
 ) -> None:
     pass
 
 
 # ---------------------------------------------------------------- commands from settings dataclasses
-def _options_command(typer_app: typer.Typer, name: str, options, *, args: list[inspect.Parameter],
-                     sweep: bool = False, skip: tuple[str, ...] = (), **command_kw: Any):
-    """Register a command whose options are a settings dataclass's fields (``options()``: fer.options'
-    ConfigOptions, each with its type, flags and docstring); the decorated body receives ``args`` and the
-    option values as keyword arguments. With ``sweep``, sweepable options take a comma list (a grid axis).
-    ``command_kw`` go to Typer's ``command`` (e.g. ``cls``)."""
-
-    def typed(o) -> tuple[Any, Any]:
-        if sweep and o.sweepable:
-            help_ = (f"{_escape(o.help)} One value or a comma list (';' for {o.flag[2:]}): a grid axis. "
-                     f"[default: {o.default}]")
-            return str | None, typer.Option(None, *o.flags, help=help_, show_default=False)
-        if o.kind == "bool":
-            flags = (f"{o.flag}/--no-{o.flag[2:]}",) if o.default else o.flags
-            return bool, typer.Option(o.default, *flags, help=_escape(o.help))
-        tp = {"int": int, "float": float, "str": str, "int?": int | None, "float?": float | None,
-              "str?": str | None, "tuple": str, "parsed": str | None}[o.kind]
-        return tp, typer.Option(... if o.required else o.default, *o.flags, help=_escape(o.help))
-
-    def register(body):
-        params = list(args)
-        taken = {p.name for p in params}
-        for o in options():
-            if o.name in taken or o.name in skip:
-                continue
-            tp, default = typed(o)
-            params.append(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
-                                            default=default))
-
-        def command(**kw: Any) -> None:
-            body(**kw)
-
-        command.__signature__ = inspect.Signature(params)
-        command.__doc__ = body.__doc__
-        command.__name__ = body.__name__
-        typer_app.command(name, **command_kw)(command)
-        return body
-
-    return register
-
-
 def _extract_options():
     """`fer extract`'s options (read when the command line starts: fer.extract.config imports no torch)."""
     from fer.extract.config import extract_options
@@ -110,30 +70,6 @@ def _sweep_options():
     return config_options() + sweep_options()
 
 
-def _argument(name: str, tp: Any, help_: str) -> inspect.Parameter:
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=tp,
-                             default=typer.Argument(..., help=help_))
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")  # rich markup would read [0, 1) as a tag
-
-
-class FamiliesInHelp(TyperCommand):
-    """A command whose option help may say ``{families}`` (or ``{fetchable families}``): the backbone
-    families of fer.extract.backbones.families, filled in when the help is shown (the table imports torch,
-    which `fer` does not at start-up, so bad arguments come back fast)."""
-
-    def format_help(self, ctx: Any, formatter: Any) -> None:
-        from fer.extract.backbones.families import backbone_help
-
-        for p in self.params:
-            if isinstance(getattr(p, "help", None), str) and "families}" in p.help:
-                p.help = p.help.replace("{fetchable families}", backbone_help(fetchable=True)).replace(
-                    "{families}", backbone_help())
-        super().format_help(ctx, formatter)
-
-
 # ---------------------------------------------------------------- data
 @data_app.command("synth")
 def data_synth(
@@ -156,13 +92,14 @@ ROOT_HELP = "Dataset root (DFEW, MAFW, FERV39k, class folders train|val|test/<cl
 
 def _extract_help(name: str) -> str:
     """The help of `fer extract`'s option for ExtractConfig field ``name`` (other commands share some)."""
-    return next(_escape(o.help) for o in _extract_options() if o.name == name)
+    return next(escape(o.help) for o in _extract_options() if o.name == name)
 
 
 @data_app.command("info")
 def data_info(
     root: Path = typer.Argument(..., help=ROOT_HELP),
-    check_media: bool = typer.Option(True, "--check-media/--no-check-media", help="Open every file to find unreadable ones."),
+    check_media: bool = typer.Option(True, "--check-media/--no-check-media",
+                                     help="Open every file to find unreadable ones."),
     layout: str | None = typer.Option(None, "--layout", help=_extract_help("layout")),
     classes: str | None = typer.Option(None, "--classes", help=_extract_help("classes")),
 ) -> None:
@@ -173,11 +110,11 @@ def data_info(
     typer.echo(dataset_report(root, check_media=check_media, layout=layout, classes=parse_classes(classes)))
 
 
-_SRC = _argument("src", Path, "The clips: any dataset fer reads (DFEW root, manifest CSV, ...).")
-_OUT = _argument("out", Path, "Folder for the aligned face frames, manifest.csv and faces.json.")
+_SRC = argument("src", Path, "The clips: any dataset fer reads (DFEW root, manifest CSV, ...).")
+_OUT = argument("out", Path, "Folder for the aligned face frames, manifest.csv and faces.json.")
 
 
-@_options_command(data_app, "faces", _faces_options, args=[_SRC, _OUT])
+@options_command(data_app, "faces", _faces_options, args=[_SRC, _OUT])
 def data_faces(src: Path, out: Path, **options: Any) -> None:
     """Detect, follow and align the main face of every video into DFEW-style frame folders (OUT/<clip id>/00001.jpg).
 
@@ -192,7 +129,7 @@ def data_faces(src: Path, out: Path, **options: Any) -> None:
 
 
 # ---------------------------------------------------------------- extract
-@_options_command(app, "extract", _extract_options, args=[_argument("root", Path, ROOT_HELP)],
+@options_command(app, "extract", _extract_options, args=[argument("root", Path, ROOT_HELP)],
                   cls=FamiliesInHelp)
 def extract_cmd(root: Path, **options: Any) -> None:
     """Run one backbone over every clip into the feature store (stage 1).
@@ -215,7 +152,8 @@ def _finish(summary, saved: str) -> None:
     """Print a run's summary; exit 130 when it was interrupted, 1 when a clip failed."""
     typer.echo(str(summary))
     if summary.interrupted:
-        typer.secho(f"interrupted: finished {saved} are saved; rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted: finished {saved} are saved; rerun the same command to resume",
+                    fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
@@ -244,10 +182,10 @@ def weights_fetch(
 
 # ---------------------------------------------------------------- train
 STORE_HELP = "Feature store made by `fer extract` (.zarr or .h5)."
-_STORE = _argument("store", Path, STORE_HELP)
+_STORE = argument("store", Path, STORE_HELP)
 
 
-@_options_command(app, "train", _train_options, args=[_STORE])
+@options_command(app, "train", _train_options, args=[_STORE])
 def train_cmd(store: Path, **options: Any) -> None:
     """Train the face Transformer (+ pose/audio fusion) on cached features over the store's folds."""
     from fer.train.options import config_from_options
@@ -283,7 +221,7 @@ _SWEEP_OUT = inspect.Parameter(
                          "the same --out to resume a killed sweep."))
 
 
-@_options_command(app, "sweep", _sweep_options, args=[_STORE, _SWEEP_OUT], sweep=True, skip=("resume",))
+@options_command(app, "sweep", _sweep_options, args=[_STORE, _SWEEP_OUT], sweep=True, skip=("resume",))
 def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
     """Train a grid of settings on one store (features loaded once), one run folder per point, then the report."""
     from fer.train.options import config_from_options, option, parse_grid, sweep_config, sweep_options
@@ -370,7 +308,8 @@ def predict_cmd(
     clip: str = typer.Argument(..., help="A video file (its main face is found and aligned, or give --faces), a folder "
                                "of face frames, or a clip id of the dataset given with --root."),
     run: Path = typer.Option(..., "--run", "-r", help="A run folder written by `fer train`."),
-    root: Path | None = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) that holds CLIP as an id."),
+    root: Path | None = typer.Option(None, "--root", help="Dataset (any layout fer reads, or a manifest) "
+                                     "that holds CLIP as an id."),
     faces: Path | None = typer.Option(None, "--faces", help="Folder of the video's aligned face frames."),
     fold: int | None = typer.Option(None, "--fold", min=1, help="Use this fold's model only [default: average all]."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),

@@ -70,10 +70,11 @@ def main() -> None:
         fer("data", "synth", data, "--clips", args.clips, "--seed", 0)
     fer("extract", data, "-m", "face", "--weights", args.weights, "--store", store, "--no-progress")
     try:
-        fer("extract", data, "-m", "face", "--weights", args.weights, "--frames", "all", "--max-frames", args.max_frames,
-            "--flip", "--store", store, "--no-progress")
+        fer("extract", data, "-m", "face", "--weights", args.weights, "--frames", "all",
+            "--max-frames", args.max_frames, "--flip", "--store", store, "--no-progress")
     except subprocess.CalledProcessError as e:
-        raise SystemExit("the all-frame extraction failed: this needs `fer extract --frames all --flip` (issue 12, phase 2)") from e
+        raise SystemExit("the all-frame extraction failed: this needs `fer extract --frames all --flip` "
+                         "(issue 12, phase 2)") from e
     specs = face_specs(store)
     if set(specs) != {"16f", "all"}:
         raise SystemExit(f"expected one 16-frame and one all-frame face set in {store}, found {specs}")

@@ -52,7 +52,8 @@ def bench_family(family, dataset, tmp: Path, frames: int, batch: int, workers: i
     with torch.inference_mode():
         ex.embed(items[:batch])  # warm-up
     before = bare()
-    s = run_extraction(dataset, ex, tmp / f"{len(os.listdir(tmp))}.zarr", batch_size=batch, workers=workers, progress=False)
+    s = run_extraction(dataset, ex, tmp / f"{len(os.listdir(tmp))}.zarr", batch_size=batch, workers=workers,
+                       progress=False)
     assert s.done == n, s
     after = bare()
     bare_s = (before + after) / 2
@@ -109,7 +110,8 @@ def main() -> None:
         work.mkdir()
         for fam in pick(args.families):
             r = bench_family(fam, ds, work, args.frames, args.batch_size, args.workers, args.precision)
-            print(f"{r['family']:<40} {r['precision']:<5} bare {r['bare']:7.3f} clips/s  pipeline {r['pipeline']:7.3f}  "
+            print(f"{r['family']:<40} {r['precision']:<5} bare {r['bare']:7.3f} clips/s  "
+                  f"pipeline {r['pipeline']:7.3f}  "
                   f"(model {r['model_s']:.1f} s, bare {r['clips'] / r['bare']:.1f} s)  "
                   f"ratio {r['ratio']:.2f}", flush=True)
             rows.append(r)

@@ -87,13 +87,15 @@ def to_markdown(r: dict) -> str:
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"CPU only; {r['clips']} synthetic clips at {r['size']}x{r['size']}, batch {r['batch_size']} clips, "
         f"{r['threads']} torch threads, {r['workers']} decoding worker(s). One run; load average "
-        f"{r['load']:.1f} during the run (the CPUs were shared), so absolute clips/s are low, the ratio is what matters.",
+        f"{r['load']:.1f} during the run (the CPUs were shared), so absolute clips/s are low, "
+        "the ratio is what matters.",
         "",
         "| measure | value |",
         "|---|---|",
         f"| bare backbone (frames already decoded in memory; mean of before/after) | {r['bare_clips_s']:.3f} clips/s "
         f"({r['bare_before_clips_s']:.3f} before, {r['bare_after_clips_s']:.3f} after) |",
-        f"| `run_extraction` (decode (workers, or the main process with 0) + model + chunk writes) | {r['pipeline_clips_s']:.3f} clips/s |",
+        "| `run_extraction` (decode (workers, or the main process with 0) + model + chunk writes) "
+        f"| {r['pipeline_clips_s']:.3f} clips/s |",
         f"| ratio pipeline / bare (target >= 0.8) | {r['ratio']:.2f} |",
         f"| decoding, one process | {r['decode_ms_per_clip']:.1f} ms/clip |",
         f"| model | {r['model_ms_per_clip']:.1f} ms/clip |",

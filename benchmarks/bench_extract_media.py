@@ -90,7 +90,8 @@ def main() -> None:
         res = time_backend(ext, recs, batch)
         res.update(name=name, spec=ext.spec, batch=batch, build_s=t_build)
         rows.append(res)
-        print(f"{name}: {res['clips_per_s']:.2f} clips/s, decode {res['decode_share']:.0%}, model {res['model_share']:.0%}")
+        print(f"{name}: {res['clips_per_s']:.2f} clips/s, decode {res['decode_share']:.0%}, "
+              f"model {res['model_share']:.0%}")
         del ext
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -99,7 +100,8 @@ def main() -> None:
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared with other work), "
         f"torch {torch.__version__}, {args.threads} threads, 1-min load average at the end {load:.1f} "
-        f"(above 2 means other jobs shared the cores and the figures are pessimistic). Input: synthetic DFEW-layout clips ({media}). "
+        "(above 2 means other jobs shared the cores and the figures are pessimistic). "
+        f"Input: synthetic DFEW-layout clips ({media}). "
         "Serial, one process: decode (`load`) then model (`embed`) per batch; the extraction runner overlaps "
         "the two with DataLoader workers, so its throughput approaches 1 / max(decode, model) per clip.",
         "",

@@ -55,7 +55,8 @@ def measure(family, records, tmp: Path, frames: int, batch: int, repeats: int) -
             s, b = _time(bf16, items, batch)
             t16.append(s)
     # one vector per frame (face) or per clip and layer (audio): (..., D)
-    cos = torch.nn.functional.cosine_similarity(a.reshape(-1, a.shape[-1]).double(), b.reshape(-1, b.shape[-1]).double(), dim=1)
+    cos = torch.nn.functional.cosine_similarity(a.reshape(-1, a.shape[-1]).double(),
+                                                b.reshape(-1, b.shape[-1]).double(), dim=1)
     cos = cos[a.reshape(-1, a.shape[-1]).abs().sum(1) > 0]  # rows without audio are zero in both
     units = len(items) * (frames if family.modality == "face" else 1)
     r = {"family": family.name, "modality": family.modality, "spec": fp32.spec, "weights": weights_used(fp32),
@@ -71,7 +72,8 @@ def to_markdown(rows: list[dict], args: argparse.Namespace, native: bool) -> str
     lines = [
         "# CPU bf16 autocast vs fp32, per backbone family",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, {args.threads} threads, "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), torch {torch.__version__}, "
+        f"{args.threads} threads, "
         f"oneDNN native bf16: {'yes (AVX512-BF16/AMX)' if native else 'no (emulated: slow)'}; "
         f"{args.clips} synthetic clips, {args.frames} face frames per clip, batch {args.batch} clips, best of "
         f"{args.repeats} alternated runs; load average {os.getloadavg()[0]:.1f} at the end. Cosine: every pooled "

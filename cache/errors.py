@@ -62,7 +62,8 @@ def _fault_in_chain(e: BaseException) -> BaseException | None:
     return None
 
 
-def env_error(e: BaseException, path: str | os.PathLike | None, doing: str, fix: str | None = None) -> FerEnvError | None:
+def env_error(e: BaseException, path: str | os.PathLike | None, doing: str,
+              fix: str | None = None) -> FerEnvError | None:
     """A one-line FerEnvError for an environment fault ``e`` met while ``doing`` something at ``path``, or None
     when ``e`` is not one (a bug or bad input, left to its own handling). ``fix`` overrides the advice."""
     fault = _fault_in_chain(e)

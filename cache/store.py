@@ -54,9 +54,11 @@ class FeatureStore:
     def damaged(self, what: str, spec: str | None = None) -> FerEnvError:
         """The one-line error for damage found in this store (or in its feature set ``spec``)."""
         if spec is None:
-            return FerEnvError(f"{self.path} is damaged: {what}; restore it from a copy, or re-extract into a new store")
+            return FerEnvError(f"{self.path} is damaged: {what}; restore it from a copy, "
+                               "or re-extract into a new store")
         return FerEnvError(
-            f"{self.path} is damaged: feature set {spec}: {what}; run `fer cache verify {self.path}` to see all damage, "
+            f"{self.path} is damaged: feature set {spec}: {what}; "
+            f"run `fer cache verify {self.path}` to see all damage, "
             f"then remove the set (`fer cache rm {self.path} {spec}`) and extract it again"
         )
 
@@ -67,7 +69,8 @@ class FeatureStore:
         shapes = {}
         for key in (L.CLIPS_ID, L.CLIPS_VOTES, L.CLIPS_FOLD):
             if not b.has(key):
-                raise FerError(f"{self.path} has no clip index ({key} is missing); the store is incomplete, create it again")
+                raise FerError(f"{self.path} has no clip index ({key} is missing); "
+                               "the store is incomplete, create it again")
             a = b.array(key)
             shape, chunks = tuple(int(x) for x in a.shape), tuple(int(x) for x in (a.chunks or a.shape))
             if len(shape) != 2 or shape[0] < 1:
@@ -92,7 +95,8 @@ class FeatureStore:
         classes = tuple(str(c) for c in a.get("class_names") or ())
         folds = tuple(str(f) for f in a.get("fold_names") or ())
         if self._votes.ndim != 2 or self._folds.ndim != 2 or len(self._votes) != self.n or len(self._folds) != self.n:
-            raise FerError(f"{self.path} is damaged: clips/votes {self._votes.shape} and clips/fold {self._folds.shape} "
+            raise FerError(f"{self.path} is damaged: clips/votes {self._votes.shape} "
+                           f"and clips/fold {self._folds.shape} "
                            f"do not match the {self.n} clip ids; re-extract into a new store")
         labels, c = self._labels, self._votes.shape[1]
         if labels is not None and (labels.shape != (self.n,) or (labels >= c).any()):
@@ -230,7 +234,8 @@ class FeatureStore:
             if tuple(a.shape) != shape:
                 problems.append(f"{name} has shape {tuple(a.shape)}, expected {shape} ({n} clips)")
             elif tuple(a.chunks or ()) != chunks:
-                problems.append(f"{name} has chunks {tuple(a.chunks or ())}, expected {chunks} (writers could share a chunk)")
+                problems.append(f"{name} has chunks {tuple(a.chunks or ())}, expected {chunks} "
+                                "(writers could share a chunk)")
             elif np.dtype(a.dtype) != dtype:
                 problems.append(f"{name} holds {np.dtype(a.dtype)}, expected {dtype}")
         return problems

@@ -93,7 +93,8 @@ def _check_set(store: FeatureStore, spec: str, rep: VerifyReport) -> None:
             block = np.asarray(arrays["data"][a0:b0])
             np.asarray(arrays["mask"][a0:b0])
         except Exception as e:
-            rep.problems.append(f"{spec}: chunk {c} (rows {a0}-{b0 - 1}) holds done rows but is unreadable ({type(e).__name__})")
+            rep.problems.append(f"{spec}: chunk {c} (rows {a0}-{b0 - 1}) holds done rows "
+                                f"but is unreadable ({type(e).__name__})")
             continue
         if block.dtype.kind == "f":
             finite = np.isfinite(block.reshape(b0 - a0, -1)).all(axis=1)
@@ -101,7 +102,8 @@ def _check_set(store: FeatureStore, spec: str, rep: VerifyReport) -> None:
     if bad_rows:
         some = ", ".join(str(ids[r]) for r in bad_rows[:5])
         more = f" and {len(bad_rows) - 5} more" if len(bad_rows) > 5 else ""
-        rep.problems.append(f"{spec}: {len(bad_rows)} done rows are not finite (NaN/inf or never written): clips {some}{more}")
+        rep.problems.append(f"{spec}: {len(bad_rows)} done rows are not finite (NaN/inf or never written): "
+                            f"clips {some}{more}")
 
 
 def _check_leftovers(store: FeatureStore, rep: VerifyReport) -> None:
@@ -111,7 +113,8 @@ def _check_leftovers(store: FeatureStore, rep: VerifyReport) -> None:
     partial = list(Path(local).rglob("*.partial"))
     if partial:
         rep.notes.append(
-            f"{len(partial)} temp files (*.partial) left by a killed writer; harmless, removed by `fer cache verify --clean`"
+            f"{len(partial)} temp files (*.partial) left by a killed writer; "
+            "harmless, removed by `fer cache verify --clean`"
         )
 
 

@@ -242,7 +242,8 @@ class FeatureWriter:
         except Exception as e:
             if np.asarray(self._done[a:b]).any():
                 raise FerError(
-                    f"{self.spec}: chunk {c} (rows {a}-{b - 1}) is unreadable but holds done rows ({type(e).__name__}); "
+                    f"{self.spec}: chunk {c} (rows {a}-{b - 1}) is unreadable but holds done rows "
+                    f"({type(e).__name__}); "
                     "run `fer cache verify` and remove the feature set"
                 ) from e
             fill = np.nan if self.dtype.kind == "f" else 0

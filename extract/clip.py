@@ -64,7 +64,8 @@ def clip_record(clip: str, *, root: Path | None = None, faces: Path | None = Non
         for r in dataset.records:
             if r.clip_id in wanted:
                 return r
-        raise FerError(f"clip {clip!r} is not in the dataset at {root}; pass one of its clip ids (e.g. {dataset.ids[0]})")
+        raise FerError(f"clip {clip!r} is not in the dataset at {root}; "
+                       f"pass one of its clip ids (e.g. {dataset.ids[0]})")
     path = Path(clip)
     if not path.exists():
         raise FerError(f"{clip} is neither a file nor a folder; pass a video, or --root DATASET with a clip id")

@@ -81,8 +81,8 @@ def check_options(modality: str, *, layer: str | None = None, size: int | None =
     """FerError naming the options given that do not apply to ``modality`` (APPLIES_TO): the first group."""
     given = [name for name, on in (
         ("--frames all", str(frames).lower() == "all"), ("--max-frames", max_frames is not None),
-        ("--flip", bool(flip)), ("--transforms", bool(transforms)), ("--layer", bool(layer)), ("--size", size is not None),
-        ("--frames", frames is not None and str(frames).lower() != "all"),
+        ("--flip", bool(flip)), ("--transforms", bool(transforms)), ("--layer", bool(layer)),
+        ("--size", size is not None), ("--frames", frames is not None and str(frames).lower() != "all"),
     ) if on and modality not in APPLIES_TO[name]]
     if not given:
         return

@@ -285,7 +285,8 @@ def read_audio(
         expected = min(expected, limit)
     if expected and x.size < TRUNCATED_FRACTION * expected:
         why = f" ({broken})" if broken else ""
-        raise ClipError(f"truncated or undecodable audio: {x.size / sr:.2f} s of {expected / sr:.2f} s decode in {path.name}{why}")
+        raise ClipError(f"truncated or undecodable audio: {x.size / sr:.2f} s of {expected / sr:.2f} s decode "
+                        f"in {path.name}{why}")
     if broken and x.size == 0:
         raise ClipError(f"undecodable audio in {path.name}: {broken}")
     return np.ascontiguousarray(x)

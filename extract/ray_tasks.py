@@ -169,7 +169,7 @@ class RecordAligned(ClipWork):
         self.work = work
 
     def process(self, batch: list[Loaded], first: bool) -> None:
-        from fer.extract.faces.runner import check_free
+        from fer.extract.faces.output import check_free
 
         for b in batch:
             result = b.item if b.ok else b.reason

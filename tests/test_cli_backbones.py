@@ -1,4 +1,5 @@
-"""`fer extract --backbone/--precision`, `fer weights fetch --backbone` and `fer train --audio-layer weighted` on the CLI."""
+"""`fer extract --backbone/--precision`, `fer weights fetch --backbone` and `fer train --audio-layer weighted`
+on the CLI."""
 
 import os
 import subprocess
@@ -47,7 +48,8 @@ def test_hf_backbone_with_precision_then_weighted_audio_training(root, tmp_path)
 
 
 def test_bad_precision_and_offline_fetch_are_one_line_errors(root, tmp_path):
-    r = invoke("extract", root, "-m", "face", "--weights", "none", "--precision", "fp64", "--store", tmp_path / "a.zarr")
+    r = invoke("extract", root, "-m", "face", "--weights", "none", "--precision", "fp64",
+               "--store", tmp_path / "a.zarr")
     assert isinstance(r.exception, FerError) and "unknown --precision 'fp64'" in str(r.exception)
     p = subprocess.run([sys.executable, "-m", "fer.cli", "weights", "fetch", "--backbone", "timm:vit_tiny_patch16_224",
                         "--backbone", "hf:facebook/dinov2-small"], capture_output=True, text=True,

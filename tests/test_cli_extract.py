@@ -26,7 +26,8 @@ def roots(tmp_path_factory):
     root = base / "dfew"
     synthesize(root, clips=10, seed=2, corrupt=3, workers=1)
     manifest = base / "healthy.csv"
-    lines = ["clip_id,faces16,label"] + [f"{i:05d},{root}/Clip/clip_224x224_16f/{i:05d},{1 + i % 7}" for i in range(1, 11)]
+    lines = ["clip_id,faces16,label"] + [f"{i:05d},{root}/Clip/clip_224x224_16f/{i:05d},{1 + i % 7}"
+                                         for i in range(1, 11)]
     manifest.write_text("\n".join(lines) + "\n")
     return root, manifest
 
@@ -89,8 +90,10 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(roots, reference, tmp_path)
 
 def test_two_shard_processes_equal_one_process(roots, reference, tmp_path):
     store = tmp_path / "sh.zarr"
-    procs = [subprocess.Popen([sys.executable, "-m", "fer.cli", *map(str, face_args(roots[1], store, 64, "--shard", k))],
-                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in ("1/2", "2/2")]
+    procs = [subprocess.Popen([sys.executable, "-m", "fer.cli",
+                               *map(str, face_args(roots[1], store, 64, "--shard", k))],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k in ("1/2", "2/2")]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert "(shard 1/2)" in outs[0][0] and "(shard 2/2)" in outs[1][0]
@@ -138,7 +141,8 @@ def test_bad_arguments(roots, tmp_path, args, message):
 
 
 def test_missing_root_and_other_dataset_store(roots, tmp_path):
-    r = CliRunner().invoke(app, ["extract", str(tmp_path / "nope"), "-m", "face", "--weights", "none"], env={"COLUMNS": "400"})
+    r = CliRunner().invoke(app, ["extract", str(tmp_path / "nope"), "-m", "face", "--weights", "none"],
+                           env={"COLUMNS": "400"})
     assert r.exit_code == 2 and "does not exist" in r.output
     store = tmp_path / "a.zarr"
     assert CliRunner().invoke(app, list(map(str, face_args(roots[1], store, 32, "--limit", 1)))).exit_code == 0
@@ -148,14 +152,16 @@ def test_missing_root_and_other_dataset_store(roots, tmp_path):
 
 def test_imagenet_offline_is_one_line_error_and_fetch_fails_cleanly(roots, tmp_path, monkeypatch):
     env = {**ENV, "TORCH_HOME": str(tmp_path / "th")}
-    p = subprocess.run([sys.executable, "-m", "fer.cli", "extract", str(roots[1]), "-m", "face", "--store", str(tmp_path / "x.zarr")],
+    p = subprocess.run([sys.executable, "-m", "fer.cli", "extract", str(roots[1]), "-m", "face",
+                        "--store", str(tmp_path / "x.zarr")],
                        capture_output=True, text=True, env=env)
     assert p.returncode == 2 and "resnet18-f37072fd.pth" in p.stderr and "fer weights fetch" in p.stderr
     assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
     monkeypatch.setenv("FER_OFFLINE", "1")
     r = CliRunner().invoke(app, ["weights", "fetch", "-m", "face"])
-    assert "failed  face.resnet18" in r.output and isinstance(r.exception, FerError) and "not fetched" in str(r.exception)
+    assert ("failed  face.resnet18" in r.output and isinstance(r.exception, FerError)
+            and "not fetched" in str(r.exception))
 
 
 def test_audio_and_pose_backends_are_wired_into_one_store(roots, tmp_path):

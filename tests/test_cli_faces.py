@@ -11,7 +11,7 @@ import time
 import pytest
 
 from fer.cache import open_store
-from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL
+from fer.extract.faces.output import MANIFEST, MARKER, PARTIAL
 from fer.extract.frames import list_frames
 from fer.extract.synth import photo as V
 from fer.tests.cli import ENV, fer

@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from fer.extract.backbones.audio import MelAudio
 from fer.extract.backbones.face import FaceExtractor
+from fer.extract.backbones.mel import MelAudio
 from fer.extract.datasets import load_dataset
 from fer.extract.runner import run_extraction
 from fer.extract.synth import synthesize
@@ -49,7 +49,8 @@ def copy(src, dst):
 
 
 def mel(root, store, *extra):
-    return ["extract", root, "-m", "audio", "--backbone", "mel", "--store", store, "--workers", 0, "--no-progress", *extra]
+    return ["extract", root, "-m", "audio", "--backbone", "mel", "--store", store, "--workers", 0, "--no-progress",
+            *extra]
 
 
 # ------------------------------------------------------------------ 1, 2: a full disk

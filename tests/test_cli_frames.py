@@ -29,8 +29,8 @@ def test_extract_every_frame_with_mirrors_then_train_augmented_then_predict(root
         fs = s.read(SPEC)
     assert fs.data.shape == (8, 24, 2, 512) and fs.mask.shape == (8, 24) and not fs.mask.all() and fs.mask[:, 0].all()
     run = tmp_path / "run"
-    fer("train", store, "--augment", "jitter,flip", "--balance", "--fold", 1, "--epochs", 2, "--layers", 1, "--heads", 2,
-        "--ff", 16, "--hidden", 16, "--no-plots", "--out", run, check=0)
+    fer("train", store, "--augment", "jitter,flip", "--balance", "--fold", 1, "--epochs", 2, "--layers", 1,
+        "--heads", 2, "--ff", 16, "--hidden", 16, "--no-plots", "--out", run, check=0)
     config = json.loads((run / "config.json").read_text())
     assert config["augment"] == ["jitter", "flip"] and config["features"]["face"]["spec"] == SPEC
     written = np.load(run / "predictions_fold1.npz")

@@ -12,7 +12,8 @@ def test_report_terminal_markdown_and_out(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "face-none-kl" in r.stdout and "60.00 ± 10.00" in r.stdout and "70.00 ± 10.00" in r.stdout
     out = tmp_path / "t" / "table.md"
-    r = fer("report", tmp_path / "runs" / "face-none-kl", tmp_path / "runs" / "face+audio-fc-kl", "--markdown", "--out", out)
+    r = fer("report", tmp_path / "runs" / "face-none-kl", tmp_path / "runs" / "face+audio-fc-kl", "--markdown",
+            "--out", out)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("| run |") and out.read_text() == r.stdout
 

@@ -54,7 +54,8 @@ def test_predict_matches_the_cached_features_of_the_same_clip(pipeline):
         row = list(s.ids).index("00002")
         for modality, meta in feats.items():
             cached = s.read(meta["spec"], rows=np.array([row]))
-            np.testing.assert_allclose(inputs[modality][0].numpy(), cached.data.astype(np.float32), rtol=1e-2, atol=1e-2)
+            np.testing.assert_allclose(inputs[modality][0].numpy(), cached.data.astype(np.float32),
+                                       rtol=1e-2, atol=1e-2)
 
 
 def test_predict_bad_input_is_one_line(pipeline, tmp_path):

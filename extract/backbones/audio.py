@@ -5,7 +5,10 @@
   (the input embedding then each Transformer layer), so the layer is chosen at training time.
   Mask ``(L+1,)``: all True, or all False when the clip has no audio.
 - ``mel``: log-mel spectrogram, 64 bands, 25 ms window, 10 ms hop, fixed length (3 s -> 300
-  frames), row ``(300, 64)``, mask over the frames the audio actually covers.
+  frames), row ``(300, 64)``, mask over the frames the audio actually covers (fer.extract.backbones.mel).
+
+This module holds the audio reading both share (``AudioBase``), the speech-encoder extractor, the
+wav2vec2 and hf: family records and ``make_audio_extractor``.
 
 A clip with no audio stream, silent audio or less than one analysis window is valid: zero row,
 mask all False, and a note in the feature set's ``row_info``.
@@ -13,7 +16,6 @@ mask all False, and a note in the feature set's ``row_info``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,8 @@ import torch
 from fer.cache.errors import FerError
 from fer.extract.backbones import precision as prec
 from fer.extract.backbones.family import Family
-from fer.extract.backbones.hf import SPEECH_HINT, fetch_hub, hub_cached
+from fer.extract.backbones.hf import fetch_hub, hub_cached
+from fer.extract.backbones.hf_speech import SPEECH_HINT
 from fer.extract.backbones.image import slug
 from fer.extract.backbones.precision_check import settle
 from fer.extract.config import check_family
@@ -47,11 +50,12 @@ DEFAULT_WAV2VEC2 = "facebook/wav2vec2-large-xlsr-53"
 BACKENDS = ("wav2vec2", "mel")
 
 
-def _audio_source(record: ClipRecord) -> Path | None:
+def audio_source(record: ClipRecord) -> Path | None:
+    """The file that holds the clip's audio: its own audio file, else its video."""
     return record.audio or record.video
 
 
-class _AudioBase(Extractor):
+class AudioBase(Extractor):
     """Reading a clip's audio, shared by both backends."""
 
     modality = "audio"
@@ -59,7 +63,7 @@ class _AudioBase(Extractor):
 
     def _read(self, record: ClipRecord) -> tuple[np.ndarray | None, str | None]:
         """(waveform, None) for usable audio, else (None, why the row is empty)."""
-        src = _audio_source(record)
+        src = audio_source(record)
         if src is None:
             raise ClipError("no video or audio file for this clip")
         info: dict[str, Any] = {}
@@ -91,7 +95,7 @@ def default_wav2vec2_config() -> Any:
     )
 
 
-class SpeechAudio(_AudioBase):
+class SpeechAudio(AudioBase):
     """Mean-pooled hidden states of every layer of a Hugging Face speech encoder, ``(L+1, D)`` per clip.
 
     wav2vec2-style encoders (wav2vec2, HuBERT, WavLM, data2vec-audio) take the waveform through their own
@@ -109,7 +113,8 @@ class SpeechAudio(_AudioBase):
         ``max_seconds``: longer clips are cut to their first ``max_seconds`` (attention is quadratic;
         Whisper's window caps it too).
         """
-        from fer.extract.backbones.hf import hf_speech_encoder, local_folder
+        from fer.extract.backbones.hf import local_folder
+        from fer.extract.backbones.hf_speech import hf_speech_encoder
 
         if not 0.5 <= max_seconds <= 600:
             raise FerError(f"audio max_seconds must be in [0.5, 600], got {max_seconds}")
@@ -126,8 +131,8 @@ class SpeechAudio(_AudioBase):
             enc = hf_speech_encoder(HF_SPEECH.model_name(backbone), weights, seed)
             self.family = slug(enc.model_type)
         else:
-            raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} or hf:<speech model> "
-                           f"(e.g. {SPEECH_HINT})")
+            raise FerError(f"unknown audio backend {backbone!r}; choose from {', '.join(BACKENDS)} "
+                           f"or hf:<speech model> (e.g. {SPEECH_HINT})")
         self.backbone, self.encoder = backbone, enc
         self.model, self.fe, self.weights, self.slug = enc.model, enc.feature_extractor, enc.weights, enc.tag
         self.layers, self.width = enc.layers, enc.width
@@ -235,7 +240,8 @@ class SpeechAudio(_AudioBase):
                 by_len.setdefault(len(items[i][0]), []).append(i)
             groups = list(by_len.values())
         for g in groups:
-            data[g] = self._whisper([items[i][0] for i in g]) if self.whisper else self._pooled([items[i][0] for i in g])
+            data[g] = (self._whisper([items[i][0] for i in g]) if self.whisper
+                       else self._pooled([items[i][0] for i in g]))
             mask[g] = True
         return data, mask
 
@@ -269,112 +275,6 @@ class SpeechAudio(_AudioBase):
         return self._mean_over_frames(out.hidden_states, torch.tensor([n for _, n in items]))
 
 
-
-# ---------------------------------------------------------------- log-mel
-def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
-    """HTK mel scale."""
-    return 2595.0 * torch.log10(1.0 + torch.as_tensor(f, dtype=torch.float64) / 700.0)
-
-
-def mel_to_hz(m: torch.Tensor) -> torch.Tensor:
-    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-
-def mel_filterbank(n_mels: int, n_fft: int, sr: int, fmin: float = 0.0, fmax: float | None = None) -> torch.Tensor:
-    """``(n_mels, n_fft // 2 + 1)`` triangular HTK mel filters, unnormalised (peak 1), float32."""
-    fmax = sr / 2 if fmax is None else fmax
-    freqs = torch.linspace(0, sr / 2, n_fft // 2 + 1, dtype=torch.float64)
-    pts = mel_to_hz(torch.linspace(float(hz_to_mel(fmin)), float(hz_to_mel(fmax)), n_mels + 2, dtype=torch.float64))
-    lo, mid, hi = pts[:-2, None], pts[1:-1, None], pts[2:, None]
-    up = (freqs[None] - lo) / (mid - lo)
-    down = (hi - freqs[None]) / (hi - mid)
-    return torch.clamp(torch.minimum(up, down), min=0.0).float()
-
-
-class MelAudio(_AudioBase):
-    """Log-mel spectrogram at a fixed length; needs no weights."""
-
-    def __init__(self, device: torch.device | str = "cpu", n_mels: int = 64, win_ms: float = 25.0,
-                 hop_ms: float = 10.0, seconds: float = 3.0, fmin: float = 0.0, fmax: float | None = None,
-                 log_eps: float = 1e-6):
-        if not 8 <= n_mels <= 256:
-            raise FerError(f"mel bands must be in [8, 256], got {n_mels}")
-        if not (0 < hop_ms <= win_ms <= 100) or not 0.1 <= seconds <= 600:
-            raise FerError(f"mel needs 0 < hop <= window <= 100 ms and 0.1 <= seconds <= 600, got {hop_ms}/{win_ms}/{seconds}")
-        self.n_mels, self.win_ms, self.hop_ms, self.seconds = n_mels, float(win_ms), float(hop_ms), float(seconds)
-        self.fmin, self.fmax, self.log_eps = fmin, fmax if fmax is not None else SAMPLE_RATE / 2, log_eps
-        self.win = int(round(SAMPLE_RATE * win_ms / 1000))
-        self.hop = int(round(SAMPLE_RATE * hop_ms / 1000))
-        self.n_fft = 1 << (self.win - 1).bit_length()
-        self.samples = int(round(seconds * SAMPLE_RATE))
-        self.frames = int(math.ceil(self.samples / self.hop))
-        self.max_seconds = self.seconds  # decoding stops after the fixed length
-        self.fb = mel_filterbank(n_mels, self.n_fft, SAMPLE_RATE, fmin, self.fmax)
-        self.window = torch.hann_window(self.win)
-        self.device = torch.device("cpu")
-        self.to(device)
-
-    def to(self, device: torch.device | str) -> MelAudio:
-        self.device = torch.device(device)
-        self.fb, self.window = self.fb.to(self.device), self.window.to(self.device)
-        return self
-
-    @property
-    def spec(self) -> str:
-        s = f"audio.mel.{self.n_mels}.{self.win_ms:g}ms{self.hop_ms:g}ms.16k.{self.seconds:g}s"
-        if (self.fmin, self.fmax) != (0.0, SAMPLE_RATE / 2):
-            s += f".f{self.fmin:g}-{self.fmax:g}"
-        return s
-
-    @property
-    def row_shape(self) -> tuple[int, ...]:
-        return (self.frames, self.n_mels)
-
-    def provenance(self) -> dict[str, Any]:
-        return {
-            "modality": "audio",
-            "backbone": "mel",
-            "weights": {"id": "none (fixed filterbank)", "sha256": None},
-            "sample_rate": SAMPLE_RATE,
-            "input_size": {"seconds": self.seconds, "frames": self.frames},
-            "preprocessing": (
-                f"audio demuxed with PyAV (or soundfile), mono, 16 kHz, first {self.seconds:g} s zero-padded to "
-                f"{self.samples} samples; STFT n_fft {self.n_fft}, Hann window {self.win}, hop {self.hop}, centred "
-                f"(reflect); power; {self.n_mels} HTK triangular mel filters {self.fmin:g}-{self.fmax:g} Hz; "
-                f"ln(mel + {self.log_eps:g})"
-            ),
-            "output": "frames past the end of the audio are zero with mask False; no/silent audio: all False",
-            "silence_peak": SILENCE_PEAK,
-        }
-
-    def load(self, record: ClipRecord) -> tuple[np.ndarray | None, int, str | None]:
-        x, note = self._read(record)
-        if x is None:
-            return None, 0, note
-        n = min(x.size, self.samples)
-        fixed = np.zeros(self.samples, np.float32)
-        fixed[:n] = x[:n]
-        return fixed, min(self.frames, int(math.ceil(n / self.hop))), note
-
-    @torch.inference_mode()
-    def embed(self, items: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        data = torch.zeros(len(items), self.frames, self.n_mels)
-        mask = torch.zeros(len(items), self.frames, dtype=torch.bool)
-        valid = [i for i, it in enumerate(items) if it[0] is not None]
-        if not valid:
-            return data, mask
-        x = torch.from_numpy(np.stack([items[i][0] for i in valid])).to(self.device)
-        spec = torch.stft(x, self.n_fft, hop_length=self.hop, win_length=self.win, window=self.window,
-                          center=True, pad_mode="reflect", return_complex=True)
-        power = spec.real.square() + spec.imag.square()  # (B, F, T+1)
-        logmel = torch.log(torch.matmul(self.fb, power) + self.log_eps).transpose(1, 2)[:, : self.frames]
-        n = torch.tensor([items[i][1] for i in valid])
-        m = torch.arange(self.frames)[None] < n[:, None]
-        data[valid] = logmel.float().cpu() * m[..., None]
-        mask[valid] = m
-        return data, mask
-
-
 # ---------------------------------------------------------------- the families
 def wav2vec2_extractor(name: str, weights: str | None, device: torch.device | str, **kw: Any) -> SpeechAudio:
     """fer's default audio backbone (``wav2vec2``): DEFAULT_WAV2VEC2, or the checkpoint ``weights`` names."""
@@ -386,12 +286,6 @@ def hf_speech_extractor(name: str, weights: str | None, device: torch.device | s
     return SpeechAudio(f"{HF_SPEECH.prefix}{name}", weights=weights, device=device, **kw)
 
 
-def mel_extractor(name: str, weights: str | None, device: torch.device | str, seed: int | None = None,
-                  precision: str | None = None, **kw: Any) -> MelAudio:
-    """Log-mel: no weights (``seed`` is ignored), fp32 only (MEL.only, checked before it is built)."""
-    return MelAudio(device=device, **kw)
-
-
 WAV2VEC2 = Family(
     name="wav2vec2", modalities=("audio",), pattern="wav2vec2", help="wav2vec2", build=wav2vec2_extractor,
     spec="audio.wav2vec2.<checkpoint name>.mean.16k[.max<S>s]", fetch=lambda _: fetch_hub(DEFAULT_WAV2VEC2),
@@ -400,14 +294,6 @@ WAV2VEC2 = Family(
 )
 """fer's default audio backbone: wav2vec2-large XLSR-53 (DEFAULT_WAV2VEC2), every layer."""
 
-MEL = Family(
-    name="mel", modalities=("audio",), pattern="mel", help="mel", build=mel_extractor,
-    spec="audio.mel.<bands>.<window>ms<hop>ms.16k.<seconds>s", top="a log-mel spectrogram; no weights",
-    only=(("weights", "none", "the mel audio backend has no weights"),
-          ("precision", "fp32", "the mel audio backend runs in fp32 only")),
-)
-"""Log-mel spectrogram: a fixed front end, no weights."""
-
 HF_SPEECH = Family(
     name="hf-speech", modalities=("audio",), pattern="hf:*",
     help="hf:<speech model id or folder> (HuBERT, WavLM, Whisper ...)", build=hf_speech_extractor,
@@ -415,8 +301,6 @@ HF_SPEECH = Family(
     folders=True, top="every layer's hidden states, mean-pooled over the frames the audio covers",
 )
 """Hugging Face speech encoders (HuBERT, WavLM, data2vec-audio, Whisper's encoder), ``hf:<id or folder>``."""
-
-AUDIO_FAMILIES = (WAV2VEC2, MEL, HF_SPEECH)
 
 
 # ---------------------------------------------------------------- factory
@@ -429,7 +313,10 @@ def make_audio_extractor(backend: str = "wav2vec2", weights: str | None = None, 
     None or ``none``. mel: ``weights`` must be None/``none``; ``n_mels``, ``win_ms``, ``hop_ms``, ``seconds``,
     ``fmin``, ``fmax`` in ``kw``.
     """
-    family = next((f for f in AUDIO_FAMILIES if f.matches(backend)), None)
+    # imported here, not at the top: mel.py builds on this module's AudioBase, so a top-level import would be circular
+    from fer.extract.backbones.mel import MEL
+
+    family = next((f for f in (WAV2VEC2, MEL, HF_SPEECH) if f.matches(backend)), None)
     if family is None:
         raise FerError(f"unknown audio backend {backend!r}; choose from {', '.join(BACKENDS)} or "
                        f"hf:<speech model> (e.g. {SPEECH_HINT})")

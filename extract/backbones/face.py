@@ -126,7 +126,8 @@ class FaceExtractor(Extractor):
             kind = "tokens" if len(self.encoder.out_shape) == 2 else "maps"
             raise FerError(f"--frames all stores pooled vectors only: {self.layer} {kind} of up to "
                            f"{self.tokens} frames"
-                           f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); extract maps with a fixed "
+                           f"{' x 2 views' if self.flip else ''} are {mb:.1f} MB a clip (fp16); "
+                           "extract maps with a fixed "
                            "--frames 16 (for --finetune layer4|top), or every frame with --layer pool")
         self.requested_precision = precision
         self.precision_check: dict[str, Any] | None = None
@@ -165,7 +166,8 @@ class FaceExtractor(Extractor):
     def provenance(self) -> dict[str, Any]:
         e = self.encoder
         if self.all_frames:
-            frames = (f"every face frame up to {self.max_frames} (the all-frames folder: DFEW clip_224x224, MAFW faces, "
+            frames = (f"every face frame up to {self.max_frames} (the all-frames folder: DFEW clip_224x224, "
+                      "MAFW faces, "
                       f"a manifest's faces, `fer data faces` output; more frames: {self.max_frames} at the segment "
                       "centres; no such folder: the 16-frame folder; no face folder: the video's full frames, centre "
                       "square crop; each case in row_info), zero frames after a clip's last, masked absent")

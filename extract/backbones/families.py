@@ -12,9 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fer.cache.errors import FerError
-from fer.extract.backbones.audio import HF_SPEECH, MEL, WAV2VEC2
+from fer.extract.backbones.audio import HF_SPEECH, WAV2VEC2
 from fer.extract.backbones.family import Family
 from fer.extract.backbones.hf import HF_VISION
+from fer.extract.backbones.mel import MEL
 from fer.extract.backbones.pose import KEYPOINTRCNN, OPENPIFPAF
 from fer.extract.backbones.timm_models import TIMM
 from fer.extract.backbones.torchvision_models import RESNET18, TORCHVISION

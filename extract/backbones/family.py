@@ -2,7 +2,7 @@
 and found, its spec name, and where its model can be cut.
 
 Each family module declares its record(s) beside its builder (``torchvision_models.TORCHVISION``,
-``hf.HF_VISION``, ``audio.MEL`` ...); fer.extract.backbones.families lists them in one table, and every
+``hf.HF_VISION``, ``mel.MEL`` ...); fer.extract.backbones.families lists them in one table, and every
 question of the form "which family is this backbone?" is a lookup in that table. This module imports no
 other part of fer, so any family module can import it.
 """

@@ -1,9 +1,11 @@
-"""Hugging Face encoders: vision (CLIP's vision tower, DINOv2, ViT, ...) and speech (wav2vec2, HuBERT,
-WavLM, data2vec-audio, Whisper's encoder), from a hub id or a local folder saved with ``save_pretrained``.
+"""Hugging Face encoders, from a hub id or a local folder saved with ``save_pretrained``: the loading helpers
+every Hugging Face family shares (sources, identity, strict loading, hub fetch and cache) and the vision
+encoder (CLIP's vision tower, DINOv2, ViT, ...); the speech encoders built on these helpers are
+fer.extract.backbones.hf_speech.
 
 Loading goes through transformers' own ``from_pretrained`` (the HF cache; ``HF_HUB_OFFLINE`` and
 ``FER_OFFLINE`` mean cache only; never remote code). Preprocessing is the model's own: its image
-processor (run on the extractor's device) or its feature extractor. ``--weights none`` builds the
+processor (run on the extractor's device) or, for speech, its feature extractor. ``--weights none`` builds the
 architecture from the model's config with seeded random weights.
 """
 
@@ -13,7 +15,6 @@ import contextlib
 import inspect
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,8 @@ def load_config(source: str, backbone: str) -> Any:
         raise missing_model(source, e, backbone) from None
 
 
-def from_pretrained(cls: Any, source: str, backbone: str, allowed_missing: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
+def from_pretrained(cls: Any, source: str, backbone: str,
+                    allowed_missing: tuple[str, ...] = ()) -> tuple[Any, list[str]]:
     """``cls.from_pretrained(source)`` with a strict check: a key the checkpoint lacks (beyond the
     ``allowed_missing`` prefixes, parts fer does not use) or a mismatched shape is a FerError, since
     transformers would fill it with random numbers. Returns the model and the keys it lacked."""
@@ -297,8 +299,8 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     size = size or crop
     overrides: dict[str, Any] = {}
     if size != crop:  # the model's own recipe at another input side: same resize-to-crop ratio
-        overrides = {"size": {"shortest_edge": int(round(size * resize / crop))}, "crop_size": {"height": size, "width": size},
-                     "do_center_crop": True}
+        overrides = {"size": {"shortest_edge": int(round(size * resize / crop))},
+                     "crop_size": {"height": size, "width": size}, "do_center_crop": True}
     take = "proj" if layer == "proj" else ("pooler" if mtype in POOLER_TYPES else "cls")
     interpolate = size != int(getattr(getattr(model, "config", cfg), "image_size", size)) and \
         "interpolate_pos_encoding" in inspect.signature(model.forward).parameters
@@ -314,12 +316,12 @@ def hf_vision_encoder(source: str, weights: str | None = None, layer: str | None
     if missing:
         extra["unused_missing_keys"] = missing[:20]
     return ImageEncoder(
-        backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped, preprocess=HFImageProcess(processor, overrides),
+        backbone=f"hf-{slug(family)}", family="hf-vision", model=wrapped,
+        preprocess=HFImageProcess(processor, overrides),
         weights=ident, tag=with_transforms(tag, processor_source, _canonical(source)), size=size,
         out_shape=(width,), layer=layer, preprocessing=_describe_processor(processor, overrides),
         output=output, extra=extra, transforms=processor_source,
     )
-
 
 
 HF_VISION = Family(
@@ -333,100 +335,3 @@ HF_VISION = Family(
     transforms="a model (hub id or folder) whose image processor to use",
 )
 """Hugging Face vision encoders, ``hf:<hub id or folder saved with save_pretrained>``."""
-
-
-# ---------------------------------------------------------------- speech
-SPEECH_HINT = "hf:facebook/hubert-base-ls960, hf:microsoft/wavlm-base-plus, hf:openai/whisper-base"
-
-
-@dataclass
-class SpeechEncoder:
-    """A speech model that returns every layer's hidden states, with its own feature extractor."""
-
-    model: nn.Module
-    """wav2vec2-style model, or Whisper's encoder."""
-    feature_extractor: Any
-    kind: str
-    """``conv`` (a strided CNN on the waveform: wav2vec2, HuBERT, WavLM, data2vec-audio) or ``whisper`` (log-mel)."""
-    model_type: str
-    weights: dict[str, Any]
-    tag: str
-    layers: int
-    """Hidden states per clip: the input embedding then each Transformer layer."""
-    width: int
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _speech_classes(cfg: Any) -> tuple[Any, str]:
-    from transformers import AutoModel, WhisperModel
-
-    if cfg.model_type == "whisper":
-        return WhisperModel, "whisper"
-    if hasattr(cfg, "conv_kernel") and hasattr(cfg, "conv_stride"):
-        return AutoModel, "conv"
-    raise FerError(f"model type {cfg.model_type!r} is not a speech encoder fer can pool (wav2vec2, HuBERT, WavLM, "
-                   f"data2vec-audio, Whisper ...); e.g. {SPEECH_HINT}")
-
-
-def conv_feature_extractor(config: Any) -> Any:
-    """A Wav2Vec2FeatureExtractor matching ``config`` for checkpoints that ship none."""
-    from transformers import Wav2Vec2FeatureExtractor
-
-    # As the hub's large (layer-norm) checkpoints say: normalise, and pass an attention mask.
-    layer_norm = getattr(config, "feat_extract_norm", "group") == "layer"
-    return Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                                    do_normalize=True, return_attention_mask=layer_norm)
-
-
-def _derived_feature_extractor(cfg: Any, kind: str) -> Any:
-    from transformers import WhisperFeatureExtractor
-
-    if kind == "whisper":
-        return WhisperFeatureExtractor(feature_size=int(cfg.num_mel_bins))
-    return conv_feature_extractor(cfg)
-
-
-def _feature_extractor(source: str, cfg: Any, kind: str) -> Any:
-    from transformers import AutoFeatureExtractor
-
-    folder = local_folder(source)
-    try:
-        with quiet_transformers():
-            return AutoFeatureExtractor.from_pretrained(str(folder or source), local_files_only=bool(folder) or offline())
-    except (OSError, ValueError):  # some checkpoints ship no preprocessor config: derive it from the model config
-        return _derived_feature_extractor(cfg, kind)
-
-
-def hf_speech_encoder(source: str, weights: str | None = None, seed: int = 0, backbone_arg: str | None = None,
-                      config: Any = None) -> SpeechEncoder:
-    """A Hugging Face speech encoder from ``source`` (hub id or folder); ``weights`` None or ``none``.
-
-    ``config`` (for ``none``): the architecture to build when ``source`` has none available offline.
-    """
-    from transformers import AutoModel
-
-    backbone_arg = backbone_arg or f"hf:{source}"
-    w = (weights or "").strip().lower()
-    if w and w != "none":
-        raise FerError(f"--weights {weights} does not apply to {backbone_arg}: point it at the model folder or id, "
-                       "or use --weights none for random init")
-    cfg = config if (w == "none" and config is not None) else load_config(source, backbone_arg)
-    cls, kind = _speech_classes(cfg)
-    if w == "none":
-        model = random_init(lambda: cls.from_config(cfg) if cls is AutoModel else cls(cfg), seed)
-        ident, tag = random_identity(source, seed)
-    else:
-        # masked_spec_embed is the SpecAugment mask vector: used in training only, absent from some checkpoints
-        model, _ = from_pretrained(cls, source, backbone_arg, allowed_missing=("masked_spec_embed",))
-        ident, tag = identity(source, model)
-        cfg = model.config
-    # random init from a built-in config reads nothing from the hub: its feature extractor is derived
-    fe = (_feature_extractor(source, cfg, kind) if w != "none" or local_folder(source)
-          else _derived_feature_extractor(cfg, kind))
-    if kind == "whisper":
-        model = model.get_encoder()
-        layers, width = int(cfg.encoder_layers) + 1, int(cfg.d_model)
-    else:
-        layers, width = int(cfg.num_hidden_layers) + 1, int(cfg.hidden_size)
-    return SpeechEncoder(model=model.float().eval(), feature_extractor=fe, kind=kind, model_type=str(cfg.model_type),
-                         weights=ident, tag=tag, layers=layers, width=width)

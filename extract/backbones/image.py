@@ -30,7 +30,8 @@ class ImageEncoder:
     model's input; ``model`` maps that to ``(N, *out_shape)`` features."""
 
     backbone: str
-    """Spec token naming the architecture, e.g. ``resnet18``, ``convnext_tiny``, ``hf-clip``, ``timm-vit_base_patch16_224``."""
+    """Spec token naming the architecture, e.g. ``resnet18``, ``convnext_tiny``, ``hf-clip``,
+    ``timm-vit_base_patch16_224``."""
     family: str
     """``resnet18`` | ``torchvision`` | ``hf-vision`` | ``timm``: picks the CPU precision default."""
     model: nn.Module

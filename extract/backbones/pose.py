@@ -104,11 +104,13 @@ class KeypointRCNNPose(_PoseBase):
             raise FerError(f"pose min_score must be in [0, 1), got {min_score}")
         if detections < 1:
             raise FerError(f"pose detections must be >= 1, got {detections}")
-        self.frames, self.min_size, self.max_size, self.min_score, self.seed = frames, min_size, max_size, min_score, seed
+        self.frames, self.min_size, self.max_size = frames, min_size, max_size
+        self.min_score, self.seed = min_score, seed
         self.detections, self.proposals = detections, proposals
         # Frames are decoded no larger than the detector will look at (it downsizes anyway).
         self.max_side = max_size
-        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections, proposals, min_score)
+        self.model, self.weights = build_keypointrcnn(weights, min_size, max_size, seed, detections, proposals,
+                                                      min_score)
         self.model.eval()
         self.device = torch.device("cpu")
         self.to(device)
@@ -135,7 +137,8 @@ class KeypointRCNNPose(_PoseBase):
             "rpn_proposals": self.proposals,
             "preprocessing": (
                 f"{self.frames} frames sampled uniformly (segment centres) from the original clip, RGB, decoded "
-                f"with the long side <= {self.max_side}, /255; detector resizes to min {self.min_size} max {self.max_size}"
+                f"with the long side <= {self.max_side}, /255; "
+                f"detector resizes to min {self.min_size} max {self.max_size}"
             ),
             "output": (
                 "main person per frame (highest score, ties by box area); columns x/W, y/H, "
@@ -161,7 +164,8 @@ class KeypointRCNNPose(_PoseBase):
         return torch.from_numpy(data), torch.from_numpy(mask)
 
 
-def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int, min_score: float = 0.0) -> np.ndarray | None:
+def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int,
+                     min_score: float = 0.0) -> np.ndarray | None:
     """Convert one Keypoint R-CNN output dict (boxes, scores, keypoints, keypoints_scores) to a
     (17, 3) row for the main person, or None when no detection scores >= ``min_score``."""
     scores = out["scores"].detach().float().cpu().numpy()
@@ -177,13 +181,15 @@ def rcnn_main_person(out: dict[str, torch.Tensor], width: int, height: int, min_
 
 
 def build_keypointrcnn(weights: str, min_size: int, max_size: int, seed: int = 0,
-                       detections: int = 10, proposals: int = 300, min_score: float = 0.05) -> tuple[torch.nn.Module, WeightsIdentity]:
+                       detections: int = 10, proposals: int = 300,
+                       min_score: float = 0.05) -> tuple[torch.nn.Module, WeightsIdentity]:
     """torchvision Keypoint R-CNN with ``--weights coco|none|PATH`` resolved by fer.extract.backbones.weights."""
     from torchvision.models.detection import KeypointRCNN_ResNet50_FPN_Weights, keypointrcnn_resnet50_fpn
 
     def build(_: Any) -> torch.nn.Module:
         # weights are loaded by resolve_torchvision; never let torchvision fetch a backbone here
-        return keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2, num_keypoints=NUM_KEYPOINTS,
+        return keypointrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=2,
+                                         num_keypoints=NUM_KEYPOINTS,
                                          min_size=min_size, max_size=max_size, box_detections_per_img=detections,
                                          rpn_post_nms_top_n_test=proposals,
                                          # detections under min_score are discarded anyway: dropping them
@@ -204,7 +210,8 @@ PIFPAF_MISSING = (
 )
 
 
-def pifpaf_main_person(annotations: Sequence[Any], width: int, height: int, min_score: float = 0.0) -> np.ndarray | None:
+def pifpaf_main_person(annotations: Sequence[Any], width: int, height: int,
+                       min_score: float = 0.0) -> np.ndarray | None:
     """Convert OpenPifPaf annotations (``.data`` (17, 3) x, y, confidence; ``.score``) to the main
     person's (17, 3) row, or None when none scores >= ``min_score``. Box area = extent of the
     keypoints with confidence > 0 (OpenPifPaf's own ``bbox()`` uses the same points)."""
@@ -274,7 +281,8 @@ def _make_pifpaf_predictor(checkpoint: str) -> Any:
         return openpifpaf.Predictor(checkpoint=checkpoint)
     except Exception as e:
         raise FerError(f"openpifpaf could not load checkpoint {checkpoint!r} ({type(e).__name__}: "
-                       f"{str(e).splitlines()[0][:200] if str(e) else ''}); fetch it while online or pass a local file") from None
+                       f"{str(e).splitlines()[0][:200] if str(e) else ''}); "
+                       "fetch it while online or pass a local file") from None
 
 
 # ---------------------------------------------------------------- the families

@@ -100,7 +100,9 @@ def provenance(precision: str, device: torch.device | str,
     """The ``precision`` entries of a feature set's attrs; ``check``: what ``auto`` measured before choosing
     (fer.extract.backbones.precision_check)."""
     dev = torch.device(device)
-    how = "fp32" if precision == "fp32" else f"torch.autocast({dev.type!r}, {DTYPES[precision]}): matmuls and convolutions in {precision}, accumulation and pooling in fp32"
+    how = ("fp32" if precision == "fp32" else
+           f"torch.autocast({dev.type!r}, {DTYPES[precision]}): matmuls and convolutions in {precision}, "
+           "accumulation and pooling in fp32")
     measured = {"precision_check": check} if check else {}
     return {"precision": precision, "compute": how, "device": dev.type, **measured}
 

@@ -58,7 +58,8 @@ def cached_pretrained(cfg: Any) -> Path | None:
     if getattr(cfg, "hf_hub_id", None):
         from huggingface_hub import try_to_load_from_cache
 
-        names = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+        names = ([cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None)
+                 else ["model.safetensors", "pytorch_model.bin"])
         for n in names:
             f = try_to_load_from_cache(cfg.hf_hub_id, n)
             if isinstance(f, str) and Path(f).is_file():
@@ -86,7 +87,8 @@ def _fit_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], notes: dic
     """Drop leftovers (head, MAE decoder) and resample an absolute position embedding of another grid."""
     left = sorted(k for k in state if k.startswith(LEFTOVER))
     if left:
-        notes["ignored_keys"] = f"{len(left)} keys not used by the encoder (classifier head / MAE decoder), e.g. {left[0]}"
+        notes["ignored_keys"] = (f"{len(left)} keys not used by the encoder (classifier head / MAE decoder), "
+                                 f"e.g. {left[0]}")
     state = {k: v for k, v in state.items() if not k.startswith(LEFTOVER)}
     own = model.state_dict()
     pe = state.get("pos_embed")
@@ -141,7 +143,8 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         else:
             model = _create(name, kw, pretrained=True, pretrained_cfg_overlay={"file": str(file)})
         sha = sha256_file(file) if file else None
-        ident = {"id": f"timm:{name}" + (f" ({pcfg.hf_hub_id})" if getattr(pcfg, "hf_hub_id", None) else ""), "sha256": sha}
+        ident = {"id": f"timm:{name}" + (f" ({pcfg.hf_hub_id})" if getattr(pcfg, "hf_hub_id", None) else ""),
+                 "sha256": sha}
         tag = slug(getattr(pcfg, "tag", None) or "pretrained")
     else:
         path = file = Path(w).expanduser()
@@ -167,7 +170,8 @@ def timm_encoder(name: str, weights: str | None = None, layer: str | None = None
         raise FerError(f"timm:{name} preprocesses with crop_mode {mode!r}, which fer does not reproduce; "
                        "choose another pretrained tag")
     resize: Any = [side, side] if mode == "squash" else int(math.floor(side / crop_pct))
-    preprocess = scaled_classification(side, side, resize, data["mean"], data["std"], _interpolation(data["interpolation"]))
+    preprocess = scaled_classification(side, side, resize, data["mean"], data["std"],
+                                       _interpolation(data["interpolation"]))
     out = probe_width(model, side, f"timm:{name}")
     if size and "img_size" in kw:
         notes["img_size"] = side

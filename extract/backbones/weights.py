@@ -63,7 +63,8 @@ def torchvision_file(weights_enum: Any) -> Path:
     return hub_checkpoint_dir() / os.path.basename(weights_enum.url)
 
 
-def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True, fetch_cmd: str = "fer weights fetch") -> Path:
+def fetch_torchvision(weights_enum: Any, *, what: str, download: bool = True,
+                      fetch_cmd: str = "fer weights fetch") -> Path:
     """Return the cached file of a torchvision weights enum, downloading it when allowed.
 
     Offline (or the download fails) and not cached: FerError saying which file to put where.

@@ -216,11 +216,13 @@ def read_dfew(root: Path) -> Dataset:
         if cid in votes:
             v = votes[cid]
             if cid in labels and disagrees(v, labels[cid]):
-                problems[cid] = label_problem(v, labels[cid], f"{label_src[cid].parent.name}/{label_src[cid].name}", CLASS_NAMES)
+                problems[cid] = label_problem(v, labels[cid], f"{label_src[cid].parent.name}/{label_src[cid].name}",
+                                              CLASS_NAMES)
         else:
             v = one_hot(labels[cid], NUM_CLASSES)
             if votes:
-                problems[cid] = f"in {label_src[cid].parent.name}/{label_src[cid].name} but not in {ann_path.name}; using the split label as votes"
+                problems[cid] = (f"in {label_src[cid].parent.name}/{label_src[cid].name} but not in {ann_path.name}; "
+                                 "using the split label as votes")
         rec = ClipRecord(
             clip_id=cid,
             faces16=faces16.get(cid),

@@ -231,10 +231,12 @@ def dataset_report(root: Path, check_media: bool = True, max_listed: int = MAX_L
     if ds.fold_names and (folds != FOLD_UNUSED).any():
         has_val = bool((folds == FOLD_VAL).any())
         width = max(9, max(len(f) for f in ds.fold_names))
-        lines.append(f"fold{' ' * (width - 2)}{'train':>8} {'test':>8}" + (f" {'val':>8}" if has_val else "") + f" {'unused':>8}")
+        lines.append(f"fold{' ' * (width - 2)}{'train':>8} {'test':>8}" + (f" {'val':>8}" if has_val else "")
+                     + f" {'unused':>8}")
         for k, name in enumerate(ds.fold_names):
             col = folds[:, k]
-            row = f"  {name:<{width}} {_fmt(int((col == FOLD_TRAIN).sum())):>8} {_fmt(int((col == FOLD_TEST).sum())):>8}"
+            row = (f"  {name:<{width}} {_fmt(int((col == FOLD_TRAIN).sum())):>8} "
+                   f"{_fmt(int((col == FOLD_TEST).sum())):>8}")
             if has_val:
                 row += f" {_fmt(int((col == FOLD_VAL).sum())):>8}"
             lines.append(row + f" {_fmt(int((col == FOLD_UNUSED).sum())):>8}")

@@ -113,7 +113,8 @@ def read_mafw(root: Path) -> Dataset:
                          votes=one_hot(labels[cid], len(CLASSES)), folds=folds[cid],
                          label=labels[cid])
         if rec.faces_all is None and rec.video is None:
-            problems[cid] = no_media([f"{CLIPS_DIR.as_posix()}/{cid}.mp4", *(f"{f.as_posix()}/{cid}/" for f in FACE_DIRS)])
+            problems[cid] = no_media([f"{CLIPS_DIR.as_posix()}/{cid}.mp4",
+                                      *(f"{f.as_posix()}/{cid}/" for f in FACE_DIRS)])
         records.append(rec)
     return Dataset(root=root, kind="mafw", records=records, has_votes=False, problems=problems,
                    class_names=CLASSES, fold_names=FOLDS, protocol=PROTOCOL)

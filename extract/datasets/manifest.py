@@ -72,7 +72,8 @@ def split_codes(splits: set[str]) -> tuple[dict[str, int], str, str]:
         return codes, "test", how
     if "val" in splits:
         codes = {"train": FOLD_TRAIN, "val": FOLD_TEST}
-        return codes, "val", "val is evaluated (no test labels, as AFEW is reported); model selection on a split of train"
+        return codes, "val", ("val is evaluated (no test labels, as AFEW is reported); "
+                              "model selection on a split of train")
     return {"train": FOLD_TRAIN}, "train", "train only: no split to evaluate"
 
 
@@ -171,7 +172,8 @@ def read_manifest(csv_path: Path, classes: Sequence[str] | None = None) -> Datas
         for line, row in body:
             raw = row[split_col].strip().lower()
             if raw and raw not in _SPLIT_NAMES:
-                raise FerError(f"{csv_path} line {line}: split is {row[split_col]!r}; use train, val or test (or empty)")
+                raise FerError(f"{csv_path} line {line}: split is {row[split_col]!r}; "
+                               "use train, val or test (or empty)")
             if raw:
                 seen.add(_SPLIT_NAMES[raw])
         split_codes_, split_fold, protocol = split_codes(seen)

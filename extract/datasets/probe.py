@@ -81,7 +81,8 @@ def _riff_truncation(path: Path, size: int) -> str | None:
         return None
     declared = struct.unpack("<I", head[4:8])[0] + 8
     if declared > size and declared != 0xFFFFFFFF + 8:  # streaming writers put 0xFFFFFFFF
-        return f"truncated: the {head[8:12].decode('latin-1').strip()} header says {declared} bytes, the file has {size}"
+        return (f"truncated: the {head[8:12].decode('latin-1').strip()} header says {declared} bytes, "
+                f"the file has {size}")
     return None
 
 

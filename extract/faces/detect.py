@@ -344,7 +344,8 @@ def _regress(boxes: torch.Tensor, reg: torch.Tensor) -> torch.Tensor:
     return torch.cat([boxes[:, :4] + reg * wh, boxes[:, 4:]], 1)
 
 
-def _crops(pyramid: list[tuple[float, torch.Tensor]], boxes: torch.Tensor, img: torch.Tensor, size: int) -> torch.Tensor:
+def _crops(pyramid: list[tuple[float, torch.Tensor]], boxes: torch.Tensor, img: torch.Tensor,
+           size: int) -> torch.Tensor:
     """Normalised ``size``-square crops of the boxes; the part outside the frame is black (zero pixels).
 
     Each box is cut from the smallest pyramid level where it still spans ``size`` pixels, with 2 x 2

@@ -32,7 +32,8 @@ def row_values(rows: np.ndarray):
 
 
 def main() -> None:
-    mode, path, n, spec, k, nsh = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
+    mode, path, n, spec = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    k, nsh = int(sys.argv[5]), int(sys.argv[6])
     batch = int(sys.argv[7]) if len(sys.argv) > 7 else 3
     pause = float(sys.argv[8]) if len(sys.argv) > 8 else 0.0
     store = create_store(path, *index(n))

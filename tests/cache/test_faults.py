@@ -47,7 +47,8 @@ def test_env_errors_become_fer_env_errors_with_exit_status_3():
     assert "no space" in str(env_error(h5, "s.h5", "writing"))
     assert "read-only" in str(env_error(OSError(errno.EROFS, "Read-only file system"), "/ro", "creating a lock"))
     assert "permission denied" in str(env_error(PermissionError(errno.EACCES, "denied"), "/x", "saving"))
-    assert env_error(ValueError("bad"), "/x", "saving") is None and env_error(OSError(errno.ENOENT, "gone"), "/x", "") is None
+    assert (env_error(ValueError("bad"), "/x", "saving") is None
+            and env_error(OSError(errno.ENOENT, "gone"), "/x", "") is None)
     assert FerError("x").exit_code == 2 and issubclass(FerEnvError, FerError)
     with pytest.raises(KeyError), env_faults("/x", "anything"):  # not a fault of the machine: untouched
         raise KeyError("k")
@@ -164,7 +165,8 @@ def test_truncated_zarr_chunk_names_the_set_rows_and_what_to_do(tmp_path):
     with open_store(tmp_path / "s.zarr") as s:
         # rows= reads only the spans it needs: row 7 lies in the cut-off tail of chunk 1
         for kw in ({}, {"rows": np.array([0, 7])}):
-            with pytest.raises(FerEnvError, match=rf"{SPEC}: chunk 1 of its data \(rows 4-7.*fer cache verify.*fer cache rm"):
+            with pytest.raises(FerEnvError, match=rf"{SPEC}: chunk 1 of its data \(rows 4-7"
+                                                  r".*fer cache verify.*fer cache rm"):
                 s.read(SPEC, **kw)
         assert s.read(SPEC, rows=np.array([0, 9])).done.all()  # the healthy chunks still read
         assert s.read(SPEC, rows=np.array([5])).done.all()  # and so do intact rows of the cut chunk

@@ -167,7 +167,8 @@ def test_file_url_opens_as_zarr(tmp_path):
         assert s2.read("face.a").done.all()
 
 
-@pytest.mark.parametrize("fmt,compressor", [("zarr", "blosc-lz4"), ("zarr", "zstd-1"), ("hdf5", "lzf"), ("hdf5", "gzip-1")])
+@pytest.mark.parametrize("fmt,compressor", [("zarr", "blosc-lz4"), ("zarr", "zstd-1"), ("hdf5", "lzf"),
+                                            ("hdf5", "gzip-1")])
 def test_compressed_round_trip(tmp_path, fmt, compressor):
     """Compressed chunks go through the format library instead of the direct chunk reader."""
     path = tmp_path / ("c.zarr" if fmt == "zarr" else "c.h5")

@@ -40,7 +40,8 @@ def test_the_16_frame_folder_only_when_it_is_all_there_is_and_said(folder, tmp_p
     frames, info = read_all_frames(ClipRecord("1", faces16=folder), max_frames=4, size=16)
     assert frames.shape == (4, 16, 16, 3) and info.endswith("; sampled 4 of 10 frames")
     # an all-frames folder wins over the 16-frame one, and over the video
-    frames, info = read_all_frames(ClipRecord("1", faces_all=folder, faces16=tmp_path, video=tmp_path / "v.mp4"), 12, 32)
+    frames, info = read_all_frames(ClipRecord("1", faces_all=folder, faces16=tmp_path, video=tmp_path / "v.mp4"),
+                                   12, 32)
     assert len(frames) == 10 and info is None
 
 

@@ -14,8 +14,9 @@ from fer.extract.extractor import ClipError
 from fer.extract.media import read_audio, read_video_frames, uniform_indices
 
 
-def make_clip(path: Path, n: int = 30, fps: int = 15, size=(96, 64), vcodec: str = "mpeg4", audio_sr: int | None = 44100,
-              channels: int = 2, freq: float = 440.0, video: bool = True, options: dict | None = None) -> Path:
+def make_clip(path: Path, n: int = 30, fps: int = 15, size=(96, 64), vcodec: str = "mpeg4",
+              audio_sr: int | None = 44100, channels: int = 2, freq: float = 440.0, video: bool = True,
+              options: dict | None = None) -> Path:
     """A clip whose frame i is grey level 8 * i, with a sine soundtrack (AAC) of the same duration."""
     c = av.open(str(path), "w", options=options or {})
     vs = c.add_stream(vcodec, rate=fps) if video else None
@@ -141,7 +142,8 @@ def test_aac_of_exactly_the_cap_is_not_noted_as_capped(tmp_path, ext):
     # AAC's priming and padding make a 3.0 s clip decode (and in mkv/adts, declare) a little longer
     for frames, capped in ((45, False), (48, True)):  # 3.0 s and 3.2 s at 15 fps
         info: dict = {}
-        x = read_audio(make_clip(tmp_path / f"a{frames}.{ext}", n=frames, fps=15, video=False), max_seconds=3.0, info=info)
+        x = read_audio(make_clip(tmp_path / f"a{frames}.{ext}", n=frames, fps=15, video=False), max_seconds=3.0,
+                       info=info)
         assert x.shape == (48000,) and info["capped"] is capped, (frames, ext)
 
 

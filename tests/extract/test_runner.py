@@ -89,7 +89,8 @@ def write_frames(folder, n):
 
 
 def test_frame_repetition_is_recorded(tmp_path, extractor):
-    recs = [ClipRecord("a", faces_all=write_frames(tmp_path / "a", 5)), ClipRecord("b", faces_all=write_frames(tmp_path / "b", 16))]
+    recs = [ClipRecord("a", faces_all=write_frames(tmp_path / "a", 5)),
+            ClipRecord("b", faces_all=write_frames(tmp_path / "b", 16))]
     ds = Dataset(tmp_path / "manifest.csv", "manifest", recs, has_votes=False)
     s = run(ds, extractor, tmp_path / "r.zarr")
     assert s.done == 2 and s.row_info == {"a": "repeated 16 from 5 frames (all faces)"}

@@ -11,7 +11,8 @@ import soundfile as sf
 import torch
 
 from fer.cache.errors import FerError
-from fer.extract.backbones.audio import MelAudio, make_audio_extractor, mel_filterbank
+from fer.extract.backbones.audio import make_audio_extractor
+from fer.extract.backbones.mel import MelAudio, mel_filterbank
 from fer.extract.datasets.records import ClipRecord
 from fer.extract.extractor import ClipError
 

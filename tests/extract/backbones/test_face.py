@@ -71,7 +71,8 @@ def test_extractor_loads_state_dict_by_path_and_matches_torchvision(tmp_path):
     assert data.shape == (2, 16, 512) and mask.all()
     # reference: torchvision's own forward with fc removed, ImageNet normalisation
     x = item[0].permute(0, 3, 1, 2).float() / 255
-    x = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = ((x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+         / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     ref.fc = torch.nn.Identity()
     with torch.inference_mode():
         want = ref(x)

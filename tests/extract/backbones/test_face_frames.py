@@ -163,7 +163,8 @@ def test_a_clip_with_only_a_video_or_only_16_frames_is_read_and_recorded(root, c
     assert f"noted how {len(notes)} clips were read, e.g." in str(summary)  # said at the end of the run too
     n = counts[1]  # the synthetic video has as many frames as the clip's face folder
     kept = f"{CAP} of {n}" if n > CAP else f"all {n}"
-    assert notes[video_only] == f"no face folder: {kept} full frames of {video_only}.mp4, centre square crop (not face crops)"
+    assert notes[video_only] == (f"no face folder: {kept} full frames of {video_only}.mp4, "
+                                 "centre square crop (not face crops)")
     assert notes[only16] == "no all-frames face folder: the 16 frames of the 16-frame folder"
     assert fs.mask[1].sum() == min(n, CAP) and fs.mask[2].sum() == 16
 

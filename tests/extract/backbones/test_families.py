@@ -65,7 +65,8 @@ def train_then_predict(root, store, out, clip="00003", **cfg):
         row = list(s.ids).index(clip)
         for modality, meta in feats.items():
             cached = s.read(meta["spec"], rows=np.array([row]))
-            np.testing.assert_allclose(inputs[modality][0].numpy(), cached.data.astype(np.float32), rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(inputs[modality][0].numpy(), cached.data.astype(np.float32),
+                                       rtol=2e-3, atol=2e-3)
     probs = predict_probs(out, inputs)
     assert probs.shape == (1, 7) and np.isclose(probs.sum(), 1.0, atol=1e-5)
     return feats
@@ -147,7 +148,8 @@ def test_torchvision_model_equals_torchvision_own_forward(root, models, tmp_path
 def test_timm_vit_from_an_mae_style_checkpoint(root, models, tmp_path):
     store = tmp_path / "m.zarr"
     ex = extract(root, store, "face", "timm:vit_tiny_patch16_224", str(models["mae"]), size=32)
-    assert ex.spec.startswith("face.timm-vit_tiny_patch16_224.mae_face_pretrain_vit_tiny-") and ex.row_shape == (16, 192)
+    assert (ex.spec.startswith("face.timm-vit_tiny_patch16_224.mae_face_pretrain_vit_tiny-")
+            and ex.row_shape == (16, 192))
     prov = ex.provenance()
     assert "MAE decoder" in prov["timm"]["ignored_keys"] and "mean [0.5, 0.5, 0.5]" in prov["preprocessing"]
     train_then_predict(root, store, tmp_path / "run")
@@ -265,4 +267,5 @@ def test_relative_paths_are_recorded_absolute(models, monkeypatch):
     ex = make_extractor("face", "hf:tiny-clip", None, "cpu", frames=2)
     assert ex.build_args["backbone"] == f"hf:{models['clip'].resolve()}"
     ex = make_extractor("face", "timm:vit_tiny_patch16_224", models["mae"].name, "cpu", size=32, frames=2)
-    assert ex.build_args["weights"] == str(models["mae"].resolve()) and ex.provenance()["weights"]["id"] == ex.build_args["weights"]
+    assert (ex.build_args["weights"] == str(models["mae"].resolve())
+            and ex.provenance()["weights"]["id"] == ex.build_args["weights"])

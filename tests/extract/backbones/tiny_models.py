@@ -100,7 +100,8 @@ def hubert(folder: Path) -> Path:
 
 
 def whisper(folder: Path, window_s: int = 5) -> Path:
-    """A Whisper (width 32, 2 encoder layers) whose encoder window is ``window_s`` seconds, with its feature extractor."""
+    """A Whisper (width 32, 2 encoder layers) whose encoder window is ``window_s`` seconds,
+    with its feature extractor."""
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
 
     cfg = WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,

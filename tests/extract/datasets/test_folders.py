@@ -33,10 +33,12 @@ def test_train_val_test_like_caer(tmp_path: Path):
     assert detect_layout(root) == "folders"
     ds = load_dataset(root)
     assert ds.kind == "folders" and ds.class_names == ("Angry", "Happy", "Sad")  # sorted folder names
-    assert ds.fold_names == ("test",) and "val is for selection" not in ds.protocol and "model selection on val" in ds.protocol
+    assert (ds.fold_names == ("test",) and "val is for selection" not in ds.protocol
+            and "model selection on val" in ds.protocol)
     got = {r.clip_id: (int(r.votes.argmax()), int(r.folds[0])) for r in ds.records}
     assert got == {"train/Angry/c": (0, FOLD_TRAIN), "train/Happy/a": (1, FOLD_TRAIN), "train/Happy/b": (1, FOLD_TRAIN),
-                   "train/Sad/d": (2, FOLD_TRAIN), "Validation/Happy/e": (1, FOLD_VAL), "Validation/Sad/f": (2, FOLD_VAL),
+                   "train/Sad/d": (2, FOLD_TRAIN), "Validation/Happy/e": (1, FOLD_VAL),
+                   "Validation/Sad/f": (2, FOLD_VAL),
                    "test/Angry/g": (0, FOLD_TEST), "test/Happy/h": (1, FOLD_TEST), "test/Sad/i": (2, FOLD_TEST)}
     c = next(r for r in ds.records if r.clip_id == "train/Angry/c")  # a video and a frame folder: one clip
     assert c.video == root / "train" / "Angry" / "c.mp4" and c.faces_all == root / "train" / "Angry" / "c"
@@ -78,7 +80,8 @@ def test_plain_folder_of_videos_is_unlabeled(tmp_path: Path):
 def test_a_root_matching_two_layouts_or_none(tmp_path: Path):
     root = _tree(tmp_path / "r", {"train": {"happy": ["a.mp4"]}})
     (root / "EmoLabel_DataSplit").mkdir()
-    with pytest.raises(FerError, match=r"matches two layouts \(dfew and folders\); say which with --layout dfew\|folders"):
+    with pytest.raises(FerError, match=r"matches two layouts \(dfew and folders\); "
+                                       r"say which with --layout dfew\|folders"):
         load_dataset(root)
     assert load_dataset(root, layout="folders").kind == "folders"
     (tmp_path / "empty").mkdir()

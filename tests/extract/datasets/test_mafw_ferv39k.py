@@ -14,7 +14,8 @@ from fer.tests.shared_data import shared
 MAFW_FOLDS = {1: (7333, 1839), 2: (7335, 1837), 3: (7339, 1833), 4: (7340, 1832), 5: (7341, 1831)}
 MAFW_TEST_TOTALS = {"anger": 1390, "disgust": 639, "fear": 625, "happiness": 1242, "neutral": 1138, "sadness": 1470,
                     "surprise": 1072, "contempt": 236, "anxiety": 916, "helplessness": 262, "disappointment": 182}
-FERV_TRAIN = {"Happy": 5854, "Sad": 5523, "Neutral": 7790, "Angry": 5906, "Surprise": 2502, "Disgust": 1833, "Fear": 1680}
+FERV_TRAIN = {"Happy": 5854, "Sad": 5523, "Neutral": 7790, "Angry": 5906, "Surprise": 2502, "Disgust": 1833,
+              "Fear": 1680}
 FERV_TEST = {"Happy": 1473, "Sad": 1393, "Neutral": 1958, "Angry": 1487, "Surprise": 638, "Disgust": 467, "Fear": 431}
 
 
@@ -48,7 +49,8 @@ def test_mafw_real_folds_and_class_totals(tmp_path: Path):
     assert totals == MAFW_TEST_TOTALS
     assert list(ds.problems) == [ids[0]] and ds.problems[ids[0]].startswith("no media")
     r1, r2 = ds.records[1], ds.records[2]
-    assert r1.faces_all == root / "data" / "faces" / r1.clip_id and r1.video == root / "data" / "clips" / f"{r1.clip_id}.mp4"
+    assert (r1.faces_all == root / "data" / "faces" / r1.clip_id
+            and r1.video == root / "data" / "clips" / f"{r1.clip_id}.mp4")
     assert r2.faces_all == root / "data" / "frames" / r2.clip_id
 
 
@@ -57,7 +59,8 @@ def test_mafw_with_caption_lines(tmp_path: Path):
     for k in range(1, 6):
         d = root / "Train & Test Set" / "single" / "with_caption" / f"set_{k}"
         d.mkdir(parents=True)
-        (d / "train.txt").write_text("00001.mp4\tanger\tA man shouts.\t一个男人在喊\n00002.mp4\tHappiness\tShe smiles.\t\n"
+        (d / "train.txt").write_text("00001.mp4\tanger\tA man shouts.\t一个男人在喊\n"
+                                     "00002.mp4\tHappiness\tShe smiles.\t\n"
                                      if k != 1 else "00001.mp4\tanger\tA man shouts.\t\n")
         (d / "test.txt").write_text("00002.mp4\thappiness\tShe smiles.\t\n" if k == 1 else "")
     ds = load_dataset(root)
@@ -69,7 +72,8 @@ def test_mafw_label_outside_the_classes(tmp_path: Path):
     root = _mafw_root(tmp_path)
     p = root / "Train & Test Set" / "single" / "no_caption" / "set_3" / "test.txt"
     p.write_text(p.read_text() + "99999.mp4 joy\n")
-    with pytest.raises(FerError, match=r"set_3/test.txt line \d+: label 'joy' is not one of the classes \(anger, disgust"):
+    with pytest.raises(FerError, match=r"set_3/test.txt line \d+: label 'joy' is not one of the classes "
+                                       r"\(anger, disgust"):
         load_dataset(root)
 
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 from fer.extract.datasets import load_dataset
 from fer.extract.faces.detect import MTCNN
-from fer.extract.faces.runner import FACES_JSON, MANIFEST, run_faces
+from fer.extract.faces.output import FACES_JSON, MANIFEST
+from fer.extract.faces.runner import run_faces
 from fer.extract.ray_engine import RayEngine
 from fer.extract.synth import photo as V
 

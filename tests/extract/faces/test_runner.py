@@ -12,7 +12,8 @@ from fer.cache.errors import FerError
 from fer.extract.datasets import load_dataset
 from fer.extract.faces.align import template_points
 from fer.extract.faces.detect import MTCNN
-from fer.extract.faces.runner import MANIFEST, MARKER, PARTIAL, partial_dir, run_faces
+from fer.extract.faces.output import MANIFEST, MARKER, PARTIAL, partial_dir
+from fer.extract.faces.runner import run_faces
 from fer.extract.frames import list_frames
 from fer.extract.synth import photo as V
 
