@@ -227,11 +227,12 @@ def sweep_cmd(store: Path, out: Path, **options: Any) -> None:
     from fer.train.options import config_from_options, option, parse_grid, sweep_config, sweep_options
     from fer.train.sweep import sweep
 
-    runner = sweep_config({o.name: options.pop(o.name) for o in sweep_options()}).runner()
+    own = sweep_config({o.name: options.pop(o.name) for o in sweep_options()})
     texts = {k: v for k, v in options.items() if option(k).sweepable}
     grid, single = parse_grid(texts)
     base = config_from_options({**{k: v for k, v in options.items() if k not in texts}, **single})
-    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")), engine=runner)
+    sweep(str(store), grid, base, out, log=lambda line: typer.echo(line.rstrip("\n")),
+          engine=None if own.dry_run else own.runner(), dry_run=own.dry_run)
 
 
 # ---------------------------------------------------------------- cache

@@ -9,7 +9,10 @@ pretrained ones):
    the bare backbone on frames already on the GPU, for ResNet-18 and a CLIP ViT-B/16 vision tower;
 2. that the GPU's features match fp32 CPU features of the same clips (cosine per frame, min and mean);
 3. the trainer: samples/s of `fer train` from the cache (default model), and its epoch time;
-4. a 2-process torchrun extraction into one store (ranks own disjoint chunks) against one process.
+4. a 2-process torchrun extraction into one store (ranks own disjoint chunks) against one process;
+5. models trained together as one batched model on the GPU (bench_batched.py's measure on CUDA): the 5 folds
+   of `fer train --fold all` together against one after another, a 12-point sweep grouped against
+   sequential, and the peak of allocated device memory of each.
 
 It writes a markdown table (default benchmarks/results/gpu.md). Without CUDA it says so in one line and
 exits 0, so it is safe to run anywhere.
@@ -126,7 +129,19 @@ def bench_torchrun(data: Path, work: Path) -> dict:
     return {"one_s": one, "two_s": two, "speedup": one / two, "complete": same}
 
 
-def to_markdown(rows: list[dict], train: dict | None, tr: dict | None, clips: int) -> str:
+def bench_batched(work: Path) -> dict | None:
+    """bench_batched.py's two comparisons on CUDA; None (said in one line) if they fail."""
+    from bench_batched import measure  # beside this script
+
+    try:
+        return measure("cuda", clips=700, epochs=3, dim=512, work=work / "batched")
+    except Exception as e:  # the other figures must not be lost with it
+        print(f"bench_gpu: batched training skipped ({type(e).__name__}: {e})")
+        return None
+
+
+def to_markdown(rows: list[dict], train: dict | None, tr: dict | None, clips: int,
+                batched: dict | None = None) -> str:
     name = torch.cuda.get_device_name(0)
     lines = [f"# The CUDA path on {name}", "",
              f"torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs, {platform.machine()}; "
@@ -142,6 +157,10 @@ def to_markdown(rows: list[dict], train: dict | None, tr: dict | None, clips: in
     if tr:
         lines += ["", f"torchrun, 2 processes on one store: {tr['two_s']:.1f} s against {tr['one_s']:.1f} s for one "
                       f"({tr['speedup']:.2f}x); every row done: {tr['complete']}."]
+    if batched:
+        from bench_batched import table
+
+        lines += ["", *table(batched, torch.get_num_threads()).splitlines()[2:]]
     return "\n".join(lines) + "\n"
 
 
@@ -166,11 +185,13 @@ def main() -> None:
         store = work / "resnet18.zarr"
         train = bench_train(store, work)
         tr = bench_torchrun(data, work)
-    md = to_markdown(rows, train, tr, a.clips)
+        (work / "batched").mkdir()
+        batched = bench_batched(work)
+    md = to_markdown(rows, train, tr, a.clips, batched)
     print(md)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(md)
-    print(json.dumps({"rows": rows, "train": train, "torchrun": tr}))
+    print(json.dumps({"rows": rows, "train": train, "torchrun": tr, "batched": batched}))
 
 
 if __name__ == "__main__":

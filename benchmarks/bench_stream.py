@@ -144,7 +144,8 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
     from fer.train.batches import MemorySource, frame_plans
     from fer.train.config import TrainConfig
     from fer.train.features import load_features
-    from fer.train.fit import make_optimizer, train_epoch
+    from fer.train.fit import train_epoch
+    from fer.train.trainees import StackTrainee
     from fer.train.losses import make_loss
     from fer.train.model import FerModel
     from fer.train.sampling import epoch_order
@@ -161,15 +162,15 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
             src = MemorySource(f.sets, cfg, frame_plans(f.sets, cfg), torch.device("cpu"))
             torch.manual_seed(0)
             model = FerModel(cfg, src.model_sets, num_classes=f.num_classes)
-            opt = make_optimizer(cfg, model)
+            trainee = StackTrainee([model], [cfg], [torch.Generator().manual_seed(2)], lambda: model)
             loss_fn = make_loss("kl", num_classes=f.num_classes)
             dist, labels = torch.from_numpy(f.dist), torch.from_numpy(f.labels)
             gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
             rows = np.arange(min(f.n, args.clips_c))
             for e in range(2):  # the first epoch warms up
                 t0 = time.perf_counter()
-                train_epoch(model, src, epoch_order(rows, f.labels, balance=False, gen=gen), opt, loss_fn, dist, labels,
-                            draw=draw)
+                train_epoch(trainee, src, epoch_order(rows, f.labels, balance=False, gen=gen), loss_fn, dist,
+                            labels, draw=draw)
                 dt = time.perf_counter() - t0
             times[name].append(dt)
             print(f"(c) {name}: epoch {dt:.2f} s", flush=True)

@@ -46,3 +46,18 @@ def test_sweep_grid_then_report(tmp_path):
 def test_sweep_bad_option_is_one_line_error(tmp_path):
     r = fer("sweep", tmp_path / "missing.zarr", "--layers", "1,x", "--out", tmp_path / "o")
     assert r.returncode == 2 and "--layers 'x' is not an integer" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sweep_dry_run_shows_the_units_and_trains_nothing(tmp_path):
+    from fer.tests.train.fake_runs import make_store
+
+    store = make_store(tmp_path / "s.zarr", n=42)
+    out = tmp_path / "sw"
+    r = fer("sweep", store, "--lr", "1e-3,3e-4", "--layers", "1,2", "--dropout", "0.1,0.3", "--device", "cpu",
+            "--out", out, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "8 points in" in r.stdout and "8 to run in 2 unit(s)" in r.stdout
+    unit1 = "sweep: unit 1: lr-0.001_layers-1_dropout-0.1, lr-0.001_layers-1_dropout-0.3, " \
+            "lr-0.0003_layers-1_dropout-0.1, lr-0.0003_layers-1_dropout-0.3 (4 points trained together)"
+    assert unit1 in r.stdout and "sweep: unit 2: lr-0.001_layers-2_dropout-0.1" in r.stdout
+    assert not out.exists()

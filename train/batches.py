@@ -53,6 +53,8 @@ class BatchSource(Protocol):
     """One zero row per modality in the model's input layout (what FerModel needs to build itself)."""
     views: int
     """Views evaluated per clip (their predictions are averaged)."""
+    concurrent: bool
+    """Whether it serves several epochs side by side (the models of a stack train together)."""
 
     def epoch(self, order: torch.Tensor, *, draw: torch.Generator | None) -> Iterator[Batch]: ...
     def evaluate(self, rows: np.ndarray, batch: int) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]: ...
@@ -152,6 +154,9 @@ def norm_pair(sets: Mapping[str, ModalityData], rows: torch.Tensor, modality: st
 class MemorySource:
     """Feature sets in memory: on the training device, or (``on_device=False``) in host memory with each batch
     gathered on the host and copied to the device."""
+
+    concurrent = True
+    """Serves several epochs side by side (the models of a stack)."""
 
     def __init__(self, sets: Mapping[str, ModalityData], cfg: TrainConfig, plans: Mapping[str, FramePlan],
                  device: torch.device, *, on_device: bool = True):

@@ -131,6 +131,11 @@ class TrainConfig:
     stream: bool = False
     """Read the feature sets chunk by chunk while training even when they fit the memory budget (sets larger than
     FER_MEMORY_BUDGET_GB, default the available memory, always stream)."""
+    folds_together: int = 0
+    """Models trained together as one batched model: the folds of this run (and in `fer sweep` also the grid
+    points that differ only in what each model holds: --lr, --weight-decay, --dropout, --loss, --seed, ...),
+    at most this many at once; 0: as many as fit the device's free memory; 1: one after another. A model with
+    a fine-tuned backbone top (--finetune) always trains alone. Every model gives the numbers it gives alone."""
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
@@ -177,6 +182,8 @@ class TrainConfig:
             raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} (e.g. --augment jitter,flip)")
         if self.augment and "face" not in self.modalities:
             raise FerError(f"--augment {','.join(self.augment)} draws face frames: add face to --modalities")
+        if self.folds_together < 0:
+            raise FerError(f"--folds-together must be 0 (as many as fit) or more (got {self.folds_together})")
         for name in ("epochs", "batch_size", "layers", "heads", "ff", "hidden", "segments"):
             if getattr(self, name) < 1:
                 raise FerError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")

@@ -1,4 +1,5 @@
-"""``fer sweep --engine ray``: the sweep's units of work (grid points) run as Ray tasks, side by side.
+"""``fer sweep --engine ray``: the sweep's units of work (a grid point, or points that train together as one
+batched model: fer.train.sweep.units) run as Ray tasks, side by side.
 
 The sweep itself is fer.train.sweep's: the plan, the run folders, skip-finished and the report are the same
 code as the sequential sweep, and each task trains its unit with the sweep's own ``run_unit`` (so a unit that
@@ -63,20 +64,21 @@ class Outcome:
     fatal one-line error (and its exit status) that ends the sweep."""
 
     lines: list[str] = field(default_factory=list)
-    holder: Holder | None = None
+    holders: dict[str, Holder] = field(default_factory=dict)
+    """The unit's points another process holds, by name."""
     fatal: str | None = None
     code: int = 0
 
 
-def train_remote(cfg: TrainConfig, store_path: str, features: LoadedFeatures, threads: int,
-                 tag: str) -> Outcome:
+def train_remote(unit: list[TrainConfig], store_path: str, features: LoadedFeatures, threads: int,
+                 tag: tuple[int, int]) -> Outcome:
     """One unit in a Ray task, with ``threads`` torch threads."""
     import torch
 
     torch.set_num_threads(max(1, threads))
     out = Outcome()
     try:
-        out.holder = run_unit(cfg, store_path, lambda _: unshared(features), out.lines.append, tag)
+        out.holders = run_unit(unit, store_path, lambda _: unshared(features), out.lines.append, tag)
     except FerError as e:
         out.fatal, out.code = str(e), e.exit_code
     except Exception as e:  # noqa: BLE001 - one line, not a Ray traceback
@@ -97,8 +99,8 @@ class RaySweep:
         self.address, self.progress = address, progress
         self.gpus, self.cpus = float(gpus_per_run), int(cpus_per_run)
 
-    def run(self, units: Sequence[TrainConfig], store_path: str, features_for: Callable[[TrainConfig], Any],
-            out_dir: Path, *, log: Log = print) -> dict[str, Holder]:
+    def run(self, units: Sequence[list[TrainConfig]], store_path: str,
+            features_for: Callable[[TrainConfig], Any], out_dir: Path, *, log: Log = print) -> dict[str, Holder]:
         """Train every unit (features from ``features_for``, into the object store once per distinct set);
         returns the points another process holds (left to it), by name."""
         ray = import_ray()
@@ -107,36 +109,39 @@ class RaySweep:
                 raise FerError(f"--gpus-per-run {self.gpus:g} asks for more GPUs than the "
                                f"{session.describe()} has")
             paths = {"the sweep folder": str(Path(out_dir).resolve())}
-            if any(features_for(u).streamed for u in units):  # the tasks read streamed sets from the store
+            if any(features_for(u[0]).streamed for u in units):  # the tasks read streamed sets from the store
                 paths["the store"] = str(Path(store_path).resolve())
             check_nodes(paths, session)
-            log(f"sweep: {len(units)} points as Ray tasks on the {session.describe()}, "
-                f"{self.gpus:g} GPU and {self.cpus} CPU each")
+            points = sum(len(u) for u in units)
+            log(f"sweep: {points} points as Ray tasks on the {session.describe()}, {len(units)} task(s) (points "
+                f"trained together are one task), {self.gpus:g} GPU and {self.cpus} CPU each")
             refs: dict[int, Any] = {}
             task = ray.remote(train_remote).options(num_cpus=self.cpus, num_gpus=self.gpus,
                                                     max_retries=RETRIES)
             running = {}
-            for i, cfg in enumerate(units, 1):
-                feats = features_for(cfg)
+            at = 0
+            for unit in units:
+                feats = features_for(unit[0])
                 if id(feats) not in refs:
                     refs[id(feats)] = ray.put(shared(feats))
-                tag = f"[{i}/{len(units)}]"
-                running[task.remote(cfg, store_path, refs[id(feats)], self.cpus, tag)] = cfg
+                running[task.remote(list(unit), store_path, refs[id(feats)], self.cpus, (at, points))] = unit
+                at += len(unit)
             return self._collect(ray, session, running, log)
 
-    def _collect(self, ray: Any, session: Any, running: dict[Any, TrainConfig],
+    def _collect(self, ray: Any, session: Any, running: dict[Any, list[TrainConfig]],
                  log: Log) -> dict[str, Holder]:
         """Wait for the tasks, printing each point's lines as it ends; the first failure ends the sweep.
         Returns the points another process held."""
         from tqdm import tqdm
 
-        bar = tqdm(total=len(running), unit="run", desc="sweep", file=sys.stderr, disable=not self.progress)
+        bar = tqdm(total=sum(len(u) for u in running.values()), unit="run", desc="sweep", file=sys.stderr,
+                   disable=not self.progress)
         others: dict[str, Holder] = {}
         try:
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
-                cfg = running.pop(ready[0])
-                name = Path(cfg.out).name
+                unit = running.pop(ready[0])
+                name = ", ".join(Path(c.out).name for c in unit)
                 try:
                     out: Outcome = ray.get(ready[0])
                 except Exception as e:  # noqa: BLE001 - a task Ray gave up on, a lost node: one line
@@ -146,9 +151,8 @@ class RaySweep:
                 if out.fatal is not None:
                     raise (FerEnvError if out.code == FerEnvError.exit_code else FerError)(
                         f"sweep point {name}: {out.fatal}")
-                if out.holder is not None:
-                    others[name] = out.holder
-                bar.update(1)
+                others.update(out.holders)
+                bar.update(len(unit))
         finally:
             for ref in running:  # the sweep stops: the others keep their finished folds for a rerun
                 ray.cancel(ref, force=True)

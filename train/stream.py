@@ -90,6 +90,9 @@ class _Held:
 class StreamSource:
     """Feature sets read from the store by span while training, in bounded memory (see the module note)."""
 
+    concurrent = False
+    """One epoch at a time: its two buffers serve one order (the models of a stream train one after another)."""
+
     def __init__(self, features: LoadedFeatures, cfg: TrainConfig, plans: Mapping[str, FramePlan],
                  device: torch.device, *, budget: int,
                  hold_on_device: Callable[[int], bool] = lambda nbytes: True, log: Log = print):

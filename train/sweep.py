@@ -2,13 +2,17 @@
 
 The "many ablations on one cache" workflow: every grid point is a normal run folder under
 out_dir, named from the settings that vary. A point whose metrics.json exists is skipped, so a
-killed sweep resumes where it stopped. A sweep owns one point's folder at a time (the lock of
-`fer train`), and passes over points another process holds: several sweeps started on one grid
-and --out (on one machine, or on several sharing the file system) split the grid between them.
+killed sweep resumes where it stopped. Points that share an architecture and differ only in what each
+model of a stack holds (fer.train.together.PER_MODEL: --lr, --dropout, --loss, --seed, ...) form one unit
+and train together as one batched model, folds included; the others are units of one point (`--dry-run`
+shows the units). A sweep owns the folders of the unit it trains (the lock of `fer train`), and passes over
+points another process holds: several sweeps started on one grid and --out (on one machine, or on several
+sharing the file system) split the grid between them. ``run_unit`` trains one unit, wherever it runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from dataclasses import dataclass, fields, replace
@@ -18,11 +22,12 @@ from typing import Any, Callable, Sequence
 from fer.cache.errors import FerError
 from fer.cache.locks import Holder
 from fer.train.config import TrainConfig
+from fer.train.together import group_key
 
 Log = Callable[[str], None]
 
 # settings that name the run folder or the store's data, not a training choice
-_NOT_SWEPT = {"out", "resume", "device", "plots"}
+_NOT_SWEPT = {"out", "resume", "device", "plots", "folds_together"}
 
 
 def expand_grid(grid: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
@@ -101,14 +106,34 @@ def is_complete(run_dir: Path) -> bool:
     return (Path(run_dir) / "metrics.json").is_file()
 
 
+def units(configs: Sequence[TrainConfig]) -> list[list[TrainConfig]]:
+    """The grid points in units of training: points with one group_key train together (in the order of their
+    first point), unless --folds-together 1 or --finetune keeps every model alone."""
+    out: dict[tuple, list[TrainConfig]] = {}
+    for i, cfg in enumerate(configs):
+        alone = cfg.folds_together == 1 or cfg.finetune is not None
+        out.setdefault((i,) if alone else group_key(cfg), []).append(cfg)
+    return list(out.values())
+
+
+def describe_units(groups: Sequence[Sequence[TrainConfig]]) -> list[str]:
+    """One line per unit: its points (and that they train together)."""
+    lines = []
+    for i, g in enumerate(groups, 1):
+        names = ", ".join(Path(str(c.out)).name for c in g)
+        lines.append(f"sweep: unit {i}: {names}" + (f" ({len(g)} points trained together)" if len(g) > 1 else ""))
+    return lines
+
+
 def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_dir: str | Path, *,
-          log: Log = print, engine: Any = None) -> list[Path]:
+          log: Log = print, engine: Any = None, dry_run: bool = False) -> list[Path]:
     """Train every grid point on one store, loading the features once; returns the run folders.
 
     Writes out_dir/<point>/ per point (skipping points already complete, and points another process
-    is running), then prints the comparison table of the complete points, which names the best point by
-    validation UAR, and writes it to out_dir/report.md. ``engine`` (fer.train.ray_sweep.RaySweep) runs the
-    points elsewhere, each through ``run_unit`` as here; the plan, skip-finished and report stay here.
+    is running), unit by unit (``units``: points that train together), then prints the comparison table of the
+    complete points, which names the best point by validation UAR, and writes it to out_dir/report.md.
+    ``engine`` (fer.train.ray_sweep.RaySweep) runs the units elsewhere, each through ``run_unit`` as here; the
+    plan, skip-finished and report stay here. ``dry_run``: only say which units would train.
     """
     from fer.train.features import load_features
     from fer.train.report import report
@@ -117,7 +142,13 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
     configs = plan(grid, base, out_dir, log=log)
     todo = [c for c in configs if not is_complete(Path(c.out))]
     done = len(configs) - len(todo)
-    log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run)")
+    groups = units(todo)
+    log(f"sweep: {len(configs)} points in {out_dir} ({done} already complete, {len(todo)} to run in "
+        f"{len(groups)} unit(s))")
+    for line in describe_units(groups):
+        log(line)
+    if dry_run:
+        return [Path(c.out) for c in configs]
     others: dict[str, Holder] = {}  # points another process holds
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,12 +164,12 @@ def sweep(store_path: str | Path, grid: dict[str, list], base: TrainConfig, out_
             return loaded[key]
 
         if engine is not None:
-            others = engine.run(todo, str(store_path), features_for, out_dir, log=log)
+            others = engine.run(groups, str(store_path), features_for, out_dir, log=log)
         else:
-            for i, cfg in enumerate(todo, 1):
-                holder = run_unit(cfg, str(store_path), features_for, log, f"[{i}/{len(todo)}]")
-                if holder is not None:
-                    others[Path(cfg.out).name] = holder
+            at = 0
+            for group in groups:
+                others.update(run_unit(group, str(store_path), features_for, log, (at, len(todo))))
+                at += len(group)
     runs = [Path(c.out) for c in configs]
     finished = [r for r in runs if is_complete(r)]
     running = [f"{name} ({who})" for name, who in others.items() if not is_complete(out_dir / name)]
@@ -164,27 +195,47 @@ def features_key(cfg: TrainConfig, base: TrainConfig, todo: Sequence[TrainConfig
     return tuple(m for m in ("face", "pose", "audio") if any(m in c.modalities for c in todo))
 
 
-def run_unit(cfg: TrainConfig, store_path: str, features_for: Callable[[TrainConfig], Any], log: Log = print,
-             tag: str = "") -> Holder | None:
-    """Train one unit of the sweep (a grid point) in this process, which owns its run folder meanwhile;
-    returns who holds the folder when another process does (the point is left to it). A point killed mid-run
-    continues from its finished folds and last checkpoint; one another process completed is passed over."""
-    from fer.train.disk import try_run_folder
-    from fer.train.run import train_run
+def started(run: Path) -> bool:
+    """A point killed mid-run left its config or a checkpoint: it continues from there."""
+    from fer.train.run_folder import started as holds_run
 
-    run = Path(cfg.out)
-    lock = try_run_folder(run)
-    if isinstance(lock, Holder):
-        log(f"sweep: {tag} {run.name} is being run by {lock}: left to it")
-        return lock
-    with lock:  # held through train_run, which takes it again
-        if is_complete(run):  # another sweep finished it after this one looked
-            log(f"sweep: {tag} {run.name} was completed by another process")
-            return None
-        started = (run / "config.json").is_file() or any(run.glob("checkpoint_fold*.pt"))
-        log(f"sweep: {tag} {run.name}" + (" (resuming)" if started else ""))
-        train_run(replace(cfg, resume=started), store_path, features=features_for(cfg), log=log)
-    return None
+    return holds_run(run)
+
+
+def run_unit(unit: TrainConfig | Sequence[TrainConfig], store_path: str,
+             features_for: Callable[[TrainConfig], Any], log: Log = print,
+             tag: tuple[int, int] = (0, 0)) -> dict[str, Holder]:
+    """Train one unit of the sweep (a grid point, or points that train together: ``units``) in this process,
+    which owns the points' run folders meanwhile; returns, by name, who holds the folders other processes hold
+    (those points are left to them). A point killed mid-run continues from its finished folds and last
+    checkpoint; one another process completed is passed over. ``tag``: (points before this unit, points in
+    the sweep), for the log's ``[i/n]``."""
+    from fer.train.disk import try_run_folder
+    from fer.train.run import train_runs
+
+    points = [unit] if isinstance(unit, TrainConfig) else list(unit)
+    others: dict[str, Holder] = {}
+    with contextlib.ExitStack() as held:
+        mine = []
+        for i, cfg in enumerate(points, tag[0] + 1):
+            run, at = Path(cfg.out), f"sweep: [{i}/{tag[1] or len(points)}]"
+            lock = try_run_folder(run)
+            if isinstance(lock, Holder):
+                log(f"{at} {run.name} is being run by {lock}: left to it")
+                others[run.name] = lock
+                continue
+            held.enter_context(lock)  # held through the training, which takes it again
+            if is_complete(run):  # another sweep finished it after this one looked
+                log(f"{at} {run.name} was completed by another process")
+                continue
+            log(f"{at} {run.name}" + (" (resuming)" if started(run) else ""))
+            # a point killed mid-run continues from its finished folds and last checkpoint
+            mine.append(replace(cfg, resume=started(run)))
+        if len(mine) > 1:
+            log(f"sweep: {len(mine)} points trained together")
+        if mine:
+            train_runs(mine, store_path, features=features_for(mine[0]), log=log)
+    return others
 
 
 @dataclass
@@ -201,6 +252,9 @@ class SweepConfig:
     ray_address: str | None = None
     """With --engine ray: the Ray cluster to join (e.g. 10.0.0.1:6379). Default: $RAY_ADDRESS, else a local
     instance started and stopped by this command."""
+    dry_run: bool = False
+    """Only list the grid's units of training (the points that train together as one batched model, and the
+    points already complete) and train nothing."""
 
     def runner(self) -> Any:
         """None for ``--engine process`` (the points one after another here), a RaySweep for ``ray``; FerError

@@ -77,7 +77,10 @@ def test_interrupt_then_resume_matches_uninterrupted(store, tmp_path, monkeypatc
     from fer.train import fit
 
     monkeypatch.setattr(fit, "CHECKPOINT_EVERY_S", every_s)
-    cfg = dict(modalities=("face", "pose"), fusion="fc", folds=(1, 2), dropout=0.2, scheduler="cosine", **TINY)
+    # one fold after another (--folds-together 1): fold 1 is finished when fold 2 is cut; test_together.py
+    # cuts a group of folds trained together
+    cfg = dict(modalities=("face", "pose"), fusion="fc", folds=(1, 2), dropout=0.2, scheduler="cosine",
+               folds_together=1, **TINY)
     train_run(TrainConfig(out=str(tmp_path / "full"), **cfg), store, log=quiet)
 
     def ctrl_c_in_fold2_epoch3(line):

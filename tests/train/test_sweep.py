@@ -114,3 +114,29 @@ def test_a_point_another_process_holds_is_left_to_it_and_run_once_it_is_killed(t
     sweep(store, grid, base, out, log=lines.append)
     assert any("2 already complete, 1 to run" in x for x in lines) and all(map(is_complete, runs))
     assert json.loads((held / "config.json").read_text())["lr"] == 3e-4
+
+
+def test_units_are_points_that_differ_only_in_what_each_model_holds(tmp_path):
+    from fer.train.sweep import describe_units, units
+
+    grid = {"lr": [1e-3, 3e-4], "layers": [1, 2], "seed": [1, 2], "loss": ["kl", "ce"]}
+    cfgs = plan(grid, TrainConfig(), tmp_path)
+    groups = units(cfgs)
+    assert [len(g) for g in groups] == [8, 8]
+    assert all(len({c.layers for c in g}) == 1 for g in groups)
+    assert describe_units(groups)[0].endswith("(8 points trained together)")
+    assert [len(g) for g in units(plan(grid, TrainConfig(folds_together=1), tmp_path))] == [1] * 16
+    # what the architecture or the data are made of splits the units
+    assert len(units(plan({"fusion": ["fc", "transformer"], "modalities": [("face", "audio")], "lr": [1e-3, 1e-4]},
+                          TrainConfig(), tmp_path))) == 2
+
+
+def test_a_dry_run_lists_the_units_and_loads_nothing(tmp_path, monkeypatch):
+    import fer.train.features as features
+
+    monkeypatch.setattr(features, "load_features", lambda *a, **k: pytest.fail("a dry run loads nothing"))
+    lines = []
+    runs = sweep(tmp_path / "no_store.zarr", {"lr": [1e-3, 3e-4], "dropout": [0.1, 0.2]}, TrainConfig(),
+                 tmp_path / "out", log=lines.append, dry_run=True)
+    assert len(runs) == 4 and not (tmp_path / "out").exists()
+    assert "4 to run in 1 unit(s)" in lines[0] and "(4 points trained together)" in lines[1]
