@@ -23,8 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fer.cache import create_store, open_store
-from fer.cache import reading
+from fer.cache import create_store, open_store, reading
 from fer.cache.backends import bytes_under
 
 SPEC = "face.bench"

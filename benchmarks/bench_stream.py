@@ -145,10 +145,10 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
     from fer.train.config import TrainConfig
     from fer.train.features import load_features
     from fer.train.fit import train_epoch
-    from fer.train.trainees import StackTrainee
     from fer.train.losses import make_loss
     from fer.train.model import FerModel
     from fer.train.sampling import epoch_order
+    from fer.train.trainees import StackTrainee
 
     small = {"default": {}, "small": {"layers": 2, "ff": 512, "hidden": 256}}[args.model]
     variants = {"fixed 16-frame set": (spec16, ()), "all-frame centres": (spec_all, ()),

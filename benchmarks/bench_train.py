@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from fer.cache.schema import NUM_CLASSES
+from fer.train.batches import MemorySource, frame_plans
 from fer.train.config import TrainConfig
 from fer.train.features import LoadedFeatures, ModalityData
-from fer.train.batches import MemorySource, frame_plans
 from fer.train.fit import fit_fold
 from fer.train.losses import make_loss
 from fer.train.model import FerModel, make_batch

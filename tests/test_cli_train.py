@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from fer.cache.errors import FerError
 from fer.cli import app
-from fer.tests.train.synth_store import make_store
 from fer.tests.cli import ENV
 from fer.tests.cli import fer as _fer
+from fer.tests.train.synth_store import make_store
 
 TINY = ["--layers", "1", "--heads", "2", "--ff", "64", "--hidden", "64", "--lr", "1e-3", "--batch-size", "32",
         "--device", "cpu"]

@@ -17,8 +17,9 @@ and fer.train.model.make_batch (pose, audio), so how the data is held never chan
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ class BatchSource(Protocol):
     def epoch(self, order: torch.Tensor, *, draw: torch.Generator | None) -> Iterator[Batch]: ...
     def evaluate(self, rows: np.ndarray, batch: int) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]: ...
     def norm_chunks(self, modality: str, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-    def hold(self, rows: np.ndarray) -> "BatchSource": ...
+    def hold(self, rows: np.ndarray) -> BatchSource: ...
     def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
 
@@ -205,7 +206,7 @@ class MemorySource:
             sets, local = self._local(r[i:i + chunk])
             yield norm_pair(sets, local, modality, self.cfg)
 
-    def hold(self, rows: np.ndarray) -> "MemorySource":
+    def hold(self, rows: np.ndarray) -> MemorySource:
         return self  # already resident
 
     def close(self) -> None:

@@ -146,7 +146,7 @@ class TrainConfig:
         self.augment = tuple(self.augment)
         self.folds = tuple(int(f) for f in self.folds)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise FerError on any setting that cannot work; return self."""
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad:
@@ -211,7 +211,7 @@ class TrainConfig:
         lit = "-literature" if self.protocol == "literature" else ""
         return f"runs/{'+'.join(self.modalities)}-{self.fusion}-{self.loss}{ft}{aug}{lit}-f{folds}"
 
-    def for_run(self, fold_names: tuple[str, ...], store: str) -> "TrainConfig":
+    def for_run(self, fold_names: tuple[str, ...], store: str) -> TrainConfig:
         """A copy with what a run settles before it starts (this config is left as it is): the folds (--fold
         all -> every fold of the store), the run folder, and the protocol's settings (literature: no
         validation clips, last epoch, no plateau scheduler, no early stopping)."""
@@ -238,7 +238,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if k in ("modalities", "folds", "augment") else v) for k, v in d.items() if k in names})
 

@@ -10,8 +10,9 @@ run folder as ``layer_weights_fold<k>.json`` and drawn by fer.train.plots.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -9,7 +9,7 @@ audio (B, 1024) (one wav2vec2 layer) or (B, T, 64) (a mel sequence); each with i
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn

@@ -15,8 +15,14 @@ from typing import Any
 
 from fer.cache.errors import FerError
 from fer.options import ConfigOption, Parser, config_from, options_of
-from fer.train.config import (TrainConfig, parse_audio_layer, parse_augment, parse_face_layer, parse_folds,
-                              parse_modalities)
+from fer.train.config import (
+    TrainConfig,
+    parse_audio_layer,
+    parse_augment,
+    parse_face_layer,
+    parse_folds,
+    parse_modalities,
+)
 from fer.train.sweep import SweepConfig
 
 FLAGS = {"folds": "--fold"}

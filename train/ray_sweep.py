@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fer.cache.errors import FerEnvError, FerError
 from fer.cache.locks import Holder

@@ -6,8 +6,9 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -15,11 +16,19 @@ from fer import __version__
 from fer.cache.devices import resolve_device
 from fer.cache.provenance import now_iso
 from fer.cache.report import human_bytes
-from fer.train.config import TrainConfig
 from fer.train.batches import MemorySource, frame_plans
-from fer.train.features import (DEVICE_SHARE, LoadedFeatures, check_leakage, device_budget, features_for, fits_device, load_features,
-                                memory_budget)
+from fer.train.config import TrainConfig
 from fer.train.disk import own_run_folder, run_folder_faults
+from fer.train.features import (
+    DEVICE_SHARE,
+    LoadedFeatures,
+    check_leakage,
+    device_budget,
+    features_for,
+    fits_device,
+    load_features,
+    memory_budget,
+)
 from fer.train.fit import FoldResult, Member, fit_group, fold_seed
 from fer.train.resources import peak_rss, reset_peak, rss_now
 from fer.train.run_folder import RunFolder

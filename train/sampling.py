@@ -17,8 +17,9 @@ overlap with the segment. Fewer valid frames than segments repeat frames, as the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,7 +69,7 @@ class FramePlan:
 
     @classmethod
     def for_set(cls, spec: str, provenance: Mapping[str, Any], row_shape: tuple[int, ...], augment: tuple[str, ...],
-                segments: int, store: str = "STORE", *, flip_test: bool | None = None) -> "FramePlan":
+                segments: int, store: str = "STORE", *, flip_test: bool | None = None) -> FramePlan:
         """The plan for a face set and the asked augmentations; FerError saying what to extract when it
         cannot. ``flip_test``: True averages every stored view at evaluation (an error without mirrored
         views), False uses the original only, None averages whatever views the set has."""

@@ -13,20 +13,29 @@ time, and the source reads what a stretch of the order needs into one of two buf
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
 from fer.cache.errors import FerError
+from fer.train import sampling
 from fer.train.batches import (
-    EVAL_BATCH, Batch, MemorySource, make_inputs, model_row_bytes, model_sets, norm_pair, norm_rows,
-    sampling_blocks, stored_row_bytes,
+    EVAL_BATCH,
+    Batch,
+    MemorySource,
+    make_inputs,
+    model_row_bytes,
+    model_sets,
+    norm_pair,
+    norm_rows,
+    sampling_blocks,
+    stored_row_bytes,
 )
 from fer.train.config import TrainConfig
 from fer.train.features import DiskSet, LoadedFeatures, ModalityData
-from fer.train import sampling
 from fer.train.sampling import FramePlan
 
 READ_THREADS = 2
@@ -80,7 +89,7 @@ class _Held:
     def evaluate(self, rows: np.ndarray, batch: int = EVAL_BATCH):
         return self.source.evaluate(self._index(rows), batch)
 
-    def hold(self, rows: np.ndarray) -> "_Held":
+    def hold(self, rows: np.ndarray) -> _Held:
         return self
 
     def close(self) -> None:

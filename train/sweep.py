@@ -15,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from fer.cache.errors import FerError
 from fer.cache.locks import Holder

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -4,9 +4,8 @@ import pytest
 import torch
 
 from fer.cache.errors import FerError
-from fer.train.config import TrainConfig
+from fer.train.config import TrainConfig, parse_audio_layer
 from fer.train.features import ModalityData
-from fer.train.config import parse_audio_layer
 from fer.train.layer_mix import LayerMix
 from fer.train.model import FerModel, InputNorm, make_batch
 from fer.train.sweep import parse_grid
