@@ -45,6 +45,7 @@ demo: $(STAMP)
 	@echo "done: dataset $(DEMO)/data, store $(STORE), runs $(DEMO)/runs, table $(DEMO)/report.md"
 
 test: $(STAMP)
+	$(BIN)/ruff check .  # lint first: the tree stays clean (rules in pyproject.toml)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
