@@ -146,7 +146,8 @@ def to_markdown(rows: list[dict], train: dict | None, tr: dict | None, clips: in
     lines = [f"# The CUDA path on {name}", "",
              f"torch {torch.__version__}, CUDA {torch.version.cuda}, {os.cpu_count()} CPUs, {platform.machine()}; "
              f"{clips} synthetic clips, random weights (same compute as pretrained).", "",
-             "| face backbone | spec | bare clips/s | `fer extract` clips/s | ratio | cosine to CPU fp32 (min / mean) |",
+             "| face backbone | spec | bare clips/s | `fer extract` clips/s | ratio | "
+             "cosine to CPU fp32 (min / mean) |",
              "|---|---|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['backbone']} | `{r['spec']}` | {r['bare_clips_s']:.1f} | {r['pipeline_clips_s']:.1f} | "

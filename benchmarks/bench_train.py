@@ -219,7 +219,8 @@ def build_and_first_step(batch_size: int) -> tuple[float, float]:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     t1 = time.perf_counter()
     idx = torch.arange(batch_size)
-    loss = make_loss("kl", num_classes=NUM_CLASSES)(model(make_batch(feats.sets, idx, cfg)), torch.from_numpy(feats.dist), torch.from_numpy(feats.labels))
+    loss = make_loss("kl", num_classes=NUM_CLASSES)(model(make_batch(feats.sets, idx, cfg)),
+                                                    torch.from_numpy(feats.dist), torch.from_numpy(feats.labels))
     loss.backward()
     opt.step()
     return t1 - t0, time.perf_counter() - t1
@@ -249,7 +250,8 @@ def bench_c(args: argparse.Namespace, work: Path) -> dict:
         print(f"(c) launch -> fit loop {seen:.2f} s", flush=True)
     build, step = build_and_first_step(64)
     print(f"(c) model build {build:.2f} s, first step {step:.2f} s", flush=True)
-    return {"to_fit": min(times), "all": times, "build": build, "first_step": step, "rows": args.rows, "write_s": write_s}
+    return {"to_fit": min(times), "all": times, "build": build, "first_step": step, "rows": args.rows,
+            "write_s": write_s}
 
 
 # ------------------------------------------------------------------ table
@@ -269,7 +271,8 @@ def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespa
                    f"| {a['cache_wall']:.3f} s | {a['e2e_epoch']:.1f} s | {a['e2e_epoch'] / a['cache_wall']:.0f}x | |")
     if b:
         out.append(f"| (b) training samples/s, batch {b['bs']}, {b['clips']} clips: trainer fit loop vs bare loop "
-                   f"(best of each) | {b['trainer']:.1f} | {b['bare']:.1f} | **{b['trainer'] / b['bare']:.2f}x** | >= 0.9x |")
+                   f"(best of each) | {b['trainer']:.1f} | {b['bare']:.1f} | "
+                   f"**{b['trainer'] / b['bare']:.2f}x** | >= 0.9x |")
         out.append(f"| (b) same, median of the back-to-back pairs' ratios | | | {b['ratio']:.2f}x | >= 0.9x |")
     if c:
         total = c["to_fit"] + c["build"]
@@ -277,32 +280,38 @@ def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespa
         out.append(f"| (c) `fer train` start-up, {c['rows']:,} clips (face 16x512 f16, {mb:.0f} MiB, zarr): "
                    f"launch -> fit loop | {c['to_fit']:.2f} s | | | |")
         out.append(f"| (c) + model build = launch -> first training step begins | **{total:.2f} s** | | | < 5 s |")
-        out.append(f"| (c) for scale: the first step itself (batch 64, default model) | {c['first_step']:.2f} s | | | |")
+        out.append(f"| (c) for scale: the first step itself (batch 64, default model) "
+                   f"| {c['first_step']:.2f} s | | | |")
     out.append("")
     notes = ["Notes:"]
     if a:
-        notes.append(f"- (a) The end-to-end side gets its {a['clips']} x 16 face images as uint8 tensors already in memory "
-                     f"({args.size}x{args.size}), so it pays no JPEG decoding, resizing or disk reads: this is generous to it. "
-                     "Both sides use the same batch size (the end-to-end side cannot fit the trainer's default 64 clips = "
-                     "1,024 images per step in memory here) and one warm-up step (or epoch) is excluded. The cache side's "
+        notes.append(f"- (a) The end-to-end side gets its {a['clips']} x 16 face images as uint8 tensors already "
+                     f"in memory ({args.size}x{args.size}), so it pays no JPEG decoding, resizing or disk reads: "
+                     "this is generous to it. Both sides use the same batch size (the end-to-end side cannot fit the "
+                     "trainer's default 64 clips = 1,024 images per step in memory here) and one warm-up step "
+                     "(or epoch) is excluded. The cache side's "
                      "time is fer's own fit loop (fit_fold), not a hand-written loop, measured before and after the "
                      "end-to-end epoch; the slower of the two is used. Over a DFEW training fold (~9,400 "
                      f"clips) that is about {9400 / a['clips'] * a['e2e_epoch'] / 3600:.1f} h vs "
                      f"{9400 / a['clips'] * a['cache_epoch']:.0f} s per epoch on this CPU.")
     if b:
         notes.append(f"- (b) {len(b['all_trainer'])} back-to-back pairs (bare then trainer; bare: "
-                     f"{', '.join(f'{x:.1f}' for x in b['all_bare'])}; trainer: {', '.join(f'{x:.1f}' for x in b['all_trainer'])}"
-                     f"; ratios {', '.join(f'{x:.2f}' for x in b['ratios'])}), the second epoch of two each. The trainer's rate is its own history.csv samples/s (training loop only; "
+                     f"{', '.join(f'{x:.1f}' for x in b['all_bare'])}; trainer: "
+                     f"{', '.join(f'{x:.1f}' for x in b['all_trainer'])}"
+                     f"; ratios {', '.join(f'{x:.2f}' for x in b['ratios'])}), the second epoch of two each. "
+                     "The trainer's rate is its own history.csv samples/s (training loop only; "
                      "validation and the checkpoint writes are outside it). The bare loop slices float32 tensors in "
                      "order; the trainer gathers shuffled rows of float16 tensors and casts them per batch.")
     if c:
         notes.append(f"- (c) A fresh `python -m fer.cli train` process each time (best of {len(c['all'])}: "
                      f"{', '.join(f'{x:.2f}' for x in c['all'])} s), timed from launch to the 'fold 1: ... train' line "
-                     "that run.py prints right before fit_fold (interpreter start, imports, store open, the whole feature "
+                     "that run.py prints right before fit_fold "
+                     "(interpreter start, imports, store open, the whole feature "
                      "read, the split), then killed; the model build (6-layer default) is timed in-process and added. "
                      "Start-up ends where the first step begins: the step itself is training compute, shown for scale "
                      "(about 115 GFLOP at batch 64 on this shared CPU). Writing the store took "
-                     f"{c['write_s']:.1f} s (not part of start-up). Fold columns mimic DFEW (~71% of clips in the folds).")
+                     f"{c['write_s']:.1f} s (not part of start-up). "
+                     "Fold columns mimic DFEW (~71% of clips in the folds).")
     return "\n".join(out + notes) + "\n"
 
 

@@ -98,7 +98,8 @@ def test_every_config_field_is_an_option_with_its_docstring():
         r = CliRunner().invoke(app, [cmd, "--help"], env={"COLUMNS": "300"})
         assert r.exit_code == 0
         for o in config_options():
-            if cmd == "sweep" and o.name in ("resume", "out"):  # a sweep resumes by itself; its --out is a folder of runs
+            # a sweep resumes by itself; its --out is a folder of runs
+            if cmd == "sweep" and o.name in ("resume", "out"):
                 continue
             assert o.flag in r.output, (cmd, o.flag)
             assert " ".join(o.help.split()[:4]) in " ".join(r.output.split()), (cmd, o.name)

@@ -150,7 +150,8 @@ class TrainConfig:
         """Raise FerError on any setting that cannot work; return self."""
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad:
-            raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
+            raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} "
+                           "(e.g. --modalities face,pose)")
         if not self.modalities:
             raise FerError("no modality chosen: use --modalities face, audio, face,audio ...")
         _choice("fusion", self.fusion, FUSIONS)
@@ -174,12 +175,14 @@ class TrainConfig:
         if isinstance(self.face_layer, str) and self.face_layer != WEIGHTED:
             raise FerError(f"--face-layer {self.face_layer!r}: give a block index, last, or weighted")
         if len(self.modalities) > 1 and self.fusion == "none":
-            raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer (none is one modality)")
+            raise FerError(f"--modalities {','.join(self.modalities)} needs --fusion fc or transformer "
+                           "(none is one modality)")
         if any(int(f) < 1 for f in self.folds):
             raise FerError(f"fold {min(self.folds)} does not exist: folds are numbered from 1 (or use --fold all)")
         bad = [a for a in self.augment if a not in AUGMENTS]
         if bad:
-            raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} (e.g. --augment jitter,flip)")
+            raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} "
+                           "(e.g. --augment jitter,flip)")
         if self.augment and "face" not in self.modalities:
             raise FerError(f"--augment {','.join(self.augment)} draws face frames: add face to --modalities")
         if self.folds_together < 0:
@@ -202,7 +205,8 @@ class TrainConfig:
         return self
 
     def default_out(self, num_folds: int | None = None) -> str:
-        """runs/<modalities>-<fusion>-<loss>[-ft4][-jitter][-flip][-balance]-f<fold|all|1_2>, e.g. runs/face-none-kl-f1."""
+        """runs/<modalities>-<fusion>-<loss>[-ft4][-jitter][-flip][-balance]-f<fold|all|1_2>,
+        e.g. runs/face-none-kl-f1."""
         every = not self.folds or (num_folds is not None and sorted(self.folds) == list(range(1, num_folds + 1)))
         folds = "all" if every else "_".join(map(str, self.folds))
         ft = {"layer4": "-ft4", "top": "-top"}.get(self.finetune or "", "")
@@ -240,7 +244,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: (tuple(v) if k in ("modalities", "folds", "augment") else v) for k, v in d.items() if k in names})
+        return cls(**{k: (tuple(v) if k in ("modalities", "folds", "augment") else v) for k, v in d.items()
+                      if k in names})
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -307,7 +312,8 @@ def parse_modalities(text: str) -> tuple[str, ...]:
     mods = tuple(m.strip().lower() for m in str(text).split(",") if m.strip())
     bad = [m for m in mods if m not in MODALITIES]
     if bad:
-        raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} (e.g. --modalities face,pose)")
+        raise FerError(f"unknown modality {', '.join(bad)}: choose from {', '.join(MODALITIES)} "
+                       "(e.g. --modalities face,pose)")
     return mods
 
 
@@ -318,5 +324,6 @@ def parse_augment(text: str) -> tuple[str, ...]:
         return ()
     bad = [a for a in parts if a not in AUGMENTS]
     if bad:
-        raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} (e.g. --augment jitter,flip)")
+        raise FerError(f"unknown --augment {', '.join(bad)}: choose from {', '.join(AUGMENTS)} "
+                       "(e.g. --augment jitter,flip)")
     return tuple(dict.fromkeys(parts))

@@ -122,7 +122,8 @@ class SequenceAudio(nn.Module):
             nn.Conv1d(n_in, AUDIO_DIM, 5, padding=2), nn.ReLU(),
             nn.Conv1d(AUDIO_DIM, AUDIO_DIM, 5, padding=2), nn.ReLU(),
         )
-        self.out = nn.Sequential(nn.Linear(AUDIO_DIM, AUDIO_DIM), nn.BatchNorm1d(AUDIO_DIM), nn.ReLU(), nn.Dropout(dropout))
+        self.out = nn.Sequential(nn.Linear(AUDIO_DIM, AUDIO_DIM), nn.BatchNorm1d(AUDIO_DIM), nn.ReLU(),
+                                 nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)  # (B, T, 128)

@@ -38,7 +38,8 @@ PARSED: dict[str, Parser] = {
     "face_layer": (parse_face_layer, "a block index, last, or weighted"),
 }
 """Other fields whose text has its own parser (their type is a union the annotation cannot say how to read)."""
-SINGLE_IN_SWEEP = {"out", "resume", "device", "plots", "face", "pose", "audio", "allow_incomplete", "finetune", "stream"}
+SINGLE_IN_SWEEP = {"out", "resume", "device", "plots", "face", "pose", "audio", "allow_incomplete", "finetune",
+                   "stream"}
 """Fields a sweep takes once for every run (they name files, the store's data or the machine, not a training
 choice); every other field except the flags (bools) takes a comma list, a grid axis."""
 

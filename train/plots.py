@@ -135,7 +135,8 @@ def read_history(path: Path) -> dict[int, dict[str, np.ndarray]]:
             try:
                 fold = int(row["fold"])
             except (KeyError, TypeError, ValueError):
-                raise FerError(f"{path} is not a run history (a row without a fold number); rerun `fer train`") from None
+                raise FerError(f"{path} is not a run history (a row without a fold number); "
+                               "rerun `fer train`") from None
             cols = folds.setdefault(fold, {})
             for key, value in row.items():
                 if key == "fold" or key is None:
@@ -189,7 +190,8 @@ def plot_layer_weights(weights: dict[int, list[float]], title: str, out: Path) -
     fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * n + 2), 3.6))
     width = 0.8 / max(len(weights), 1)
     for i, (fold, w) in enumerate(sorted(weights.items())):
-        ax.bar(np.arange(len(w)) + (i - (len(weights) - 1) / 2) * width, w, width, label=f"fold {fold}", color=f"C{i % 10}")
+        ax.bar(np.arange(len(w)) + (i - (len(weights) - 1) / 2) * width, w, width, label=f"fold {fold}",
+               color=f"C{i % 10}")
     ax.axhline(1.0 / n, color="gray", lw=0.8, ls="--", label="uniform")
     ax.set_xlabel("layer (0 = input embedding)")
     ax.set_ylabel("weight")
@@ -207,7 +209,8 @@ def write_plots(run_dir: Path) -> list[Path]:
     """Draw every figure the run folder's files allow into run_dir/plots/; returns the PNG paths.
 
     confusion_fold<k>.png from metrics.json, pr_fold<k>.png from predictions_fold<k>.npz,
-    curves.png from history.csv, layer_weights.png from layer_weights_fold<k>.json. A folder with none of these files is not a run -> FerError.
+    curves.png from history.csv, layer_weights.png from layer_weights_fold<k>.json. A folder with none of these
+    files is not a run -> FerError.
     """
     run_dir = Path(run_dir)
     metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.csv"

@@ -52,7 +52,8 @@ def _checkpoints(run_dir: Path, fold: int | None) -> list[Path]:
 
 def predict_probs(run_dir: str | Path, inputs: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
                   *, fold: int | None = None) -> np.ndarray:
-    """(n, C) class probabilities (the run's classes) for clips whose features are ``inputs`` (modality -> (data, mask)).
+    """(n, C) class probabilities (the run's classes) for clips whose features are ``inputs``
+    (modality -> (data, mask)).
 
     Every finished fold model of the run votes (probabilities averaged), unless ``fold`` picks one.
     The inputs must come from the same feature specs as the run (``run_features``).

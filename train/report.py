@@ -132,7 +132,8 @@ def summarize(run_dir: Path) -> RunSummary:
     """Read one run folder into a RunSummary; mean/std are recomputed from the per-fold values."""
     run_dir = Path(run_dir)
     if not is_run(run_dir):
-        raise FerError(f"{run_dir} is not a run folder (no metrics.json or config.json); give a folder written by `fer train`")
+        raise FerError(f"{run_dir} is not a run folder (no metrics.json or config.json); "
+                       "give a folder written by `fer train`")
     config = _load_json(run_dir / "config.json") if (run_dir / "config.json").is_file() else {}
     complete = (run_dir / "metrics.json").is_file()
     # an unfinished run keeps its finished folds in metrics_partial.json
@@ -238,8 +239,9 @@ def _val_cell(s: RunSummary, metric: str) -> str:
 def rows(summaries: list[RunSummary]) -> list[list[str]]:
     """Table cells, one list per run, in HEADER order."""
     return [
-        [s.name, "+".join(s.modalities) or "?", s.fusion, s.loss, _pm(s.war_mean, s.war_std), _pm(s.uar_mean, s.uar_std),
-         _val_cell(s, "war"), _val_cell(s, "uar"), _folds(s), _span(s.epochs), _duration(s.seconds)]
+        [s.name, "+".join(s.modalities) or "?", s.fusion, s.loss,
+         _pm(s.war_mean, s.war_std), _pm(s.uar_mean, s.uar_std), _val_cell(s, "war"), _val_cell(s, "uar"),
+         _folds(s), _span(s.epochs), _duration(s.seconds)]
         for s in summaries
     ]
 
@@ -256,7 +258,8 @@ def format_table(header: list[str], body: list[list[str]], *, markdown: bool = F
     widths = [max(len(header[i]), *(len(r[i]) for r in body)) if body else len(header[i]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.rjust(w) if i in numeric else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     out = [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body]
     return "\n".join(out) + "\n"

@@ -94,7 +94,8 @@ def make_source(features: LoadedFeatures, cfg: TrainConfig, plans: dict, device:
     if not on_device:
         free = device_budget(device) or 0
         log(f"the feature sets ({human_bytes(nbytes)}) do not fit in {device} memory ({human_bytes(free)} free, of "
-            f"which features may take {DEVICE_SHARE:.0%}): they stay in host memory and each batch is copied to the device")
+            f"which features may take {DEVICE_SHARE:.0%}): "
+            "they stay in host memory and each batch is copied to the device")
     return MemorySource(features.sets, cfg, plans, device, on_device=on_device)
 
 
@@ -214,8 +215,9 @@ def _train_in(cfgs: Sequence[TrainConfig], store_path: str | os.PathLike, class_
         for f, c in zip(folders, cfgs):
             f.begin(_config(c, features, store_path))
         where = ", ".join(str(f.out) for f in folders)
-        log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.row_shape)}" for m, md in features.sets.items()
-                                                if m in cfg.modalities) + f"; device {device}; run folder {where}")
+        log(f"{features.n} clips; " + ", ".join(f"{m}: {md.spec} {tuple(md.row_shape)}"
+                                                for m, md in features.sets.items() if m in cfg.modalities)
+            + f"; device {device}; run folder {where}")
         todo = [(i, fold) for i, f in enumerate(folders) for fold in f.todo()]
         why = alone_reason(cfg, source.concurrent)
         cap = 1 if why else capacity(cfg, source.model_sets, features.num_classes, device)

@@ -85,7 +85,8 @@ def plan(grid: dict[str, Sequence[Any]], base: TrainConfig, out_dir: Path, *, lo
         except FerError as e:
             raise FerError(f"sweep point {name}: {e}") from None
         if name in seen:
-            raise FerError(f"sweep points {seen[name]} and {p} would share the run folder {name}; remove a duplicate value")
+            raise FerError(f"sweep points {seen[name]} and {p} would share the run folder {name}; "
+                           "remove a duplicate value")
         seen[name] = p
         configs.append(cfg)
     if not configs:

@@ -120,12 +120,14 @@ def make_allframe_store(path: Path, *, n: int = 140, frames: int = 24, views: in
     step = max(1, (64 << 20) // (frames * views * dim * 4))  # rows per write: ~64 MB of float32 at a time
     for a in range(0, n, step):
         r = np.arange(a, min(n, a + step))
-        base = means[labels[r]][:, None, None, :] * signal + rng.standard_normal((len(r), frames, views, dim), np.float32)
+        base = (means[labels[r]][:, None, None, :] * signal
+                + rng.standard_normal((len(r), frames, views, dim), np.float32))
         data = np.where(mask[r][:, :, None, None], base, 0)
         w.write_rows(r, (data if views > 1 else data[:, :, 0]).astype(np.float16), mask[r])
         if w16 is not None:
             pick = np.stack([uniform_indices(int(k), fixed) for k in valid[r]])
-            w16.write_rows(r, base[np.arange(len(r))[:, None], pick, 0].astype(np.float16), np.ones((len(r), fixed), bool))
+            w16.write_rows(r, base[np.arange(len(r))[:, None], pick, 0].astype(np.float16),
+                           np.ones((len(r), fixed), bool))
     w.close()
     if w16 is not None:
         w16.close()

@@ -75,7 +75,8 @@ def test_streamed_source_gives_what_memory_gives(stores, which):
             n2.fit(st.norm_chunks(m, rows))
             torch.testing.assert_close(n1.mean, n2.mean) and torch.testing.assert_close(n1.std, n2.std)
         # an epoch: every drawn row once (with its repeats), in full batches but the last, same inputs
-        order = torch.from_numpy(np.concatenate([rows, rows[:9]]))[torch.randperm(49, generator=torch.Generator().manual_seed(0))]
+        order = torch.from_numpy(np.concatenate([rows, rows[:9]]))[
+            torch.randperm(49, generator=torch.Generator().manual_seed(0))]
         batches = list(st.epoch(order, draw=None))
         assert [len(b.idx) for b in batches] == [16, 16, 16, 1]
         got = torch.cat([b.idx for b in batches])
@@ -127,7 +128,8 @@ def test_flip_averaging_is_used_at_evaluation():
 
 
 def test_host_placement_when_the_device_cannot_hold_the_sets(tmp_path, monkeypatch):
-    """FER_DEVICE_MEMORY_GB stands in for a small GPU: the sets stay in host memory, batches are copied, same numbers."""
+    """FER_DEVICE_MEMORY_GB stands in for a small GPU: the sets stay in host memory, batches are copied,
+    same numbers."""
     from fer.train.run import train_run
 
     store = make_allframe_store(tmp_path / "s.zarr", n=70)

@@ -59,7 +59,8 @@ def test_run_folder(store, tmp_path):
     assert any("\n  mean" in line for line in lines)  # the end-of-run table
     assert not (out / "metrics_partial.json").exists()
     with pytest.raises(FerError, match="already holds a run"):
-        train_run(TrainConfig(modalities=("face", "audio"), fusion="fc", folds=(1, 2), out=str(out), **TINY), store, log=quiet)
+        train_run(TrainConfig(modalities=("face", "audio"), fusion="fc", folds=(1, 2), out=str(out), **TINY),
+                  store, log=quiet)
 
 
 def test_deterministic(store, tmp_path):
@@ -113,7 +114,8 @@ def test_select_last_and_features_passed_in(store, tmp_path):
 
 
 def test_early_stopping(store, tmp_path):
-    m = train_run(TrainConfig(**{**TINY, "epochs": 40}, patience=2, monitor="uar", out=str(tmp_path / "r")), store, log=quiet)
+    m = train_run(TrainConfig(**{**TINY, "epochs": 40}, patience=2, monitor="uar", out=str(tmp_path / "r")),
+                  store, log=quiet)
     assert m["folds"]["1"]["epochs_run"] < 40  # val UAR saturates at 1.0 quickly
 
 

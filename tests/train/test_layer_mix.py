@@ -43,9 +43,10 @@ def test_model_learns_the_layer_weights():
     n = 16
     g = torch.Generator().manual_seed(0)
     sets = {"face": ModalityData("face.x", torch.randn(n, 4, 8, generator=g), torch.ones(n, 4, dtype=torch.bool), {}),
-            "audio": ModalityData("audio.hubert.x", torch.randn(n, 5, 12, generator=g), torch.ones(n, 5, dtype=torch.bool),
-                                  {"backbone": "hf:x"})}
-    cfg = TrainConfig(modalities=("face", "audio"), fusion="fc", audio_layer="weighted", layers=1, heads=2, ff=16, hidden=8)
+            "audio": ModalityData("audio.hubert.x", torch.randn(n, 5, 12, generator=g),
+                                  torch.ones(n, 5, dtype=torch.bool), {"backbone": "hf:x"})}
+    cfg = TrainConfig(modalities=("face", "audio"), fusion="fc", audio_layer="weighted", layers=1, heads=2, ff=16,
+                      hidden=8)
     model = FerModel(cfg, sets, num_classes=7)
     batch = make_batch(sets, torch.arange(6), cfg)
     assert batch["audio"].shape == (6, 5, 12) and batch["audio_mask"].shape == (6,)

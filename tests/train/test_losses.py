@@ -34,7 +34,8 @@ def test_mse_on_probabilities():
 
 def test_ce_and_weighted_ce():
     logits, dist, labels = _inputs()
-    assert make_loss("ce", num_classes=7)(logits, dist, labels).item() == pytest.approx(F.cross_entropy(logits, labels).item())
+    assert (make_loss("ce", num_classes=7)(logits, dist, labels).item()
+            == pytest.approx(F.cross_entropy(logits, labels).item()))
     train_labels = np.array([0, 0, 0, 1])  # class 0 three times as frequent as class 1
     w = class_weights(train_labels, 7)
     assert w[0].item() == pytest.approx(4 / (2 * 3)) and w[1].item() == pytest.approx(4 / (2 * 1))

@@ -14,7 +14,8 @@ def _sets(n=6, d=32, audio="w2v", maps=False):
     g = torch.Generator().manual_seed(0)
     face = torch.randn(n, 4, 256, 2, 2, generator=g) if maps else torch.randn(n, 16, d, generator=g)
     sets = {
-        "face": ModalityData("face.x", face.half(), torch.ones(n, face.shape[1], dtype=torch.bool), {"modality": "face"}),
+        "face": ModalityData("face.x", face.half(), torch.ones(n, face.shape[1], dtype=torch.bool),
+                             {"modality": "face"}),
         "pose": ModalityData("pose.x", torch.randn(n, 3, 17, 3, generator=g).half(),
                              torch.tensor([[True, False, True]] * n), {"modality": "pose"}),
     }
@@ -138,7 +139,8 @@ def test_modality_dropout_blanks_whole_faces_in_training_only():
     assert blank.any() and not partial.any()
     assert not (eval_faces[:, :16].abs().sum((1, 2)) == 0).any()  # never at evaluation
     none = TrainConfig(modalities=("face",), fusion="none", modality_dropout=0.9)
-    assert FerModel(none, {"face": sets["face"]}, num_classes=7).modality_dropout == 0.0  # face-only never drops its only input
+    # face-only never drops its only input
+    assert FerModel(none, {"face": sets["face"]}, num_classes=7).modality_dropout == 0.0
 
 
 @pytest.mark.parametrize("fusion,mods", [("none", ("audio",)), ("none", ("pose",)), ("fc", ("pose", "audio")),

@@ -14,7 +14,8 @@ def test_every_field_has_an_option_with_its_docstring():
     assert list(opts) == [f.name for f in fields(TrainConfig)]
     assert all(o.help for o in opts.values())
     assert opts["folds"].flags == ("--fold",) and opts["modalities"].flags == ("--modalities", "-m")
-    assert opts["lr"].kind == "float" and opts["audio_layer"].kind == "parsed" and opts["audio_layer"].parse("weighted") == "weighted" and opts["augment"].kind == "tuple"
+    assert (opts["lr"].kind == "float" and opts["audio_layer"].kind == "parsed"
+            and opts["audio_layer"].parse("weighted") == "weighted" and opts["augment"].kind == "tuple")
     assert opts["balance"].kind == "bool" and not opts["balance"].sweepable and opts["segments"].sweepable
     assert opts["epochs"].help == "Maximum number of epochs per fold." and opts["epochs"].default == 30
     assert opts["augment"].default == "none" and opts["modalities"].default == "face"

@@ -14,7 +14,8 @@ from fer.train.sweep import expand_grid, is_complete, parse_grid, plan, sweep
 
 
 def test_expand_grid_and_names(tmp_path):
-    assert expand_grid({"fusion": ["none", "fc"], "lr": [1e-3]}) == [{"fusion": "none", "lr": 1e-3}, {"fusion": "fc", "lr": 1e-3}]
+    assert expand_grid({"fusion": ["none", "fc"], "lr": [1e-3]}) == [{"fusion": "none", "lr": 1e-3},
+                                                                     {"fusion": "fc", "lr": 1e-3}]
     base = TrainConfig(modalities=("face", "audio"), fusion="fc")
     cfgs = plan({"modalities": [("face",), ("face", "audio")], "fusion": ["fc"], "lr": [1e-4, 3e-4]},
                 TrainConfig(fusion="fc"), tmp_path)
@@ -70,7 +71,8 @@ def test_sweep_2x2_loads_once_and_resumes(tmp_path, monkeypatch, one_thread):
     out = tmp_path / "sweep"
     lines = []
     runs = sweep(store, {"fusion": ["none"], "loss": ["kl", "mse"], "lr": [1e-3, 3e-4]}, base, out, log=lines.append)
-    assert [r.name for r in runs] == ["loss-kl_lr-0.001", "loss-kl_lr-0.0003", "loss-mse_lr-0.001", "loss-mse_lr-0.0003"]
+    assert [r.name for r in runs] == ["loss-kl_lr-0.001", "loss-kl_lr-0.0003", "loss-mse_lr-0.001",
+                                      "loss-mse_lr-0.0003"]
     assert len(calls) == 1
     for r in runs:
         assert (r / "metrics.json").is_file() and (r / "history.csv").is_file()
