@@ -65,3 +65,16 @@ def test_a_type_without_a_command_line_form_says_so():
     with pytest.raises(TypeError, match="no command-line form"):
         options_of(Odd)
     assert field_kind(int | None) == "int?" and field_kind(bool) == "bool"
+
+
+def test_the_command_line_starts_without_torch():
+    """`fer --help` and a bad argument come back fast: the CLI, its options and the sweep's planning import no
+    torch (nor transformers, timm, ray), only the command that runs does."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "transformers", "timm", "ray")
+    code = ("import sys, fer.cli, fer.train.options, fer.extract.config; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,7 +23,6 @@ from typing import Any
 from fer.cache.errors import FerError
 from fer.cache.locks import Holder
 from fer.train.config import TrainConfig
-from fer.train.together import group_key
 
 Log = Callable[[str], None]
 
@@ -111,6 +110,8 @@ def is_complete(run_dir: Path) -> bool:
 def units(configs: Sequence[TrainConfig]) -> list[list[TrainConfig]]:
     """The grid points in units of training: points with one group_key train together (in the order of their
     first point), unless --folds-together 1 or --finetune keeps every model alone."""
+    from fer.train.together import group_key  # imports torch, which `fer` does not at start-up
+
     out: dict[tuple, list[TrainConfig]] = {}
     for i, cfg in enumerate(configs):
         alone = cfg.folds_together == 1 or cfg.finetune is not None
