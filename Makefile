@@ -44,9 +44,11 @@ demo: $(STAMP)
 	$(FER) predict $(DEMO)/data/Clip/original/00001.mp4 --faces $(DEMO)/data/Clip/clip_224x224_16f/00001 --run $(DEMO)/runs/all-fc
 	@echo "done: dataset $(DEMO)/data, store $(STORE), runs $(DEMO)/runs, table $(DEMO)/report.md"
 
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(BIN)/ruff check .  # lint first: the tree stays clean (rules in pyproject.toml)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile  # a module's tests stay in one process (its fixtures once)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
