@@ -14,9 +14,10 @@ Training reads less where the sets' chunk files can be mapped (uncompressed, loc
 boundaries: fer.cache.reading.MappedData): each batch makes its draws (FramePlan.choose, make_inputs' own
 draws in make_inputs' order) and copies only the drawn frames and views out of the mapped files (a 16-frame
 model on a 64-frame, 2-view set: an eighth of each row, where a buffer copies every byte; the kernel maps the
-touched pages, and up to 64 KB around each, from its page cache). The next window is read ahead from disk in the background, and what training touched is
-dropped from resident memory whenever it passes the buffers' share of the budget. Evaluation, validation and
-the statistics pass use every frame and view of their rows and read them into the buffers as above.
+touched pages, and up to 64 KB around each, from its page cache). The next window is read ahead from disk
+in the background, and what training touched is dropped from resident memory whenever it passes the buffers'
+share of the budget. Evaluation, validation and the statistics pass use every frame and view of their rows
+and read them into the buffers as above.
 """
 
 from __future__ import annotations
