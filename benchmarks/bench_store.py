@@ -132,7 +132,8 @@ def main() -> None:
             f"np.load: {npy['read']:.3f} s ({gb / npy['read']:.2f} GB/s); np.save: {npy['write']:.3f} s "
             f"({gb / npy['write']:.2f} GB/s).",
             "",
-            "| format | compressor | chunk | rows/chunk | read s | read / np.load | write s | write / np.save | write GB/s | size MiB | size / raw |",
+            "| format | compressor | chunk | rows/chunk | read s | read / np.load | write s | write / np.save | "
+            "write GB/s | size MiB | size / raw |",
             "|---|---|---|---|---|---|---|---|---|---|---|",
             f"| npy | none | - | - | {npy['read']:.3f} | 1.00 | {npy['write']:.3f} | 1.00 | {gb / npy['write']:.2f} | "
             f"{npy['size'] / MB:.1f} | 1.00 |",
