@@ -247,13 +247,19 @@ def read_set(backend: Backend, spec: str, attrs: dict, ids: np.ndarray, rows: np
     arrays = {k: backend.array(key) for k, key in keys.items()}
     if rows is None:
         out = {k: aligned_empty(a.shape, a.dtype) for k, a in arrays.items()}
-        for k, a in arrays.items():
+
+        def one(k: str) -> None:
             try:
-                read_all(backend, keys[k], a, out[k], cr)
+                read_all(backend, keys[k], arrays[k], out[k], cr)
             except (FerError, KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:
-                raise damaged(unreadable(k, a, ids, cr, e)) from e
+                raise damaged(unreadable(k, arrays[k], ids, cr, e)) from e
+
+        with ThreadPoolExecutor(1) as ex:  # the small arrays (many small chunks) while the data copies
+            small = ex.submit(lambda: [one(k) for k in ("mask", "done")])
+            one("data")
+            small.result()
     else:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         if rows.size and (rows.min() < 0 or rows.max() >= len(ids)):
