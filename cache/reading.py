@@ -228,8 +228,9 @@ def map_data(raw: RawChunks | None, shape: tuple[int, ...], dtype: np.dtype, chu
                 got = _LIBC.mmap(base + c * cb, cb, mmap.PROT_READ, mmap.MAP_SHARED | _MAP_FIXED, fd, offset)
             finally:
                 os.close(fd)
-            if got != base + c * cb:
-                raise OSError(ctypes.get_errno(), f"cannot map chunk {c} of {path}")
+            if got != base + c * cb:  # out of mappings (vm.max_map_count) or address space: read spans instead
+                _LIBC.munmap(ctypes.c_void_p(base), ctypes.c_size_t(nbytes))
+                return None
     except BaseException:
         _LIBC.munmap(ctypes.c_void_p(base), ctypes.c_size_t(nbytes))
         raise
