@@ -68,3 +68,33 @@ def test_a_truncated_chunk_stops_a_mapped_stream_with_the_read_paths_line(tmp_pa
         StreamSource(disk, cfg, frame_plans(disk.sets, cfg), CPU, budget=1 << 30, log=quiet)
     msg = str(e.value)
     assert "\n" not in msg and f"{ALL}: chunk 1 of its data (rows 8-15" in msg and "fer cache verify" in msg
+
+
+def test_mapped_epochs_of_face_pose_and_audio(tmp_path):
+    """Every chosen set mapped: pose and audio rows are taken whole from their mapped files and batched by
+    make_batch, as in memory."""
+    from fer.tests.train.synth_store import make_store
+
+    # one chunk per set of a whole number of pages (rows of 512, 306 and 480 bytes: 2048 of each)
+    path = make_store(tmp_path / "multi.zarr", n=2048, modalities=("face", "pose", "audio"), audio="mel",
+                      chunk_bytes=1 << 30)
+    cfg = TrainConfig(modalities=("face", "pose", "audio"), fusion="transformer", batch_size=256)
+    mem = load_features(str(path), cfg.modalities, log=quiet)
+    disk = load_features(str(path), cfg.modalities, stream=True, log=quiet)
+    plans = frame_plans(mem.sets, cfg)
+    src = StreamSource(disk, cfg, plans, CPU, budget=1 << 30, log=quiet)
+    try:
+        assert set(src.mapped) == {"face", "pose", "audio"}
+        blocks, _ = sampling_blocks(mem, cfg.modalities)
+        got = []
+        for s in (MemorySource(mem.sets, cfg, plans, CPU), src):
+            order = epoch_order(np.arange(mem.n), mem.labels, balance=False, gen=torch.Generator().manual_seed(3),
+                                blocks=blocks)
+            got.append(list(s.epoch(order, draw=torch.Generator().manual_seed(4))))
+        assert len(got[0]) == len(got[1]) == mem.n // 256
+        for a, b in zip(*got):
+            assert torch.equal(a.idx, b.idx) and a.inputs.keys() == b.inputs.keys()
+            for k in a.inputs:
+                assert torch.equal(a.inputs[k], b.inputs[k]), k
+    finally:
+        src.close()
