@@ -104,13 +104,15 @@ def bench_a(store: Path, spec: str, set_bytes: int, args: argparse.Namespace, wo
         mem.append(run_train(store, work / f"mem{r}", spec, args, stream=False))
         st.append(run_train(store, work / f"stream{r}", spec, args, stream=True))
         print(f"(a) memory {mem[-1]['rate']:.0f} samples/s, stream {st[-1]['rate']:.0f} samples/s; peak growth "
-              f"{(mem[-1]['peak'] - mem[-1]['start']) / 1e6:.0f} / {(st[-1]['peak'] - st[-1]['start']) / 1e6:.0f} MB", flush=True)
+              f"{(mem[-1]['peak'] - mem[-1]['start']) / 1e6:.0f} / {(st[-1]['peak'] - st[-1]['start']) / 1e6:.0f} MB",
+              flush=True)
     ratios = [s["rate"] / m["rate"] for m, s in zip(mem, st)]
     return {"mem": mem, "stream": st, "ratio": float(np.median(ratios)), "ratios": ratios, "set_bytes": set_bytes}
 
 
 def bench_b(store: Path, spec: str, args: argparse.Namespace) -> dict:
     """Batches of one epoch through each source, no model (the data path's own rate)."""
+    from fer.train import stream
     from fer.train.batches import MemorySource, frame_plans, sampling_blocks
     from fer.train.config import TrainConfig
     from fer.train.features import load_features
@@ -118,24 +120,31 @@ def bench_b(store: Path, spec: str, args: argparse.Namespace) -> dict:
     from fer.train.stream import StreamSource
 
     cfg = TrainConfig(face=spec, augment=("jitter", "flip"), batch_size=args.batch)
-    out = {}
-    for name in ("memory", "stream"):
-        feats = load_features(str(store), ("face",), specs={"face": spec}, stream=name == "stream", log=lambda s: None)
+    cpu = torch.device("cpu")
+    sources, state = {}, {}
+    for name in ("memory", "stream", "buffers"):  # buffers: the stream reading whole rows (its path before mapping)
+        streamed = name != "memory"
+        feats = load_features(str(store), ("face",), specs={"face": spec}, stream=streamed, log=lambda s: None)
         plans = frame_plans(feats.sets, cfg)
-        src = (MemorySource(feats.sets, cfg, plans, torch.device("cpu")) if name == "memory" else
-               StreamSource(feats, cfg, plans, torch.device("cpu"), budget=int(args.budget_gb * 1e9), log=lambda s: None))
-        gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
-        rows = np.arange(feats.n)
-        blocks, _ = sampling_blocks(feats, cfg.modalities)
-        best = 0.0
-        for _ in range(2):
+        stream.MAP = name == "stream"
+        sources[name] = (StreamSource(feats, cfg, plans, cpu, budget=int(args.budget_gb * 1e9), log=lambda s: None)
+                         if streamed else MemorySource(feats.sets, cfg, plans, cpu))
+        stream.MAP = True
+        state[name] = (feats, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1),
+                       sampling_blocks(feats, cfg.modalities)[0])
+    out = {"mapped": bool(sources["stream"].describe()["mapped"]), "rates": {k: [] for k in sources}}
+    for _ in range(args.epochs_b):  # interleaved, the sources one epoch each in turn: the machine's load varies
+        for name, src in sources.items():
+            feats, gen, draw, blocks = state[name]
             t0 = time.perf_counter()
-            order = epoch_order(rows, feats.labels, balance=False, gen=gen, blocks=blocks)
+            order = epoch_order(np.arange(feats.n), feats.labels, balance=False, gen=gen, blocks=blocks)
             n = sum(len(b.idx) for b in src.epoch(order, draw=draw))
-            best = max(best, n / (time.perf_counter() - t0))
+            out["rates"][name].append(n / (time.perf_counter() - t0))
+    for name, src in sources.items():
         src.close()
-        out[name] = best
-        print(f"(b) {name}: {best:.0f} samples/s through the source alone", flush=True)
+        out[name] = max(out["rates"][name])
+        print(f"(b) {name}: {out[name]:.0f} samples/s through the source alone "
+              f"(epochs: {', '.join(f'{r:.0f}' for r in out['rates'][name])})", flush=True)
     return out
 
 
@@ -162,12 +171,12 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
             src = MemorySource(f.sets, cfg, frame_plans(f.sets, cfg), torch.device("cpu"))
             torch.manual_seed(0)
             model = FerModel(cfg, src.model_sets, num_classes=f.num_classes)
-            trainee = StackTrainee([model], [cfg], [torch.Generator().manual_seed(2)], lambda: model)
+            trainee = StackTrainee([model], [cfg], [torch.Generator().manual_seed(2)], lambda model=model: model)
             loss_fn = make_loss("kl", num_classes=f.num_classes)
             dist, labels = torch.from_numpy(f.dist), torch.from_numpy(f.labels)
             gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
             rows = np.arange(min(f.n, args.clips_c))
-            for e in range(2):  # the first epoch warms up
+            for _ in range(2):  # the first epoch warms up
                 t0 = time.perf_counter()
                 train_epoch(trainee, src, epoch_order(rows, f.labels, balance=False, gen=gen), loss_fn, dist,
                             labels, draw=draw)
@@ -183,8 +192,10 @@ def bench_c(store: Path, spec_all: str, spec16: str, args: argparse.Namespace) -
         src = MemorySource(f.sets, cfg, frame_plans(f.sets, cfg), torch.device("cpu"))
         gen, draw = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
         rows = np.arange(min(f.n, args.clips_c))
-        path[name] = min(_timed(lambda: sum(1 for _ in src.epoch(epoch_order(rows, f.labels, balance=False, gen=gen),
-                                                                 draw=draw))) for _ in range(5))
+        def one_epoch(src=src, rows=rows, f=f, gen=gen, draw=draw):
+            return sum(1 for _ in src.epoch(epoch_order(rows, f.labels, balance=False, gen=gen), draw=draw))
+
+        path[name] = min(_timed(one_epoch) for _ in range(5))
         print(f"(c) {name}: data path alone {path[name] * 1e3:.1f} ms per epoch", flush=True)
     return {"best": best, "all": times, "clips": min(feats[spec16].n, args.clips_c), "path": path}
 
@@ -198,33 +209,36 @@ def _timed(fn) -> float:
 def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespace) -> str:
     load = os.getloadavg()
     out = ["# Streaming and frame sampling (stage 2)\n",
-           f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average {load[0]:.1f} / "
-           f"{load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__}, {args.threads} torch threads, CPU only. "
-           f"Set: {args.clips} clips x {args.frames} frames x 2 views x {args.dim} float16 (random, 16 to {args.frames} "
-           f"valid frames per clip), model {args.model}, batch {args.batch}, --augment jitter,flip.\n",
+           f"Machine: {platform.machine()}, {os.cpu_count()} CPUs shared with other jobs (load average "
+           f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end), torch {torch.__version__}, {args.threads} "
+           f"torch threads, CPU only. Set: {args.clips} clips x {args.frames} frames x 2 views x {args.dim} float16 "
+           f"(random, 16 to {args.frames} valid frames per clip), model {args.model}, batch {args.batch}, "
+           "--augment jitter,flip.\n",
            "| measure | fer | baseline | ratio | target |", "|---|---:|---:|---:|---|"]
     if a:
         m = max(a["mem"], key=lambda r: r["rate"])
         s = max(a["stream"], key=lambda r: r["rate"])
-        out.append(f"| (a) training samples/s, streamed vs in memory (warm page cache; best of each) | {s['rate']:.0f} | "
-                   f"{m['rate']:.0f} | **{s['rate'] / m['rate']:.2f}x** | >= 0.8x |")
+        out.append(f"| (a) training samples/s, streamed vs in memory (warm page cache; best of each) | "
+                   f"{s['rate']:.0f} | {m['rate']:.0f} | **{s['rate'] / m['rate']:.2f}x** | >= 0.8x |")
         out.append(f"| (a) same, median of the back-to-back pairs' ratios | | | {a['ratio']:.2f}x | >= 0.8x |")
         gs = [r["peak"] - r["start"] for r in a["stream"]]
         gm = [r["peak"] - r["start"] for r in a["mem"]]
         saved = min(gm) - max(gs)
-        out.append(f"| (a) peak RSS growth during the run, streamed vs in memory (largest of each) | {max(gs) / 1e6:.0f} MB | "
-                   f"{max(gm) / 1e6:.0f} MB | | |")
-        out.append(f"| (a) memory streaming saves: in memory minus streamed (the set: {a['set_bytes'] / 1e6:.0f} MB, the "
-                   f"stream buffers: {a['stream'][0]['buffers'] / 1e6:.0f} MB) | {saved / 1e6:.0f} MB | "
+        out.append(f"| (a) peak RSS growth during the run, streamed vs in memory (largest of each) | "
+                   f"{max(gs) / 1e6:.0f} MB | {max(gm) / 1e6:.0f} MB | | |")
+        out.append(f"| (a) memory streaming saves: in memory minus streamed (the set: {a['set_bytes'] / 1e6:.0f} MB, "
+                   f"the stream buffers: {a['stream'][0]['buffers'] / 1e6:.0f} MB) | {saved / 1e6:.0f} MB | "
                    f"{a['set_bytes'] / 1e6:.0f} MB | {saved / a['set_bytes']:.2f}x of the set | ~ set minus buffers |")
     if b:
         out.append(f"| (b) the data path alone (no model), samples/s, streamed vs in memory | {b['stream']:.0f} | "
-                   f"{b['memory']:.0f} | {b['stream'] / b['memory']:.2f}x | |")
+                   f"{b['memory']:.0f} | **{b['stream'] / b['memory']:.2f}x** | >= 0.8x |")
+        out.append(f"| (b) same, the stream reading whole rows into its buffers (no mapping) vs in memory | "
+                   f"{b['buffers']:.0f} | {b['memory']:.0f} | {b['buffers'] / b['memory']:.2f}x | |")
     if c:
         best = c["best"]
         j, f16, ctr = best["all-frame jitter+flip"], best["fixed 16-frame set"], best["all-frame centres"]
-        out.append(f"| (c) epoch seconds ({c['clips']} clips, in memory): jitter+flip vs the fixed 16-frame set | {j:.2f} s | "
-                   f"{f16:.2f} s | **{100 * (j / f16 - 1):+.1f}%** | <= +5% |")
+        out.append(f"| (c) epoch seconds ({c['clips']} clips, in memory): jitter+flip vs the fixed 16-frame set | "
+                   f"{j:.2f} s | {f16:.2f} s | **{100 * (j / f16 - 1):+.1f}%** | <= +5% |")
         out.append(f"| (c) same, jitter+flip vs the all-frame set's centres (no draw) | {j:.2f} s | {ctr:.2f} s | "
                    f"{100 * (j / ctr - 1):+.1f}% | <= +5% |")
         pj, p16 = c["path"]["all-frame jitter+flip"], c["path"]["fixed 16-frame set"]
@@ -235,14 +249,19 @@ def table(a: dict | None, b: dict | None, c: dict | None, args: argparse.Namespa
     notes = ["Notes:"]
     if a:
         notes.append(f"- (a) {len(a['ratios'])} back-to-back pairs of `fer train` processes (ratios "
-                     f"{', '.join(f'{x:.2f}' for x in a['ratios'])}), {args.epochs} epochs each, the last epoch's rate. "
-                     f"The streamed run's budget was {args.budget_gb} GB (FER_MEMORY_BUDGET_GB). Peak RSS growth is the run's "
-                     "VmHWM (reset when the run starts) minus its resident size before loading. Both sides pay the same "
-                     "model costs (torch's first-step allocations, about 100 MB for any model, the weights, optimizer "
-                     "state, best-epoch copy and checkpoint), so the difference is what holding the set costs.")
+                     f"{', '.join(f'{x:.2f}' for x in a['ratios'])}), {args.epochs} epochs each, the last epoch's "
+                     f"rate. The streamed run's budget was {args.budget_gb} GB (FER_MEMORY_BUDGET_GB). Peak RSS "
+                     "growth is the run's VmHWM (reset when the run starts) minus its resident size before loading. "
+                     "Both sides pay the same model costs (torch's first-step allocations, about 100 MB for any model, "
+                     "the weights, optimizer state, best-epoch copy and checkpoint), so the difference is what holding "
+                     "the set costs.")
     if b:
-        notes.append("- (b) Batches built (frames and views drawn, copied to the device: here the CPU) without running a "
-                     "model: how fast each source could feed a model that costs nothing; best of 2 epochs.")
+        how = ("drew its training frames from the mapped chunk files (only the drawn frames and views copied)"
+               if b.get("mapped") else "read whole rows into its buffers (the set's chunks could not be mapped)")
+        notes.append("- (b) Batches built (frames and views drawn, copied to the device: here the CPU) without running "
+                     "a model: how fast each source could feed a model that costs nothing; best of "
+                     f"{args.epochs_b} epochs, the sources taking turns. The "
+                     f"streamed source {how}.")
     if c:
         notes.append(f"- (c) fer.train.fit.train_epoch (the fit loop's training pass) on the same model, best of "
                      f"{args.repeats} (all: {json.dumps({k: [round(x, 2) for x in v] for k, v in c['all'].items()})}).")
@@ -257,6 +276,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--clips-c", type=int, default=1024, help="(c) clips per timed epoch")
+    p.add_argument("--epochs-b", type=int, default=5, help="(b) epochs per source (the best counts; the first warms)")
     p.add_argument("--budget-gb", type=float, default=0.25, help="(a, b) the streamed side's memory budget")
     p.add_argument("--model", choices=list(MODELS), default="default")
     p.add_argument("--repeats", type=int, default=2)

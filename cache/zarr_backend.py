@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -132,15 +133,37 @@ class ZarrBackend(Backend):
         """Where each chunk's bytes lie, when chunks are stored uncompressed in native byte order on local
         disk."""
         from zarr.codecs import BytesCodec
+
+        codecs = arr.metadata.codecs
+        if len(codecs) != 1 or not isinstance(codecs[0], BytesCodec):
+            return None
+        return self._chunk_files(key, arr)
+
+    def coded_chunks(self, key: str, arr) -> tuple[RawChunks, Callable[[bytes], bytes]] | None:
+        """(where each chunk file lies, its decoder) for local chunks compressed with zstd alone (the masks),
+        which fer.cache.reading decodes itself: the library's per-chunk cost is most of a small array's read."""
+        from zarr.codecs import BytesCodec, ZstdCodec
+
+        codecs = arr.metadata.codecs
+        if (len(codecs) != 2 or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[1], ZstdCodec)
+                or codecs[1].checksum):
+            return None
+        files = self._chunk_files(key, arr)
+        if files is None:
+            return None
+        from numcodecs import Zstd
+
+        return files, Zstd(level=codecs[1].level).decode
+
+    def _chunk_files(self, key: str, arr) -> RawChunks | None:
+        """Chunk files of a local array whose bytes codec is native-order (None elsewhere)."""
         from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
 
         md = arr.metadata
-        codecs = md.codecs
         dt = np.dtype(arr.dtype)
-        if (self.local is None or len(codecs) != 1 or not isinstance(codecs[0], BytesCodec)
-                or not isinstance(md.chunk_key_encoding, DefaultChunkKeyEncoding)
-                or not native_order(dt)
-                or (codecs[0].endian is not None and codecs[0].endian.value != sys.byteorder)):
+        endian = md.codecs[0].endian
+        if (self.local is None or not isinstance(md.chunk_key_encoding, DefaultChunkKeyEncoding)
+                or not native_order(dt) or (endian is not None and endian.value != sys.byteorder)):
             return None
         base = self.local / key
         tail = (0,) * (arr.ndim - 1)

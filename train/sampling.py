@@ -125,21 +125,37 @@ class FramePlan:
 
         ``view`` fixes the view (evaluation); None draws it (training; view 0 without flip).
         """
-        b = rows.shape[0]
-        if view is None:
-            v = self.draw_views(b, train=train, draw=draw, device=data.device)
-        else:
-            v = torch.full((b,), view, dtype=torch.long, device=data.device)
-        if self.segments is None:
-            if self.views == 1:
-                return data[rows], mask[rows]
-            frames = torch.arange(data.shape[1], device=data.device)
-            return data[rows[:, None], frames[None, :], v[:, None]], mask[rows]
         m = mask[rows]
-        pos = self.positions(m, train=train, draw=draw)
-        x = data[rows[:, None], pos, v[:, None]] if self.views > 1 else data[rows[:, None], pos]
-        present = m.any(1, keepdim=True).expand(b, self.segments)  # a clip without a valid frame stays absent
-        return x, present
+        pos, v = self.choose(m, train=train, draw=draw, view=view)
+        return self.take(data, rows, pos, v), self.present(m)
+
+    def choose(self, m: torch.Tensor, *, train: bool, draw: torch.Generator | None = None,
+               view: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(frame positions (B, S), or None for the stored frames as they are; the view of each clip (B,)) for
+        clips with (B, T) valid-frame masks ``m``: every draw of a batch, in gather's order (the view first)."""
+        b = m.shape[0]
+        if view is None:
+            v = self.draw_views(b, train=train, draw=draw, device=m.device)
+        else:
+            v = torch.full((b,), view, dtype=torch.long, device=m.device)
+        return (None if self.segments is None else self.positions(m, train=train, draw=draw)), v
+
+    def take(self, data: Any, rows: Any, pos: Any, v: Any) -> Any:
+        """Tokens of ``rows`` at frames ``pos`` (None: every stored frame) and views ``v``, from torch tensors or
+        numpy arrays alike (a streamed set's rows mapped from disk)."""
+        if pos is None:
+            if self.views == 1:
+                return data[rows]
+            frames = np.arange(data.shape[1]) if isinstance(data, np.ndarray) else torch.arange(
+                data.shape[1], device=data.device)
+            return data[rows[:, None], frames[None, :], v[:, None]]
+        return data[rows[:, None], pos, v[:, None]] if self.views > 1 else data[rows[:, None], pos]
+
+    def present(self, m: torch.Tensor) -> torch.Tensor:
+        """(B, S) tokens present, from the (B, T) valid-frame masks: a clip without a valid frame stays absent."""
+        if self.segments is None:
+            return m
+        return m.any(1, keepdim=True).expand(m.shape[0], self.segments)
 
 
 BLOCK_BYTES = 4 << 20
