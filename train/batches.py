@@ -58,14 +58,16 @@ class BatchSource(Protocol):
     """Whether it serves several epochs side by side (the models of a stack train together)."""
 
     def epoch(self, order: torch.Tensor, *, draw: torch.Generator | None) -> Iterator[Batch]: ...
-    def evaluate(self, rows: np.ndarray, batch: int) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]: ...
+    def evaluate(self, rows: np.ndarray,
+                 batch: int) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]: ...
     def norm_chunks(self, modality: str, rows: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
     def hold(self, rows: np.ndarray) -> BatchSource: ...
     def close(self) -> None: ...
     def describe(self) -> dict[str, Any]: ...
 
 
-def frame_plans(sets: Mapping[str, ModalityData | DiskSet], cfg: TrainConfig, store: str = "STORE") -> dict[str, FramePlan]:
+def frame_plans(sets: Mapping[str, ModalityData | DiskSet], cfg: TrainConfig,
+                store: str = "STORE") -> dict[str, FramePlan]:
     """The face's FramePlan (the only modality whose frames are drawn), checked against the options."""
     if "face" not in cfg.modalities:
         return {}
@@ -120,8 +122,9 @@ def model_row_bytes(sets: Mapping[str, ModalityData | DiskSet], plans: Mapping[s
                * itemsize(md) for m, md in sets.items())
 
 
-def make_inputs(sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig, plans: Mapping[str, FramePlan],
-                *, train: bool, draw: torch.Generator | None = None, view: int | None = None) -> dict[str, torch.Tensor]:
+def make_inputs(sets: Mapping[str, ModalityData], rows: torch.Tensor, cfg: TrainConfig,
+                plans: Mapping[str, FramePlan], *, train: bool, draw: torch.Generator | None = None,
+                view: int | None = None) -> dict[str, torch.Tensor]:
     """The model's inputs for ``rows`` of in-memory sets (rows on the sets' device): face tokens through its
     FramePlan, pose and audio as make_batch gives them; float32."""
     others = tuple(m for m in cfg.modalities if m != "face")
@@ -190,7 +193,8 @@ class MemorySource:
                 sets, rows = self._local(order[i:i + bs])
             yield Batch(make_inputs(sets, rows, self.cfg, self.plans, train=True, draw=draw), order_d[i:i + bs])
 
-    def evaluate(self, rows: np.ndarray, batch: int = EVAL_BATCH) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]:
+    def evaluate(self, rows: np.ndarray,
+                 batch: int = EVAL_BATCH) -> Iterator[tuple[list[dict[str, torch.Tensor]], torch.Tensor]]:
         """(inputs of every view, positions in ``rows``) per batch, frames at the segment centres."""
         r = torch.from_numpy(np.asarray(rows, dtype=np.int64))
         for i in range(0, len(r), batch):

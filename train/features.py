@@ -163,7 +163,8 @@ def choose_spec(store: Any, modality: str, spec: str | None, store_path: str) ->
                            f"make it with `{extract_hint(modality, store_path)}`")
         got = _modality_of(store, spec)
         if got != modality:
-            raise FerError(f"feature set {spec} holds {got} features, not {modality}: pass a {modality} spec with --{modality}")
+            raise FerError(f"feature set {spec} holds {got} features, not {modality}: "
+                           f"pass a {modality} spec with --{modality}")
         return spec
     mine = [s for s in specs if _modality_of(store, s) == modality]
     if not mine:
@@ -278,7 +279,8 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
         rows = np.flatnonzero(keep).astype(np.int64)
         left_out = int(used.sum() - keep.sum())
         if left_out:
-            log(f"warning: {left_out} of {int(used.sum())} clips in the folds are left out (not done in every chosen feature set)")
+            log(f"warning: {left_out} of {int(used.sum())} clips in the folds are left out "
+                "(not done in every chosen feature set)")
         if rows.size == 0:
             raise FerError(f"no clip of {store_path} is done in every chosen feature set: run `fer extract` first")
         need, budget = set_bytes(store, list(chosen.values()), rows.size), memory_budget()
@@ -287,7 +289,8 @@ def load_features(store_path: str, modalities: Sequence[str], *, specs: Mapping[
             from fer.cache.report import human_bytes
 
             why = "--stream" if stream and need <= budget else (
-                f"they need {human_bytes(need)}, over the memory budget of {human_bytes(budget)} (FER_MEMORY_BUDGET_GB)")
+                f"they need {human_bytes(need)}, over the memory budget of {human_bytes(budget)} "
+                "(FER_MEMORY_BUDGET_GB)")
             log(f"streaming the feature sets from {store_path} by chunk ({why})")
         full = rows.size == len(folds)
         sets: dict[str, ModalityData | DiskSet] = {}
