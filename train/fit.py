@@ -258,7 +258,6 @@ def fit_group(members: Sequence[Member], features: LoadedFeatures, source: Batch
     fer.train.stream.StreamSource, on `device`): it serves each member's epoch order drawn here, so how the
     features are held never changes a number. ``on_done(i, result)`` is called as member i finishes.
     """
-    t_start = time.perf_counter()
     trainee = _trainee(members, features, source, device)
     folds = [_Fold(m, trainee, i, features, source, device, log) for i, m in enumerate(members)]
     cfg0, num_classes = members[0].cfg, features.num_classes
@@ -267,9 +266,11 @@ def fit_group(members: Sequence[Member], features: LoadedFeatures, source: Batch
     labels = torch.from_numpy(features.labels).to(device)
     eval_batch = max(cfg0.batch_size, EVAL_BATCH)
     results: list[FoldResult | None] = [None] * len(members)
+    # each member's share of the rounds it trained in: the folds of one stack sum to the run's training time
+    spent = [0.0] * len(members)
 
     def finish(f: _Fold) -> None:
-        results[f.i] = _finish(f, trainee, source, features, eval_batch, time.perf_counter() - t_start)
+        results[f.i] = _finish(f, trainee, source, features, eval_batch, spent[f.i])
         trainee.remove(f.i)
         if on_done is not None:
             on_done(f.i, results[f.i])
@@ -296,10 +297,12 @@ def fit_group(members: Sequence[Member], features: LoadedFeatures, source: Batch
             _end_epoch(f, trainee, z, loss, seen, train_s, time.perf_counter() - t0, dist, labels, features, log)
         now = time.perf_counter()
         for f in running:
+            spent[f.i] += (now - t0) / len(running)
+        for f in running:
             # a checkpoint (model + AdamW state + best state: ~280 MB for the default model) every epoch would
             # dominate short GPU epochs; every CHECKPOINT_EVERY_S is enough, since resume replays exactly
             if now - f.last_save >= CHECKPOINT_EVERY_S:
-                f.checkpoint(trainee, now - t_start)
+                f.checkpoint(trainee, spent[f.i])
             if f.m.on_epoch is not None:
                 f.m.on_epoch(f.p.history)
             stop = not f.select_last and f.cfg.patience and f.p.bad >= f.cfg.patience
