@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
+from fer.cache.schema import NUM_CLASSES
 from fer.train.config import TrainConfig
 from fer.train.features import load_features
 from fer.train.resources import peak_rss, reset_peak
@@ -46,18 +46,10 @@ GRID = {"lr": [1e-3, 3e-4], "dropout": [0.0, 0.1, 0.3], "seed": [1, 2]}
 
 def make_store(path: Path, n: int, dim: int, seed: int = 0) -> Path:
     """n clips of 16 x ``dim`` face tokens carrying their class, in 5 folds, with 10 votes each."""
-    from fer.cache import create_store
+    from fer.tests.train.synth_store import clip_index
 
     rng = np.random.default_rng(seed)
-    labels = np.arange(n) % NUM_CLASSES
-    rng.shuffle(labels)
-    votes = np.zeros((n, NUM_CLASSES), np.float32)
-    votes[np.arange(n), labels] = 8
-    votes[np.arange(n), (labels + 1 + rng.integers(0, NUM_CLASSES - 1, n)) % NUM_CLASSES] += 2
-    folds = np.ones((n, NUM_FOLDS), np.int8)
-    folds[np.arange(n), np.arange(n) % NUM_FOLDS] = 2
-    store = create_store(path, [f"{i:05d}" for i in range(n)], votes, folds, description="bench_batched",
-                         attrs={"has_votes": True})
+    store, labels = clip_index(path, n, rng, "bench_batched", attrs={"has_votes": True})
     means = rng.standard_normal((NUM_CLASSES, dim)).astype(np.float32)
     x = means[labels][:, None, :] * 0.5 + rng.standard_normal((n, 16, dim), dtype=np.float32)
     w = store.writer("face.bench.none.pool.224", row_shape=(16, dim), attrs={"modality": "face", "backbone": "bench"})

@@ -11,21 +11,15 @@ from fer.cache.schema import NUM_CLASSES, NUM_FOLDS
 FACE_DIM = 16
 
 
-def make_store(path: Path, *, n: int = 210, modalities=("face",), seed: int = 0, signal: float = 1.5,
-               not_done: int = 0, nan_rows: int = 0, no_folds: bool = False, one_hot: bool = False,
-               audio: str = "w2v", face_maps: bool = False, extra_face_spec: bool = False,
-               finetuned_on_fold: int | None = None, chunk_bytes: int | None = None) -> Path:
-    """Write a store of `n` clips whose features carry the class (class mean + noise).
-
-    Clip i is in the test set of fold (i % 5) + 1 and in the training set of the others; its
-    votes are mostly (8 of 10) for its class.
-    """
+def clip_index(path: Path, n: int, rng: np.random.Generator, description: str, *, one_hot: bool = False,
+               no_folds: bool = False, attrs: dict | None = None):
+    """A store of ``n`` clips (ids 00001...) with shuffled balanced labels, votes mostly (8 of 10) for the
+    class (all 10 with ``one_hot``) and 5 folds, clip i a test clip of fold (i % 5) + 1; returns (store, labels).
+    It draws from ``rng`` in one fixed order, so what is drawn after it is the same for one seed."""
     from fer.cache import create_store
 
-    rng = np.random.default_rng(seed)
     labels = np.arange(n) % NUM_CLASSES
     rng.shuffle(labels)
-    ids = [f"{i:05d}" for i in range(1, n + 1)]
     votes = np.zeros((n, NUM_CLASSES), np.float32)
     votes[np.arange(n), labels] = 10 if one_hot else 8
     if not one_hot:
@@ -35,8 +29,23 @@ def make_store(path: Path, *, n: int = 210, modalities=("face",), seed: int = 0,
     folds[np.arange(n), np.arange(n) % NUM_FOLDS] = 2
     if no_folds:
         folds[:] = 0
-    store = create_store(path, ids, votes, folds, description="trainer test store",
-                         attrs={"has_votes": not one_hot})
+    store = create_store(path, [f"{i:05d}" for i in range(1, n + 1)], votes, folds, description=description,
+                         attrs=attrs)
+    return store, labels
+
+
+def make_store(path: Path, *, n: int = 210, modalities=("face",), seed: int = 0, signal: float = 1.5,
+               not_done: int = 0, nan_rows: int = 0, no_folds: bool = False, one_hot: bool = False,
+               audio: str = "w2v", face_maps: bool = False, extra_face_spec: bool = False,
+               finetuned_on_fold: int | None = None, chunk_bytes: int | None = None) -> Path:
+    """Write a store of `n` clips whose features carry the class (class mean + noise).
+
+    Clip i is in the test set of fold (i % 5) + 1 and in the training set of the others; its
+    votes are mostly (8 of 10) for its class.
+    """
+    rng = np.random.default_rng(seed)
+    store, labels = clip_index(path, n, rng, "trainer test store", one_hot=one_hot, no_folds=no_folds,
+                               attrs={"has_votes": not one_hot})
 
     def write(spec, modality, data, mask, attrs=None, rows_done=None):
         w = store.writer(spec, row_shape=data.shape[1:], attrs={"modality": modality, "backbone": spec.split(".")[1],
@@ -91,18 +100,10 @@ def make_allframe_store(path: Path, *, n: int = 140, frames: int = 24, views: in
     each frame carries the class mean times ``signal`` plus noise; view 1 (the mirrored face) is view 0 with
     its own noise. Folds as in make_store: clip i is a test clip of fold (i % 5) + 1.
     """
-    from fer.cache import create_store
     from fer.extract.media import uniform_indices
 
     rng = np.random.default_rng(seed)
-    labels = np.arange(n) % NUM_CLASSES
-    rng.shuffle(labels)
-    votes = np.zeros((n, NUM_CLASSES), np.float32)
-    votes[np.arange(n), labels] = 8
-    votes[np.arange(n), (labels + 1 + rng.integers(0, NUM_CLASSES - 1, n)) % NUM_CLASSES] += 2
-    folds = np.ones((n, NUM_FOLDS), np.int8)
-    folds[np.arange(n), np.arange(n) % NUM_FOLDS] = 2
-    store = create_store(path, [f"{i:05d}" for i in range(1, n + 1)], votes, folds, description="all-frame test store")
+    store, labels = clip_index(path, n, rng, "all-frame test store")
     means = rng.normal(0, 1, (NUM_CLASSES, dim)).astype(np.float32)
     valid = rng.integers(min_frames, frames + 1, n)
     mask = np.arange(frames)[None, :] < valid[:, None]
